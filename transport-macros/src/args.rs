@@ -1,0 +1,221 @@
+//! Parsing and checking the arguments of `#[subscriber(...)]`.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, Lit, LitStr, MetaNameValue, Path, Token};
+
+/// The keys `#[subscriber]` accepts.
+const KEYS: &[&str] = &["topic", "group", "codec", "reply"];
+
+/// The codecs known by name.
+pub const CODECS: &[&str] = &["json", "msgpack", "protobuf", "text", "bytes"];
+
+/// A topic: a string literal, or a path to a `Topic<T>` constant.
+pub enum TopicArg {
+    Name(LitStr),
+    Const(Path),
+}
+
+/// A codec: a built-in name, or a path to a type implementing `transport::codec::Codec`.
+pub enum CodecArg {
+    Builtin(LitStr),
+    Custom(Path),
+}
+
+/// The checked arguments.
+pub struct SubscriberArgs {
+    pub topic: TopicArg,
+    pub group: Option<LitStr>,
+    pub codec: Option<CodecArg>,
+    pub reply: Option<TopicArg>,
+}
+
+/// Collects several errors into one.
+#[derive(Default)]
+pub struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub fn spanned(&mut self, span: Span, message: impl std::fmt::Display) {
+        self.push(syn::Error::new(span, message));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub fn to_compile_errors(&self) -> TokenStream {
+        self.0
+            .as_ref()
+            .map(syn::Error::to_compile_error)
+            .unwrap_or_default()
+    }
+}
+
+/// Parses `topic = ..., group = ..., codec = ..., reply = ...`. Every problem is
+/// reported; `attr_span` is where a missing `topic` is reported.
+pub fn parse(tokens: TokenStream, attr_span: Span, errors: &mut Errors) -> Option<SubscriberArgs> {
+    let pairs = match Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(tokens) {
+        Ok(pairs) => pairs,
+        Err(error) => {
+            errors.push(error);
+            return None;
+        }
+    };
+    let mut topic = None;
+    let mut group = None;
+    let mut codec = None;
+    let mut reply = None;
+    let mut seen: Vec<String> = Vec::new();
+
+    for pair in pairs {
+        let Some(key) = pair.path.get_ident().map(ToString::to_string) else {
+            errors.spanned(
+                pair.path.span(),
+                unknown_key_message(&path_text(&pair.path)),
+            );
+            continue;
+        };
+        if !KEYS.contains(&key.as_str()) {
+            errors.spanned(pair.path.span(), unknown_key_message(&key));
+            continue;
+        }
+        if seen.contains(&key) {
+            errors.spanned(pair.path.span(), format!("duplicate `{key}`: give it once"));
+            continue;
+        }
+        seen.push(key.clone());
+        match key.as_str() {
+            "topic" => topic = topic_value(&pair.value, "topic", errors),
+            "reply" => reply = topic_value(&pair.value, "reply", errors),
+            "group" => group = group_value(&pair.value, errors),
+            "codec" => codec = codec_value(&pair.value, errors),
+            _ => unreachable!("checked against KEYS"),
+        }
+    }
+
+    if !seen.iter().any(|k| k == "topic") {
+        errors.spanned(
+            attr_span,
+            "missing `topic`: write `#[subscriber(topic = \"orders.created\")]` or `topic = SOME_TOPIC_CONST`",
+        );
+    }
+    Some(SubscriberArgs {
+        topic: topic?,
+        group,
+        codec,
+        reply,
+    })
+}
+
+fn path_text(path: &Path) -> String {
+    path.segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::")
+}
+
+fn unknown_key_message(key: &str) -> String {
+    format!(
+        "unknown key `{key}` in `#[subscriber]`; expected one of: {}",
+        KEYS.iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn string_literal(value: &Expr) -> Option<&LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Some(lit),
+        _ => None,
+    }
+}
+
+fn topic_value(value: &Expr, key: &str, errors: &mut Errors) -> Option<TopicArg> {
+    if let Some(lit) = string_literal(value) {
+        let name = lit.value();
+        if name.trim().is_empty() {
+            errors.spanned(lit.span(), format!("`{key}` must not be empty"));
+            return None;
+        }
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errors.spanned(
+                lit.span(),
+                format!("`{key}` must not contain whitespace or control characters"),
+            );
+            return None;
+        }
+        return Some(TopicArg::Name(lit.clone()));
+    }
+    if let Expr::Path(path) = value {
+        if path.qself.is_none() {
+            return Some(TopicArg::Const(path.path.clone()));
+        }
+    }
+    errors.spanned(
+        value.span(),
+        format!(
+            "`{key}` must be a string literal (`{key} = \"orders.created\"`) or a path to a `transport::Topic` constant (`{key} = ORDERS`)"
+        ),
+    );
+    None
+}
+
+fn group_value(value: &Expr, errors: &mut Errors) -> Option<LitStr> {
+    match string_literal(value) {
+        Some(lit) if lit.value().trim().is_empty() => {
+            errors.spanned(
+                lit.span(),
+                "`group` must not be empty; leave it out for fan-out (every instance gets every message)",
+            );
+            None
+        }
+        Some(lit) => Some(lit.clone()),
+        None => {
+            errors.spanned(
+                value.span(),
+                "`group` must be a string literal: `group = \"billing\"`",
+            );
+            None
+        }
+    }
+}
+
+fn codec_value(value: &Expr, errors: &mut Errors) -> Option<CodecArg> {
+    if let Some(lit) = string_literal(value) {
+        if CODECS.contains(&lit.value().as_str()) {
+            return Some(CodecArg::Builtin(lit.clone()));
+        }
+        errors.spanned(
+            lit.span(),
+            format!(
+                "unknown codec `{}`; expected one of: {}, or a path to a type implementing `transport::codec::Codec` (`codec = MyCodec`)",
+                lit.value(),
+                CODECS.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
+            ),
+        );
+        return None;
+    }
+    if let Expr::Path(path) = value {
+        if path.qself.is_none() {
+            return Some(CodecArg::Custom(path.path.clone()));
+        }
+    }
+    errors.spanned(
+        value.span(),
+        "`codec` must be a codec name (`codec = \"json\"`) or a path to a codec type (`codec = MyCodec`)",
+    );
+    None
+}

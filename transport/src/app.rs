@@ -1,0 +1,289 @@
+//! The App: collects the registered subscribers, binds them to the configured backend,
+//! runs them, and shuts down gracefully.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{self, Backend, SubscriptionSpec};
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::error::{Error, StartupError};
+use crate::publisher::Publisher;
+use crate::registry::{self, Instances, Registration};
+use crate::testing::Recording;
+
+type Selector = Arc<dyn Fn(&Registration) -> bool + Send + Sync>;
+
+/// A service application, before it runs.
+///
+/// ```no_run
+/// # struct SaverService;
+/// #[tokio::main]
+/// async fn main() -> Result<(), transport::Error> {
+///     transport::App::from_env()?.service(SaverService).run().await
+/// }
+/// ```
+pub struct App {
+    config: Config,
+    instances: Instances,
+    backend: Option<Arc<dyn Backend>>,
+    selector: Option<Selector>,
+}
+
+impl App {
+    /// An App configured in code.
+    pub fn new(config: Config) -> Self {
+        App {
+            config,
+            instances: Instances::default(),
+            backend: None,
+            selector: None,
+        }
+    }
+
+    /// An App configured by `TRANSPORT_CONFIG` / `transport.toml` and `TRANSPORT_*`.
+    pub fn from_env() -> Result<Self, Error> {
+        Ok(App::new(Config::from_env()?))
+    }
+
+    /// An App configured by the TOML file at `path`, with `TRANSPORT_*` on top.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Ok(App::new(Config::from_file(path.as_ref())?))
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Provides the instance that a service's subscriber methods run on.
+    pub fn service<S: Send + Sync + 'static>(self, instance: S) -> Self {
+        self.service_arc(Arc::new(instance))
+    }
+
+    /// Like [`App::service`], for an instance already shared.
+    pub fn service_arc<S: Send + Sync + 'static>(mut self, instance: Arc<S>) -> Self {
+        self.instances.insert(instance);
+        self
+    }
+
+    /// Uses this backend instead of the one the configuration names.
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Runs only the registered subscribers `keep` accepts (all by default). Useful when
+    /// one binary holds several services, and in tests.
+    pub fn select(mut self, keep: impl Fn(&Registration) -> bool + Send + Sync + 'static) -> Self {
+        self.selector = Some(Arc::new(keep));
+        self
+    }
+
+    /// Runs only the subscribers declared in `module` or its submodules
+    /// (`module_path!()` for the current one).
+    pub fn select_module(self, module: &'static str) -> Self {
+        self.select(move |r| {
+            r.module_path == module
+                || r.module_path
+                    .strip_prefix(module)
+                    .is_some_and(|rest| rest.starts_with("::"))
+        })
+    }
+
+    /// The subscribers this App would run.
+    pub fn registrations(&self) -> Vec<&'static Registration> {
+        let mut all = registry::registrations();
+        if let Some(keep) = &self.selector {
+            all.retain(|r| keep(r));
+        }
+        all
+    }
+
+    /// Checks bindings and connects, then starts every subscriber. Returns once all
+    /// subscriptions are in place; the returned handle publishes and shuts down.
+    pub async fn start(self) -> Result<Running, Error> {
+        let registrations = self.registrations();
+        let mut errors = Vec::new();
+        for name in self.config.subscribers.keys() {
+            if !registrations.iter().any(|r| r.name == name) {
+                errors.push(StartupError::UnknownSubscriber {
+                    name: name.clone(),
+                    known: registrations
+                        .iter()
+                        .map(|r| r.name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        let bound = match registry::bind_all(&registrations, &self.instances) {
+            Ok(bound) => bound,
+            Err(mut bind_errors) => {
+                errors.append(&mut bind_errors);
+                Vec::new()
+            }
+        };
+        if let Some(error) = StartupError::from_all(errors) {
+            return Err(error.into());
+        }
+
+        let backend = match self.backend {
+            Some(backend) => backend,
+            None => backend::connect(&self.config.broker).await?,
+        };
+        let capabilities = backend.capabilities();
+        let publisher = Publisher::new(Arc::clone(&backend), self.config.publisher_codec());
+        let shutdown = CancellationToken::new();
+        let drain_timeout = self.config.shutdown.drain_timeout;
+        let mut tasks = JoinSet::new();
+
+        for (registration, handler) in bound {
+            let settings = self.config.subscriber(registration.name);
+            let group = settings
+                .group
+                .clone()
+                .or_else(|| registration.group.map(str::to_string));
+            let spec = SubscriptionSpec {
+                topic: registration.topic.to_string(),
+                group: group.clone(),
+                subscriber: registration.name.to_string(),
+                prefetch: settings.prefetch,
+                max_attempts: settings.retry.max_attempts,
+            };
+            let subscription = match backend.subscribe(&spec).await {
+                Ok(subscription) => subscription,
+                Err(source) => {
+                    shutdown.cancel();
+                    tasks.join_all().await;
+                    return Err(StartupError::Subscribe {
+                        subscriber: registration.name.to_string(),
+                        location: registration.location(),
+                        topic: spec.topic,
+                        source,
+                    }
+                    .into());
+                }
+            };
+            tracing::info!(
+                subscriber = registration.name,
+                topic = registration.topic,
+                group = group.as_deref(),
+                backend = backend.kind(),
+                "subscribed"
+            );
+            let dispatcher = Dispatcher {
+                registration,
+                handler,
+                topic: Arc::from(registration.topic),
+                group: group.map(Arc::from),
+                concurrency: settings.concurrency,
+                dead_letter_topic: settings.dead_letter.replace("{topic}", registration.topic),
+                retry: settings.retry,
+                capabilities,
+                publisher: publisher.clone(),
+            };
+            tasks.spawn(dispatcher.run(subscription, shutdown.child_token(), drain_timeout));
+        }
+
+        Ok(Running {
+            backend,
+            publisher,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Starts, then runs until SIGINT / SIGTERM (or [`ShutdownHandle::shutdown`]), then
+    /// drains in-flight handlers and disconnects.
+    pub async fn run(self) -> Result<(), Error> {
+        let running = self.start().await?;
+        let handle = running.shutdown_handle();
+        tokio::select! {
+            _ = termination_signal() => tracing::info!("signal received; shutting down"),
+            _ = handle.0.cancelled() => {}
+        }
+        running.shutdown().await
+    }
+}
+
+async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the App");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A started App.
+pub struct Running {
+    backend: Arc<dyn Backend>,
+    publisher: Publisher,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+/// Triggers a graceful shutdown from anywhere (clonable).
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    /// Begins shutdown: subscribers stop fetching and drain.
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+impl Running {
+    /// Publishes through the App's backend.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// A handle that begins shutdown when called.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Records every message published to `topic` from now on (a fan-out subscription
+    /// of its own), for tests and tools.
+    pub async fn record(&self, topic: &str) -> Result<Recording, Error> {
+        Recording::start(&self.backend, topic).await
+    }
+
+    /// Stops fetching, waits for in-flight handlers (up to the drain timeout each),
+    /// flushes acknowledgements and disconnects.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(error) = joined {
+                tracing::error!(%error, "a dispatcher task failed");
+            }
+        }
+        self.backend.close().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! The embedded in-process broker: the default backend and the reference implementation
+//! of the backend contract.
+//!
+//! - no group: every subscription gets its own queue (fan-out);
+//! - a group: its members share one queue (competing consumers);
+//! - at-least-once within the process: a delivery that is nacked, or dropped without an
+//!   ack (a handler cancelled at shutdown), goes back to its queue with `attempt + 1`.
+//!
+//! Brokers are named: every `App` in a process that selects `memory` with the same
+//! `name` shares one broker, so two Apps can compete in one group as two processes would
+//! on a real broker. Nothing is kept on disk, and a message published where no
+//! subscriber listens is dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
+
+use super::{Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
+use crate::error::BackendError;
+use crate::message::Message;
+
+const KIND: &str = "memory";
+
+/// Settings of an in-process broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryOptions {
+    /// Messages a queue holds before publishers wait.
+    pub queue_capacity: usize,
+    /// Largest payload accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for MemoryOptions {
+    fn default() -> Self {
+        MemoryOptions {
+            queue_capacity: 65_536,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// An in-process broker. Cloning gives another handle to the same broker.
+#[derive(Clone)]
+pub struct MemoryBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: MemoryOptions,
+    topics: Mutex<HashMap<String, TopicQueues>>,
+}
+
+#[derive(Default)]
+struct TopicQueues {
+    fanout: Vec<Queue>,
+    /// A group's queue, and its receiving end for members yet to join (weak, so the
+    /// queue closes when its last member leaves).
+    groups: HashMap<String, (Queue, async_channel::WeakReceiver<Envelope>)>,
+    /// Every live queue of the topic; what `publish` sends to. Rebuilt on change.
+    targets: Arc<[Queue]>,
+}
+
+impl TopicQueues {
+    fn prune(&mut self) {
+        self.fanout.retain(|q| !q.is_closed());
+        self.groups.retain(|_, (q, _)| !q.is_closed());
+        self.targets = self
+            .fanout
+            .iter()
+            .chain(self.groups.values().map(|(q, _)| q))
+            .cloned()
+            .collect();
+    }
+}
+
+type Queue = async_channel::Sender<Envelope>;
+
+#[derive(Clone)]
+struct Envelope {
+    message: Message,
+    attempt: u32,
+}
+
+fn registry() -> &'static Mutex<HashMap<String, MemoryBroker>> {
+    static BROKERS: OnceLock<Mutex<HashMap<String, MemoryBroker>>> = OnceLock::new();
+    BROKERS.get_or_init(Default::default)
+}
+
+impl MemoryBroker {
+    /// A new broker of its own, shared with nobody.
+    pub fn new(options: MemoryOptions) -> Self {
+        MemoryBroker {
+            inner: Arc::new(Inner {
+                options,
+                topics: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The process-wide broker called `name`, created with `options` on first use.
+    pub fn named(name: &str, options: MemoryOptions) -> Self {
+        let mut brokers = registry().lock().unwrap_or_else(PoisonError::into_inner);
+        brokers
+            .entry(name.to_string())
+            .or_insert_with(|| MemoryBroker::new(options))
+            .clone()
+    }
+
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, TopicQueues>> {
+        self.inner
+            .topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The queue a new subscription reads: its receiving end, and its sending end for
+    /// requeues.
+    fn queue_for(&self, spec: &SubscriptionSpec) -> (async_channel::Receiver<Envelope>, Queue) {
+        let mut topics = self.topics();
+        let queues = topics.entry(spec.topic.clone()).or_default();
+        queues.prune();
+        let capacity = self.inner.options.queue_capacity.max(1);
+        let existing = spec.group.as_ref().and_then(|group| {
+            let (tx, weak) = queues.groups.get(group)?;
+            Some((weak.upgrade()?, tx.clone()))
+        });
+        let pair = match (existing, &spec.group) {
+            (Some(pair), _) => pair,
+            (None, None) => {
+                let (tx, rx) = async_channel::bounded(capacity);
+                queues.fanout.push(tx.clone());
+                (rx, tx)
+            }
+            (None, Some(group)) => {
+                let (tx, rx) = async_channel::bounded(capacity);
+                queues
+                    .groups
+                    .insert(group.clone(), (tx.clone(), rx.downgrade()));
+                (rx, tx)
+            }
+        };
+        queues.prune();
+        pair
+    }
+}
+
+impl Backend for MemoryBroker {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            groups: true,
+            persistence: false,
+            ordering: true,
+            at_least_once: true,
+            native_redelivery: true,
+            headers: true,
+            keys: true,
+        }
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        async move {
+            let limit = self.inner.options.max_message_bytes;
+            if message.payload.len() > limit {
+                return Err(BackendError::TooLarge {
+                    backend: KIND,
+                    size: message.payload.len(),
+                    limit,
+                });
+            }
+            let targets = match self.topics().get(topic) {
+                Some(queues) => Arc::clone(&queues.targets),
+                None => return Ok(()),
+            };
+            let mut closed = false;
+            let envelope = Envelope {
+                message,
+                attempt: 1,
+            };
+            for queue in targets.iter() {
+                closed |= queue.send(envelope.clone()).await.is_err();
+            }
+            if closed {
+                if let Some(queues) = self.topics().get_mut(topic) {
+                    queues.prune();
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        spec: &'a SubscriptionSpec,
+    ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
+        async move {
+            let (receiver, requeue) = self.queue_for(spec);
+            let stream = receiver.map(move |envelope: Envelope| {
+                let message = envelope.message.clone();
+                let attempt = envelope.attempt;
+                let acker = MemoryAcker {
+                    queue: requeue.clone(),
+                    envelope: Some(envelope),
+                };
+                Delivery::new(message, attempt, Box::new(acker))
+            });
+            Ok(stream.boxed())
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        // Nothing to flush: acks settle synchronously and the broker outlives any App
+        // that uses it (other Apps in the process may share it).
+        async { Ok(()) }.boxed()
+    }
+}
+
+struct MemoryAcker {
+    queue: Queue,
+    envelope: Option<Envelope>,
+}
+
+impl MemoryAcker {
+    fn requeue(&mut self, delay: Duration) {
+        let Some(mut envelope) = self.envelope.take() else {
+            return;
+        };
+        envelope.attempt = envelope.attempt.saturating_add(1);
+        if delay.is_zero() {
+            match self.queue.try_send(envelope) {
+                Ok(()) | Err(async_channel::TrySendError::Closed(_)) => return,
+                Err(async_channel::TrySendError::Full(back)) => envelope = back,
+            }
+        }
+        let queue = self.queue.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    // A closed queue means every subscriber left; the message goes with it.
+                    let _ = queue.send(envelope).await;
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "memory broker: message dropped outside a Tokio runtime could not be requeued"
+                );
+            }
+        }
+    }
+}
+
+impl Acknowledge for MemoryAcker {
+    fn ack(mut self: Box<Self>) {
+        self.envelope = None;
+    }
+
+    fn nack(mut self: Box<Self>, delay: Duration) {
+        self.requeue(delay);
+    }
+}
+
+impl Drop for MemoryAcker {
+    fn drop(&mut self) {
+        // Neither acked nor nacked: the handler never finished. Redeliver at once.
+        self.requeue(Duration::ZERO);
+    }
+}

@@ -1,0 +1,166 @@
+//! The contract between the runtime and a broker.
+//!
+//! A backend only speaks its broker's protocol: publish a message and return once the
+//! broker has it, turn a subscription into a stream of [`Delivery`], and settle each
+//! delivery through its [`Acknowledge`] handle. Retry, dead-letter, decoding,
+//! concurrency and drain are the dispatcher's (`dispatch.rs`), the same for every broker.
+
+pub mod memory;
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+
+use crate::error::BackendError;
+use crate::message::Message;
+
+/// What a backend promises; the dispatcher and the conformance suite read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Competing consumers: a group's members share the messages.
+    pub groups: bool,
+    /// Messages published before a subscriber exists are kept for it.
+    pub persistence: bool,
+    /// One subscriber with concurrency 1 sees messages in publish order.
+    pub ordering: bool,
+    /// Unacknowledged messages come back (at-least-once).
+    pub at_least_once: bool,
+    /// The broker redelivers on `nack` by itself (with a delay); otherwise the runtime
+    /// retries in place.
+    pub native_redelivery: bool,
+    /// Headers travel with the message.
+    pub headers: bool,
+    /// Keys travel with the message.
+    pub keys: bool,
+}
+
+/// What to subscribe to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    /// Topic name, as the application writes it (`sensor.readings`).
+    pub topic: String,
+    /// Group name: `None` means fan-out (every subscriber gets every message).
+    pub group: Option<String>,
+    /// The subscriber's display name (`Service::method`), for durable names and logs.
+    pub subscriber: String,
+    /// How many deliveries may be fetched ahead of the handlers.
+    pub prefetch: usize,
+    /// The retry policy's attempt limit (some brokers enforce it themselves).
+    pub max_attempts: u32,
+}
+
+/// A stream of deliveries for one subscription. Ends when the backend closes.
+pub type Subscription = BoxStream<'static, Delivery>;
+
+/// Settles one delivery with the broker. Implementations do not wait for the broker:
+/// acks are batched or pipelined behind this call.
+pub trait Acknowledge: Send + 'static {
+    /// The message was handled (or dead-lettered); the broker may forget it.
+    fn ack(self: Box<Self>);
+    /// The message was not handled; deliver it again after `delay`.
+    fn nack(self: Box<Self>, delay: Duration);
+}
+
+/// One message handed to the runtime by a backend.
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// 1 for a first delivery; the broker's delivery count where it keeps one.
+    pub attempt: u32,
+    acker: Option<Box<dyn Acknowledge>>,
+}
+
+impl Delivery {
+    /// A delivery that must be settled through `acker` (at-least-once backends).
+    pub fn new(message: Message, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
+        Delivery {
+            message,
+            attempt: attempt.max(1),
+            acker: Some(acker),
+        }
+    }
+
+    /// A delivery that needs no settling (at-most-once backends).
+    pub fn unacknowledged(message: Message) -> Self {
+        Delivery {
+            message,
+            attempt: 1,
+            acker: None,
+        }
+    }
+
+    /// Acknowledges the delivery.
+    pub fn ack(self) {
+        if let Some(acker) = self.acker {
+            acker.ack();
+        }
+    }
+
+    /// Asks for redelivery after `delay`.
+    pub fn nack(self, delay: Duration) {
+        if let Some(acker) = self.acker {
+            acker.nack(delay);
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("attempt", &self.attempt)
+            .field("acknowledged", &self.acker.is_some())
+            .finish()
+    }
+}
+
+/// A broker connection. See the module docs for who does what.
+pub trait Backend: Send + Sync + 'static {
+    /// The backend's kind, as written in config (`memory`, `nats`, ...).
+    fn kind(&self) -> &'static str;
+
+    /// What this backend promises.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes `message` to `topic`; resolves once the broker has accepted it.
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Starts a subscription.
+    fn subscribe<'a>(
+        &'a self,
+        spec: &'a SubscriptionSpec,
+    ) -> BoxFuture<'a, Result<Subscription, BackendError>>;
+
+    /// Flushes pending acknowledgements and disconnects. Subscriptions end.
+    fn close(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+}
+
+/// Every broker kind this build knows, with the cargo feature that enables it.
+pub const KINDS: [(&str, &str); 1] = [("memory", "")];
+
+/// Connects the backend that `config` names.
+pub async fn connect(
+    config: &crate::config::BrokerConfig,
+) -> Result<std::sync::Arc<dyn Backend>, crate::error::Error> {
+    use crate::error::ConfigError;
+    match config.kind.as_str() {
+        "memory" => Ok(std::sync::Arc::new(memory::MemoryBroker::named(
+            &config.name,
+            memory::MemoryOptions {
+                queue_capacity: config.queue_capacity,
+                max_message_bytes: config.max_message_bytes,
+            },
+        ))),
+        other => Err(ConfigError::UnknownBackend {
+            kind: other.to_string(),
+            known: KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+        }
+        .into()),
+    }
+}

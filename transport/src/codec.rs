@@ -1,0 +1,310 @@
+//! Codecs: how a typed value becomes payload bytes and back.
+//!
+//! Built in: [`Json`] (`"json"`), [`MsgPack`] (`"msgpack"`), [`Protobuf`] (`"protobuf"`),
+//! [`Text`] (`"text"`) and [`RawBytes`] (`"bytes"`). A codec of your own is a type that
+//! implements [`Codec`] (its name and content type) plus [`Encoder`] / [`Decoder`] for the
+//! payloads it handles; name it in `#[subscriber(codec = MyCodec)]` or
+//! `Topic::new(..).with_codec::<MyCodec>()`.
+//!
+//! ```
+//! use transport::codec::{Codec, Decoder, Encoder};
+//! use transport::CodecError;
+//!
+//! /// Comma-separated numbers.
+//! struct Csv;
+//! impl Codec for Csv {
+//!     const NAME: &'static str = "csv";
+//!     const CONTENT_TYPE: &'static str = "text/csv";
+//! }
+//! impl Encoder<Vec<i64>> for Csv {
+//!     fn encode(value: &Vec<i64>) -> Result<bytes::Bytes, CodecError> {
+//!         let text: Vec<String> = value.iter().map(|n| n.to_string()).collect();
+//!         Ok(text.join(",").into())
+//!     }
+//! }
+//! impl Decoder<Vec<i64>> for Csv {
+//!     fn decode(payload: &bytes::Bytes) -> Result<Vec<i64>, CodecError> {
+//!         let text = std::str::from_utf8(payload).map_err(|e| CodecError::new(Self::NAME, e))?;
+//!         text.split(',').map(|s| s.trim().parse().map_err(|e| CodecError::new(Self::NAME, e))).collect()
+//!     }
+//! }
+//! let bytes = Csv::encode(&vec![1, 2, 3]).unwrap();
+//! assert_eq!(Csv::decode(&bytes).unwrap(), vec![1, 2, 3]);
+//! ```
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::CodecError;
+
+/// A named wire format.
+pub trait Codec: Send + Sync + 'static {
+    /// The name used in attributes, registrations and introspection.
+    const NAME: &'static str;
+    /// The `content-type` header set on published messages.
+    const CONTENT_TYPE: &'static str;
+}
+
+/// A codec that can encode `T`.
+#[diagnostic::on_unimplemented(
+    message = "the `{Self}` codec cannot encode `{T}`",
+    label = "`{T}` is not encodable with `{Self}`"
+)]
+pub trait Encoder<T: ?Sized>: Codec {
+    /// Encodes `value` into payload bytes.
+    fn encode(value: &T) -> Result<Bytes, CodecError>;
+}
+
+/// A codec that can decode `T`.
+#[diagnostic::on_unimplemented(
+    message = "the `{Self}` codec cannot decode `{T}`",
+    label = "`{T}` is not decodable with `{Self}`"
+)]
+pub trait Decoder<T>: Codec {
+    /// Decodes payload bytes into a value.
+    fn decode(payload: &Bytes) -> Result<T, CodecError>;
+}
+
+/// JSON via `serde_json`: payloads implementing `Serialize` / `DeserializeOwned`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Json;
+
+impl Codec for Json {
+    const NAME: &'static str = "json";
+    const CONTENT_TYPE: &'static str = "application/json";
+}
+
+impl<T: Serialize + ?Sized> Encoder<T> for Json {
+    fn encode(value: &T) -> Result<Bytes, CodecError> {
+        serde_json::to_vec(value)
+            .map(Bytes::from)
+            .map_err(|e| CodecError::new(Self::NAME, e))
+    }
+}
+
+impl<T: DeserializeOwned> Decoder<T> for Json {
+    fn decode(payload: &Bytes) -> Result<T, CodecError> {
+        serde_json::from_slice(payload).map_err(|e| CodecError::new(Self::NAME, e))
+    }
+}
+
+/// MessagePack via `rmp-serde` (structs as maps, so fields may be added or reordered).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MsgPack;
+
+impl Codec for MsgPack {
+    const NAME: &'static str = "msgpack";
+    const CONTENT_TYPE: &'static str = "application/msgpack";
+}
+
+impl<T: Serialize + ?Sized> Encoder<T> for MsgPack {
+    fn encode(value: &T) -> Result<Bytes, CodecError> {
+        rmp_serde::to_vec_named(value)
+            .map(Bytes::from)
+            .map_err(|e| CodecError::new(Self::NAME, e))
+    }
+}
+
+impl<T: DeserializeOwned> Decoder<T> for MsgPack {
+    fn decode(payload: &Bytes) -> Result<T, CodecError> {
+        rmp_serde::from_slice(payload).map_err(|e| CodecError::new(Self::NAME, e))
+    }
+}
+
+/// Protocol Buffers via `prost`: payloads implementing `prost::Message + Default`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Protobuf;
+
+impl Codec for Protobuf {
+    const NAME: &'static str = "protobuf";
+    const CONTENT_TYPE: &'static str = "application/x-protobuf";
+}
+
+impl<T: prost::Message> Encoder<T> for Protobuf {
+    fn encode(value: &T) -> Result<Bytes, CodecError> {
+        Ok(Bytes::from(value.encode_to_vec()))
+    }
+}
+
+impl<T: prost::Message + Default> Decoder<T> for Protobuf {
+    fn decode(payload: &Bytes) -> Result<T, CodecError> {
+        T::decode(payload.clone()).map_err(|e| CodecError::new(Self::NAME, e))
+    }
+}
+
+/// UTF-8 text: the payload is a `String`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Text;
+
+impl Codec for Text {
+    const NAME: &'static str = "text";
+    const CONTENT_TYPE: &'static str = "text/plain; charset=utf-8";
+}
+
+impl Encoder<String> for Text {
+    fn encode(value: &String) -> Result<Bytes, CodecError> {
+        Ok(Bytes::copy_from_slice(value.as_bytes()))
+    }
+}
+
+impl Encoder<str> for Text {
+    fn encode(value: &str) -> Result<Bytes, CodecError> {
+        Ok(Bytes::copy_from_slice(value.as_bytes()))
+    }
+}
+
+impl Decoder<String> for Text {
+    fn decode(payload: &Bytes) -> Result<String, CodecError> {
+        String::from_utf8(payload.to_vec()).map_err(|e| CodecError::new(Self::NAME, e))
+    }
+}
+
+/// Raw bytes, untouched: the payload is `bytes::Bytes` or `Vec<u8>`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawBytes;
+
+impl Codec for RawBytes {
+    const NAME: &'static str = "bytes";
+    const CONTENT_TYPE: &'static str = "application/octet-stream";
+}
+
+impl Encoder<Bytes> for RawBytes {
+    fn encode(value: &Bytes) -> Result<Bytes, CodecError> {
+        Ok(value.clone())
+    }
+}
+
+impl Encoder<Vec<u8>> for RawBytes {
+    fn encode(value: &Vec<u8>) -> Result<Bytes, CodecError> {
+        Ok(Bytes::copy_from_slice(value))
+    }
+}
+
+impl Encoder<[u8]> for RawBytes {
+    fn encode(value: &[u8]) -> Result<Bytes, CodecError> {
+        Ok(Bytes::copy_from_slice(value))
+    }
+}
+
+impl Decoder<Bytes> for RawBytes {
+    fn decode(payload: &Bytes) -> Result<Bytes, CodecError> {
+        Ok(payload.clone())
+    }
+}
+
+impl Decoder<Vec<u8>> for RawBytes {
+    fn decode(payload: &Bytes) -> Result<Vec<u8>, CodecError> {
+        Ok(payload.to_vec())
+    }
+}
+
+/// The names of the built-in codecs, as written in `#[subscriber(codec = "...")]`.
+pub const BUILTIN_NAMES: [&str; 5] = ["json", "msgpack", "protobuf", "text", "bytes"];
+
+/// Codecs a configuration may name for values that implement `serde::Serialize`
+/// (the publisher's default codec).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SerdeCodec {
+    /// [`Json`].
+    #[default]
+    Json,
+    /// [`MsgPack`].
+    MsgPack,
+}
+
+impl SerdeCodec {
+    /// The names accepted by [`SerdeCodec::from_name`].
+    pub const NAMES: [&'static str; 2] = ["json", "msgpack"];
+
+    /// Looks a codec up by its name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "json" => Some(SerdeCodec::Json),
+            "msgpack" => Some(SerdeCodec::MsgPack),
+            _ => None,
+        }
+    }
+
+    /// Encodes with this codec; returns the bytes and the content type.
+    pub fn encode<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+    ) -> Result<(Bytes, &'static str), CodecError> {
+        match self {
+            SerdeCodec::Json => Json::encode(value).map(|b| (b, Json::CONTENT_TYPE)),
+            SerdeCodec::MsgPack => MsgPack::encode(value).map(|b| (b, MsgPack::CONTENT_TYPE)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Reading {
+        humidity: f64,
+        label: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Proto {
+        #[prost(string, tag = "1")]
+        name: String,
+        #[prost(uint32, tag = "2")]
+        count: u32,
+    }
+
+    fn reading() -> Reading {
+        Reading {
+            humidity: 41.5,
+            label: "kitchen".into(),
+        }
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let bytes = Json::encode(&reading()).unwrap();
+        assert_eq!(&bytes[..], br#"{"humidity":41.5,"label":"kitchen"}"#);
+        assert_eq!(Json::decode(&bytes).map(|r: Reading| r).unwrap(), reading());
+    }
+
+    #[test]
+    fn msgpack_round_trips() {
+        let bytes = MsgPack::encode(&reading()).unwrap();
+        assert_eq!(
+            MsgPack::decode(&bytes).map(|r: Reading| r).unwrap(),
+            reading()
+        );
+    }
+
+    #[test]
+    fn protobuf_round_trips() {
+        let value = Proto {
+            name: "n".into(),
+            count: 7,
+        };
+        let bytes = Protobuf::encode(&value).unwrap();
+        assert_eq!(Protobuf::decode(&bytes).map(|p: Proto| p).unwrap(), value);
+    }
+
+    #[test]
+    fn text_and_bytes_round_trip() {
+        let bytes = Text::encode(&"héllo".to_string()).unwrap();
+        assert_eq!(<Text as Decoder<String>>::decode(&bytes).unwrap(), "héllo");
+        let raw = Bytes::from_static(&[0, 159, 255]);
+        assert_eq!(<RawBytes as Decoder<Bytes>>::decode(&raw).unwrap(), raw);
+    }
+
+    #[test]
+    fn bad_input_is_a_codec_error() {
+        let err =
+            <Json as Decoder<Reading>>::decode(&Bytes::from_static(b"{not json")).unwrap_err();
+        assert_eq!(err.codec, "json");
+        let err =
+            <Text as Decoder<String>>::decode(&Bytes::from_static(&[0xff, 0xfe])).unwrap_err();
+        assert_eq!(err.codec, "text");
+    }
+}

@@ -1,0 +1,390 @@
+//! Configuration: a TOML file and `TRANSPORT_*` environment variables (env wins).
+//!
+//! ```toml
+//! [broker]
+//! kind = "memory"          # memory | nats | jetstream | redis | redis-streams | ...
+//! # url = "nats://127.0.0.1:4222"
+//!
+//! [subscriber]             # defaults for every subscriber
+//! concurrency = 1
+//! max_attempts = 3
+//! backoff = "100ms"
+//! backoff_max = "10s"
+//! dead_letter = "{topic}.dlq"
+//!
+//! [subscribers."SaverService::save"]   # per-subscriber overrides
+//! concurrency = 8
+//!
+//! [publisher]
+//! codec = "json"
+//!
+//! [shutdown]
+//! drain_timeout = "30s"
+//! ```
+//!
+//! Environment: `TRANSPORT_BROKER__KIND=nats`, `TRANSPORT_SUBSCRIBER__MAX_ATTEMPTS=5`, ...
+//! (`__` separates levels). `TRANSPORT_CONFIG` names the file (default `transport.toml`
+//! in the working directory, if present).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::SerdeCodec;
+use crate::dispatch::RetryPolicy;
+use crate::error::ConfigError;
+
+/// Environment variable naming the config file.
+pub const CONFIG_FILE_ENV: &str = "TRANSPORT_CONFIG";
+/// Prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "TRANSPORT_";
+/// The file read when `TRANSPORT_CONFIG` is unset, if it exists.
+pub const DEFAULT_FILE: &str = "transport.toml";
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Which broker, and how to reach it.
+    pub broker: BrokerConfig,
+    /// Defaults for every subscriber.
+    pub subscriber: SubscriberConfig,
+    /// Overrides per subscriber, keyed by its name (`Service::method` or function name).
+    pub subscribers: BTreeMap<String, SubscriberOverride>,
+    /// Publisher settings.
+    pub publisher: PublisherConfig,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[broker]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// The backend: `memory` (default), or a broker enabled by a cargo feature.
+    pub kind: String,
+    /// Where the broker listens (backend-specific URL).
+    pub url: Option<String>,
+    /// The in-process broker's name: Apps naming the same one share it.
+    pub name: String,
+    /// Messages an in-process queue holds before publishers wait.
+    pub queue_capacity: usize,
+    /// Largest payload accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            kind: "memory".into(),
+            url: None,
+            name: "default".into(),
+            queue_capacity: 65_536,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[subscriber]`: settings every subscriber gets unless overridden.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriberConfig {
+    /// Handlers running at once per subscriber (1 keeps order).
+    pub concurrency: usize,
+    /// Deliveries fetched ahead of the handlers.
+    pub prefetch: usize,
+    /// Attempts in all before dead-lettering (1 = no retry).
+    pub max_attempts: u32,
+    /// Delay before the first retry.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Upper bound of the retry delay.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Growth factor of the delay per attempt.
+    pub backoff_multiplier: f64,
+    /// Dead-letter topic; `{topic}` is replaced by the subscriber's topic.
+    pub dead_letter: String,
+}
+
+impl Default for SubscriberConfig {
+    fn default() -> Self {
+        SubscriberConfig {
+            concurrency: 1,
+            prefetch: 256,
+            max_attempts: 3,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            backoff_multiplier: 2.0,
+            dead_letter: "{topic}.dlq".into(),
+        }
+    }
+}
+
+/// `[subscribers."Name"]`: any subset of [`SubscriberConfig`], plus the group.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriberOverride {
+    /// See [`SubscriberConfig::concurrency`].
+    pub concurrency: Option<usize>,
+    /// See [`SubscriberConfig::prefetch`].
+    pub prefetch: Option<usize>,
+    /// See [`SubscriberConfig::max_attempts`].
+    pub max_attempts: Option<u32>,
+    /// See [`SubscriberConfig::backoff`].
+    #[serde(with = "humantime_serde::option")]
+    pub backoff: Option<Duration>,
+    /// See [`SubscriberConfig::backoff_max`].
+    #[serde(with = "humantime_serde::option")]
+    pub backoff_max: Option<Duration>,
+    /// See [`SubscriberConfig::backoff_multiplier`].
+    pub backoff_multiplier: Option<f64>,
+    /// See [`SubscriberConfig::dead_letter`].
+    pub dead_letter: Option<String>,
+    /// Replaces the group declared in the attribute.
+    pub group: Option<String>,
+}
+
+/// `[publisher]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublisherConfig {
+    /// Codec of `Publisher::publish` for serde values: `json` or `msgpack`.
+    pub codec: String,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        PublisherConfig {
+            codec: "json".into(),
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight handlers may run once shutdown begins.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One subscriber's settings once defaults and overrides are merged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EffectiveSubscriber {
+    /// Handlers at once.
+    pub concurrency: usize,
+    /// Deliveries fetched ahead.
+    pub prefetch: usize,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Dead-letter topic template.
+    pub dead_letter: String,
+    /// Group override.
+    pub group: Option<String>,
+}
+
+impl Config {
+    /// Reads `TRANSPORT_CONFIG` (or `transport.toml` if present) and `TRANSPORT_*`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match std::env::var_os(CONFIG_FILE_ENV) {
+            Some(path) => Self::from_file(Path::new(&path)),
+            None if Path::new(DEFAULT_FILE).is_file() => Self::from_file(Path::new(DEFAULT_FILE)),
+            None => Self::load(Figment::from(Serialized::defaults(Config::default()))),
+        }
+    }
+
+    /// Reads `path` (which must exist), with `TRANSPORT_*` variables on top.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::load(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(&text)),
+        )
+    }
+
+    /// Parses TOML text, without looking at the environment.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn load(figment: Figment) -> Result<Self, ConfigError> {
+        let env = Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]);
+        let config: Config = figment.merge(env).extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if SerdeCodec::from_name(&self.publisher.codec).is_none() {
+            return Err(ConfigError::UnknownCodec {
+                key: "publisher.codec".into(),
+                name: self.publisher.codec.clone(),
+                known: SerdeCodec::NAMES.join(", "),
+            });
+        }
+        if self.broker.queue_capacity == 0 {
+            return Err(value_error("broker.queue_capacity", "must be at least 1"));
+        }
+        check_subscriber("subscriber", &self.subscriber.to_override())?;
+        for (name, over) in &self.subscribers {
+            check_subscriber(&format!("subscribers.\"{name}\""), over)?;
+        }
+        Ok(())
+    }
+
+    /// The publisher's codec (validated by [`Config::validate`]).
+    pub fn publisher_codec(&self) -> SerdeCodec {
+        SerdeCodec::from_name(&self.publisher.codec).unwrap_or_default()
+    }
+
+    /// The settings of the subscriber called `name`.
+    pub fn subscriber(&self, name: &str) -> EffectiveSubscriber {
+        let base = &self.subscriber;
+        let over = self.subscribers.get(name).cloned().unwrap_or_default();
+        EffectiveSubscriber {
+            concurrency: over.concurrency.unwrap_or(base.concurrency),
+            prefetch: over.prefetch.unwrap_or(base.prefetch),
+            retry: RetryPolicy {
+                max_attempts: over.max_attempts.unwrap_or(base.max_attempts),
+                backoff: over.backoff.unwrap_or(base.backoff),
+                backoff_max: over.backoff_max.unwrap_or(base.backoff_max),
+                multiplier: over.backoff_multiplier.unwrap_or(base.backoff_multiplier),
+            },
+            dead_letter: over.dead_letter.unwrap_or_else(|| base.dead_letter.clone()),
+            group: over.group,
+        }
+    }
+}
+
+impl SubscriberConfig {
+    fn to_override(&self) -> SubscriberOverride {
+        SubscriberOverride {
+            concurrency: Some(self.concurrency),
+            prefetch: Some(self.prefetch),
+            max_attempts: Some(self.max_attempts),
+            backoff: Some(self.backoff),
+            backoff_max: Some(self.backoff_max),
+            backoff_multiplier: Some(self.backoff_multiplier),
+            dead_letter: Some(self.dead_letter.clone()),
+            group: None,
+        }
+    }
+}
+
+fn value_error(key: &str, reason: &str) -> ConfigError {
+    ConfigError::Value {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+fn check_subscriber(section: &str, over: &SubscriberOverride) -> Result<(), ConfigError> {
+    if over.concurrency == Some(0) {
+        return Err(value_error(
+            &format!("{section}.concurrency"),
+            "must be at least 1",
+        ));
+    }
+    if over.prefetch == Some(0) {
+        return Err(value_error(
+            &format!("{section}.prefetch"),
+            "must be at least 1",
+        ));
+    }
+    if over.max_attempts == Some(0) {
+        return Err(value_error(
+            &format!("{section}.max_attempts"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(m) = over.backoff_multiplier {
+        if !(m.is_finite() && m >= 1.0) {
+            return Err(value_error(
+                &format!("{section}.backoff_multiplier"),
+                "must be a finite number >= 1",
+            ));
+        }
+    }
+    if over
+        .dead_letter
+        .as_deref()
+        .is_some_and(|d| d.trim().is_empty())
+    {
+        return Err(value_error(
+            &format!("{section}.dead_letter"),
+            "must not be empty",
+        ));
+    }
+    if over.group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+        return Err(value_error(
+            &format!("{section}.group"),
+            "must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_and_overrides_win() {
+        let config = Config::from_toml(
+            r#"
+            [subscriber]
+            max_attempts = 5
+            backoff = "250ms"
+            [subscribers."Saver::save"]
+            concurrency = 4
+            group = "other"
+            "#,
+        )
+        .unwrap();
+        let saver = config.subscriber("Saver::save");
+        assert_eq!(saver.concurrency, 4);
+        assert_eq!(saver.retry.max_attempts, 5);
+        assert_eq!(saver.retry.backoff, Duration::from_millis(250));
+        assert_eq!(saver.group.as_deref(), Some("other"));
+        assert_eq!(config.subscriber("x").concurrency, 1);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let err = Config::from_toml("[broker]\nkinde = \"nats\"").unwrap_err();
+        assert!(err.to_string().contains("kinde"), "{err}");
+        let err = Config::from_toml("[subscriber]\nbackoff = \"soon\"").unwrap_err();
+        assert!(err.to_string().contains("backoff"), "{err}");
+        let err = Config::from_toml("[subscriber]\nmax_attempts = 0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `subscriber.max_attempts`: must be at least 1"
+        );
+        let err = Config::from_toml("[publisher]\ncodec = \"xml\"").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown codec `xml` for `publisher.codec` in config (known: json, msgpack)"
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! The context handed to a handler next to its payload.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::message::{Headers, Message};
+use crate::publisher::Publisher;
+
+/// What a handler knows about the message it handles, and a way to publish more.
+///
+/// ```
+/// # use transport::prelude::*;
+/// #[transport::subscriber(topic = "orders.created")]
+/// async fn on_order(order: serde_json::Value, ctx: &Context) -> Result<(), Error> {
+///     tracing::info!(topic = ctx.topic(), attempt = ctx.attempt(), "order {order}");
+///     if let Some(trace) = ctx.header("trace-id") {
+///         ctx.publisher().to("audit").header("trace-id", trace).send(&order).await?;
+///     }
+///     Ok(())
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Context {
+    pub(crate) message: Message,
+    pub(crate) topic: Arc<str>,
+    pub(crate) group: Option<Arc<str>>,
+    pub(crate) subscriber: &'static str,
+    pub(crate) attempt: u32,
+    pub(crate) publisher: Publisher,
+}
+
+impl Context {
+    /// The topic the message arrived on.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The subscriber's group, if it has one.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    /// The subscriber's name (`Service::method` or the function's name).
+    pub fn subscriber(&self) -> &'static str {
+        self.subscriber
+    }
+
+    /// Every header of the message.
+    pub fn headers(&self) -> &Headers {
+        &self.message.headers
+    }
+
+    /// One header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.message.headers.get(name)
+    }
+
+    /// The message id, where the broker or producer gave one.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message.id.as_deref()
+    }
+
+    /// The message key, where there is one.
+    pub fn key(&self) -> Option<&str> {
+        self.message.key.as_deref()
+    }
+
+    /// Which attempt this is: 1 the first time, 2 on the first retry, ...
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The raw payload, before decoding.
+    pub fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+
+    /// The whole message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// A publisher on the App's backend.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+}

@@ -1,0 +1,307 @@
+//! Error types. Every failure a user or a broker can cause is a typed variant here.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+/// The framework's top-level error: what `App` methods return, and what a handler may
+/// return (`Result<(), transport::Error>`).
+///
+/// A handler can also return any error type `E: Into<transport::Error>`, including
+/// `Box<dyn std::error::Error + Send + Sync>`, so `?` works on any standard error there.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration could not be read or is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The application could not start (bindings, instances, subscriptions).
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// The broker reported a failure.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Publishing a message failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// Encoding or decoding a payload failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A handler reported a failure of its own.
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+}
+
+impl Error {
+    /// A handler failure described by a message.
+    ///
+    /// ```
+    /// let err = transport::Error::msg("temperature sensor offline");
+    /// assert_eq!(err.to_string(), "temperature sensor offline");
+    /// ```
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Error::Handler(HandlerError(Box::new(MessageError(message.to_string()))))
+    }
+
+    /// A handler failure caused by another error.
+    pub fn handler(source: impl StdError + Send + Sync + 'static) -> Self {
+        Error::Handler(HandlerError(Box::new(source)))
+    }
+}
+
+impl From<Box<dyn StdError + Send + Sync>> for Error {
+    fn from(source: Box<dyn StdError + Send + Sync>) -> Self {
+        Error::Handler(HandlerError(source))
+    }
+}
+
+/// A failure reported by user code (a handler), kept with its source chain.
+#[derive(Debug)]
+pub struct HandlerError(Box<dyn StdError + Send + Sync>);
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl StdError for HandlerError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
+    }
+}
+
+#[derive(Debug)]
+struct MessageError(String);
+
+impl fmt::Display for MessageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for MessageError {}
+
+/// Encoding or decoding a payload failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{codec} codec: {reason}")]
+pub struct CodecError {
+    /// Name of the codec (`json`, `msgpack`, ...).
+    pub codec: &'static str,
+    /// What went wrong, as the codec library put it.
+    pub reason: String,
+}
+
+impl CodecError {
+    /// A codec failure with the codec's name and the library's message.
+    pub fn new(codec: &'static str, reason: impl fmt::Display) -> Self {
+        CodecError {
+            codec,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Publishing a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The value could not be encoded.
+    #[error("cannot publish to `{topic}`: {source}")]
+    Encode {
+        /// Destination topic.
+        topic: String,
+        /// The codec's error.
+        source: CodecError,
+    },
+    /// The broker did not accept the message.
+    #[error("cannot publish to `{topic}`: {source}")]
+    Backend {
+        /// Destination topic.
+        topic: String,
+        /// The broker's error.
+        source: BackendError,
+    },
+}
+
+/// A failure reported by a broker backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The broker could not be reached.
+    #[error("cannot connect to {backend} at {url}: {reason}")]
+    Connect {
+        /// Backend kind.
+        backend: &'static str,
+        /// Where it was reached for.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The backend is shut down and takes no more work.
+    #[error("the {backend} backend is closed")]
+    Closed {
+        /// Backend kind.
+        backend: &'static str,
+    },
+    /// The message is larger than the backend accepts.
+    #[error("message of {size} bytes exceeds the {backend} limit of {limit} bytes")]
+    TooLarge {
+        /// Backend kind.
+        backend: &'static str,
+        /// Payload size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The broker refused or failed an operation.
+    #[error("{backend}: {operation} failed: {reason}")]
+    Operation {
+        /// Backend kind.
+        backend: &'static str,
+        /// What was attempted (publish, subscribe, ack ...).
+        operation: &'static str,
+        /// The broker's or client's message.
+        reason: String,
+    },
+}
+
+/// The configuration could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A config file was named but cannot be read.
+    #[error("cannot read config file `{path}`: {source}")]
+    File {
+        /// The path as given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML or environment values do not form a valid configuration.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[source] Box<figment::Error>),
+    /// `broker.kind` names no backend.
+    #[error("unknown broker kind `{kind}` in config (known: {known})")]
+    UnknownBackend {
+        /// The name given.
+        kind: String,
+        /// Every name this build knows.
+        known: String,
+    },
+    /// `broker.kind` names a backend whose cargo feature is off in this build.
+    #[error(
+        "broker kind `{kind}` is not compiled in: enable the `{feature}` feature of the `transport` crate"
+    )]
+    BackendNotEnabled {
+        /// The name given.
+        kind: String,
+        /// The cargo feature to enable.
+        feature: &'static str,
+    },
+    /// A codec name in config is not known.
+    #[error("unknown codec `{name}` for `{key}` in config (known: {known})")]
+    UnknownCodec {
+        /// The config key holding it.
+        key: String,
+        /// The name given.
+        name: String,
+        /// Every codec name known.
+        known: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid value for `{key}`: {reason}")]
+    Value {
+        /// The config key.
+        key: String,
+        /// What is allowed.
+        reason: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(err: figment::Error) -> Self {
+        ConfigError::Invalid(Box::new(err))
+    }
+}
+
+/// The application could not start. Each variant names the subscriber it concerns and
+/// where it is declared.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A method subscriber's service instance was never given to the App.
+    #[error(
+        "subscriber `{subscriber}` ({location}) is a method of `{service}`, but no `{service}` instance was provided: call `.service(...)` with one on the App"
+    )]
+    MissingInstance {
+        /// `Service::method`.
+        subscriber: String,
+        /// The service type.
+        service: String,
+        /// `file:line` of the method.
+        location: String,
+    },
+    /// Two subscribers of one service share a topic and group.
+    #[error(
+        "subscribers `{first}` ({first_location}) and `{second}` ({second_location}) both subscribe to topic `{topic}` with {group}: give one of them another group"
+    )]
+    DuplicateSubscription {
+        /// The first subscriber.
+        first: String,
+        /// Where it is declared.
+        first_location: String,
+        /// The second subscriber.
+        second: String,
+        /// Where it is declared.
+        second_location: String,
+        /// The shared topic.
+        topic: String,
+        /// The shared group, described.
+        group: String,
+    },
+    /// Configuration names a subscriber that is not registered.
+    #[error(
+        "config section `subscribers.\"{name}\"` names no registered subscriber (registered: {known})"
+    )]
+    UnknownSubscriber {
+        /// The name in config.
+        name: String,
+        /// The registered names.
+        known: String,
+    },
+    /// A subscriber's effective settings are invalid.
+    #[error("subscriber `{subscriber}` ({location}): {reason}")]
+    InvalidSubscriber {
+        /// The subscriber.
+        subscriber: String,
+        /// Where it is declared.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The broker refused a subscription.
+    #[error("subscriber `{subscriber}` ({location}) could not subscribe to `{topic}`: {source}")]
+    Subscribe {
+        /// The subscriber.
+        subscriber: String,
+        /// Where it is declared.
+        location: String,
+        /// Its topic.
+        topic: String,
+        /// The broker's error.
+        source: BackendError,
+    },
+    /// Several of the above at once.
+    #[error("{} problems prevent startup:{}", .0.len(), list(.0))]
+    Many(Vec<StartupError>),
+}
+
+fn list(errors: &[StartupError]) -> String {
+    errors.iter().map(|e| format!("\n  - {e}")).collect()
+}
+
+impl StartupError {
+    /// One error, or [`StartupError::Many`] when there are several.
+    pub(crate) fn from_all(mut errors: Vec<StartupError>) -> Option<StartupError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(StartupError::Many(errors)),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! `transport`: message-driven services. Annotate methods with `#[subscriber]`, choose the
+//! broker in configuration, and the runtime does the rest: decode, call, retry,
+//! dead-letter, acknowledge, drain.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use transport::prelude::*;
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! pub struct Hygrothermograph { pub humidity: f64, pub temperature: f64 }
+//!
+//! pub struct SaverService;
+//!
+//! #[transport::service]
+//! impl SaverService {
+//!     #[subscriber(topic = "sensor.ts", group = "saver")]
+//!     async fn save(&self, reading: Hygrothermograph, ctx: &Context) -> Result<(), Error> {
+//!         tracing::info!(topic = ctx.topic(), ?reading, "saved");
+//!         Ok(())
+//!     }
+//! }
+//! ```
+#![deny(missing_docs)]
+
+mod app;
+pub mod backend;
+pub mod codec;
+pub mod config;
+mod context;
+pub mod dispatch;
+mod error;
+mod message;
+mod publisher;
+pub mod registry;
+pub mod testing;
+mod topic;
+
+pub use app::{App, Running, ShutdownHandle};
+pub use config::Config;
+pub use context::Context;
+pub use error::{
+    BackendError, CodecError, ConfigError, Error, HandlerError, PublishError, StartupError,
+};
+pub use message::{CONTENT_TYPE, Headers, Message};
+pub use publisher::{Outgoing, Publisher};
+pub use topic::Topic;
+pub use transport_macros::{service, subscriber};
+
+/// The names a service author needs: `use transport::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Context, Error, Headers, Message, Publisher, Topic, service, subscriber};
+}
+
+/// What generated code reaches. Not a public API: no stability promise.
+#[doc(hidden)]
+pub mod __private;

@@ -1,0 +1,117 @@
+//! Messages as they travel: a payload of bytes, headers, an optional key and id.
+
+use bytes::Bytes;
+
+/// Header name carrying the payload's content type (`application/json`, ...).
+pub const CONTENT_TYPE: &str = "content-type";
+
+/// Ordered message headers. Names are compared case-sensitively; a name may appear once
+/// (`insert` replaces). Small on purpose: most messages carry a handful of headers.
+///
+/// ```
+/// let mut headers = transport::Headers::new();
+/// headers.insert("trace-id", "abc");
+/// assert_eq!(headers.get("trace-id"), Some("abc"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    entries: Vec<(String, String)>,
+}
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Headers {
+            entries: Vec::new(),
+        }
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name` to `value`, replacing a previous value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.entries.push((name, value)),
+        }
+    }
+
+    /// Removes `name`, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let index = self.entries.iter().position(|(n, _)| n == name)?;
+        Some(self.entries.remove(index).1)
+    }
+
+    /// Whether `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Every header, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut headers = Headers::new();
+        for (k, v) in iter {
+            headers.insert(k, v);
+        }
+        headers
+    }
+}
+
+/// One message: what a backend publishes and delivers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The encoded payload.
+    pub payload: Bytes,
+    /// Headers (content type, tracing, the application's own).
+    pub headers: Headers,
+    /// Partitioning / ordering key, where the broker has one.
+    pub key: Option<String>,
+    /// Broker-assigned or producer-assigned message id.
+    pub id: Option<String>,
+}
+
+impl Message {
+    /// A message carrying `payload` and nothing else.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message {
+            payload: payload.into(),
+            ..Message::default()
+        }
+    }
+
+    /// Adds a header (builder style).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Sets the key (builder style).
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+}

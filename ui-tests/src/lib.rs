@@ -1,0 +1,1 @@
+//! Compile-fail and compile-pass cases for the transport macros; see `tests/ui.rs`.
