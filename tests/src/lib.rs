@@ -1,1 +1,66 @@
 //! Shared helpers of the integration tests.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+/// How long a test waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A name no other test in this process uses (for brokers, topics, groups).
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A memory-broker configuration of its own, with quick retries.
+pub fn memory_config(extra: &str) -> transport::Config {
+    let text = format!(
+        "[broker]\nkind = \"memory\"\nname = \"{}\"\n[subscriber]\nbackoff = \"10ms\"\nbackoff_max = \"50ms\"\n{extra}",
+        unique("broker")
+    );
+    match transport::Config::from_toml(&text) {
+        Ok(config) => config,
+        Err(error) => panic!("test config does not parse: {error}\n{text}"),
+    }
+}
+
+/// Receives `count` values, or panics naming what is missing after [`PATIENCE`].
+pub async fn receive<T>(rx: &mut mpsc::UnboundedReceiver<T>, count: usize) -> Vec<T> {
+    let mut got = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while got.len() < count {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(value)) => got.push(value),
+            Ok(None) => panic!("channel closed after {} of {count} values", got.len()),
+            Err(_) => panic!("timed out after {} of {count} values", got.len()),
+        }
+    }
+    got
+}
+
+/// Asserts nothing more arrives within `quiet`.
+pub async fn assert_quiet<T: std::fmt::Debug>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    quiet: Duration,
+) {
+    if let Ok(Some(value)) = tokio::time::timeout(quiet, rx.recv()).await {
+        panic!("expected nothing more, got {value:?}");
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
+}

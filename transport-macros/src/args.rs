@@ -159,10 +159,10 @@ fn topic_value(value: &Expr, key: &str, errors: &mut Errors) -> Option<TopicArg>
         }
         return Some(TopicArg::Name(lit.clone()));
     }
-    if let Expr::Path(path) = value {
-        if path.qself.is_none() {
-            return Some(TopicArg::Const(path.path.clone()));
-        }
+    if let Expr::Path(path) = value
+        && path.qself.is_none()
+    {
+        return Some(TopicArg::Const(path.path.clone()));
     }
     errors.spanned(
         value.span(),
@@ -208,10 +208,10 @@ fn codec_value(value: &Expr, errors: &mut Errors) -> Option<CodecArg> {
         );
         return None;
     }
-    if let Expr::Path(path) = value {
-        if path.qself.is_none() {
-            return Some(CodecArg::Custom(path.path.clone()));
-        }
+    if let Expr::Path(path) = value
+        && path.qself.is_none()
+    {
+        return Some(CodecArg::Custom(path.path.clone()));
     }
     errors.spanned(
         value.span(),

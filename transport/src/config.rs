@@ -318,13 +318,13 @@ fn check_subscriber(section: &str, over: &SubscriberOverride) -> Result<(), Conf
             "must be at least 1",
         ));
     }
-    if let Some(m) = over.backoff_multiplier {
-        if !(m.is_finite() && m >= 1.0) {
-            return Err(value_error(
-                &format!("{section}.backoff_multiplier"),
-                "must be a finite number >= 1",
-            ));
-        }
+    if let Some(m) = over.backoff_multiplier
+        && !(m.is_finite() && m >= 1.0)
+    {
+        return Err(value_error(
+            &format!("{section}.backoff_multiplier"),
+            "must be a finite number >= 1",
+        ));
     }
     if over
         .dead_letter

@@ -12,10 +12,10 @@ use std::fmt;
 pub enum Error {
     /// The configuration could not be read or is invalid.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(Box<ConfigError>),
     /// The application could not start (bindings, instances, subscriptions).
     #[error(transparent)]
-    Startup(#[from] StartupError),
+    Startup(Box<StartupError>),
     /// The broker reported a failure.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -44,6 +44,18 @@ impl Error {
     /// A handler failure caused by another error.
     pub fn handler(source: impl StdError + Send + Sync + 'static) -> Self {
         Error::Handler(HandlerError(Box::new(source)))
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(error: ConfigError) -> Self {
+        Error::Config(Box::new(error))
+    }
+}
+
+impl From<StartupError> for Error {
+    fn from(error: StartupError) -> Self {
+        Error::Startup(Box::new(error))
     }
 }
 

@@ -190,10 +190,8 @@ impl Backend for MemoryBroker {
             for queue in targets.iter() {
                 closed |= queue.send(envelope.clone()).await.is_err();
             }
-            if closed {
-                if let Some(queues) = self.topics().get_mut(topic) {
-                    queues.prune();
-                }
+            if closed && let Some(queues) = self.topics().get_mut(topic) {
+                queues.prune();
             }
             Ok(())
         }
