@@ -820,3 +820,55 @@ mod configuration {
         });
     }
 }
+
+mod typed_topics {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct Reading {
+        pub room: String,
+        pub celsius: f64,
+    }
+
+    pub const READINGS: Topic<Reading> = Topic::new("rt.typed.readings");
+
+    pub struct Typed(pub UnboundedSender<(&'static str, Reading)>);
+
+    #[transport::service]
+    impl Typed {
+        #[subscriber(topic = READINGS, group = "typed")]
+        async fn typed(&self, reading: Reading) {
+            let _ = self.0.send(("typed", reading));
+        }
+
+        #[subscriber(topic = "rt.typed.readings", group = "by-name")]
+        async fn by_name(&self, reading: Reading) {
+            let _ = self.0.send(("by-name", reading));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_typed_publish_reaches_typed_and_string_topic_subscribers() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config(""), |app| {
+            app.service(Typed(tx))
+        })
+        .await;
+        let reading = Reading {
+            room: "hall".into(),
+            celsius: 18.0,
+        };
+        app.publisher().send(&READINGS, &reading).await.unwrap();
+        let mut got = receive(&mut rx, 2).await;
+        got.sort_by_key(|(which, _)| *which);
+        assert_eq!(got, [("by-name", reading.clone()), ("typed", reading)]);
+        let registration = transport::registry::registrations()
+            .into_iter()
+            .find(|r| r.name == "Typed::typed")
+            .expect("registered");
+        assert_eq!(registration.topic_const, Some("READINGS"));
+        assert_eq!(registration.payload_type, "Reading");
+        app.shutdown().await.unwrap();
+    }
+}

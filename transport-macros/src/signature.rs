@@ -67,6 +67,8 @@ pub fn check(sig: &Signature, place: Place, errors: &mut Errors) -> Option<Handl
     let mut payload: Option<Type> = None;
     let mut context = ContextParam::None;
     let mut receiver_seen = false;
+    // A payload parameter already reported as wrong is not also reported as missing.
+    let mut payload_reported = false;
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(receiver) => {
@@ -107,6 +109,7 @@ pub fn check(sig: &Signature, place: Place, errors: &mut Errors) -> Option<Handl
                         reference.span(),
                         "the payload is passed by value: remove the `&` (the decoded value is owned by the handler)",
                     );
+                    payload_reported = true;
                     continue;
                 }
                 if payload.is_some() {
@@ -126,7 +129,7 @@ pub fn check(sig: &Signature, place: Place, errors: &mut Errors) -> Option<Handl
             "a subscriber method must take `&self`; for an associated function without `self`, use a free `async fn` with `#[transport::subscriber]`",
         );
     }
-    if payload.is_none() {
+    if payload.is_none() && !payload_reported {
         errors.spanned(
             sig.paren_token.span.join(),
             "a subscriber needs a payload parameter, e.g. `report: Report` (plus an optional `ctx: &Context`)",

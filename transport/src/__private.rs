@@ -162,6 +162,11 @@ impl<T, E: Into<Error>> ReplyReturn for Result<T, E> {
 }
 
 /// The codec a typed topic declares.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `transport::Topic`",
+    label = "`topic = ...` and `reply = ...` take a string literal or a `transport::Topic<T>` constant",
+    note = "declare one with `pub const ORDERS: transport::Topic<Order> = transport::Topic::new(\"orders\");`"
+)]
 pub trait TopicCodec {
     /// The codec.
     type Codec: Codec;

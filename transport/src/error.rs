@@ -59,6 +59,18 @@ impl From<StartupError> for Error {
     }
 }
 
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Error::msg(message)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Self {
+        Error::msg(message)
+    }
+}
+
 impl From<Box<dyn StdError + Send + Sync>> for Error {
     fn from(source: Box<dyn StdError + Send + Sync>) -> Self {
         Error::Handler(HandlerError(source))

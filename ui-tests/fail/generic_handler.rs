@@ -1,0 +1,5 @@
+#![allow(unused)]
+#[transport::subscriber(topic = "orders")]
+async fn on_order<T: serde::de::DeserializeOwned>(order: T) {}
+
+fn main() {}

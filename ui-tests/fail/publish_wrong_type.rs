@@ -1,0 +1,20 @@
+#![allow(unused)]
+use serde::Serialize;
+use transport::{Publisher, Topic};
+
+#[derive(Serialize)]
+pub struct Reading {
+    pub celsius: f64,
+}
+#[derive(Serialize)]
+pub struct Order {
+    pub id: u64,
+}
+
+pub const READINGS: Topic<Reading> = Topic::new("sensor.readings");
+
+async fn produce(publisher: Publisher) -> Result<(), transport::PublishError> {
+    publisher.send(&READINGS, &Order { id: 1 }).await
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#![allow(unused)]
+#[transport::service]
+pub struct Billing;
+
+#[transport::service]
+fn main() {}
