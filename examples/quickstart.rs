@@ -6,6 +6,7 @@
 //! the program exits 0.
 //!
 //!     cargo run --example quickstart
+//!     cargo run --example quickstart -- list       # or asyncapi, check: see the README
 //!
 //! The broker comes from configuration (`transport.toml`, `TRANSPORT_*`), memory when
 //! none is given.
@@ -24,7 +25,9 @@ mod topics {
     use transport::Topic;
 
     /// One reading of a hygrothermograph.
-    #[derive(Clone, Debug, Serialize, Deserialize)]
+    // `JsonSchema` puts the payload's schema in `cargo run --example quickstart -- asyncapi`
+    #[derive(Clone, Debug, Serialize, Deserialize, transport::schemars::JsonSchema)]
+    #[schemars(crate = "transport::schemars")]
     pub struct Hygrothermograph {
         pub room: String,
         pub humidity: f64,
@@ -32,7 +35,8 @@ mod topics {
     }
 
     /// Running averages of one room.
-    #[derive(Clone, Debug, Serialize, Deserialize)]
+    #[derive(Clone, Debug, Serialize, Deserialize, transport::schemars::JsonSchema)]
+    #[schemars(crate = "transport::schemars")]
     pub struct Summary {
         pub room: String,
         pub readings: u32,
@@ -126,9 +130,12 @@ async fn main() -> Result<(), transport::Error> {
     let (seen, mut summaries) = mpsc::unbounded_channel();
     let app = transport::App::from_env()?
         .service(Aggregator::default())
-        .service(Display { seen })
-        .start()
-        .await?;
+        .service(Display { seen });
+    // `quickstart list | asyncapi | check` describe the App instead of running it
+    if app.run_command_from_args()? {
+        return Ok(());
+    }
+    let app = app.start().await?;
     println!(
         "started on the `{}` broker; publishing {} readings",
         app.backend().kind(),

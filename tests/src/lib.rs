@@ -1,5 +1,8 @@
 //! Shared helpers of the integration tests.
 
+pub mod broker;
+pub mod conformance;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 

@@ -53,15 +53,37 @@ pub fn free_function(attr: TokenStream, item: TokenStream) -> TokenStream {
         ident: &function.sig.ident,
         service: None,
     };
-    let bind_ident = format_ident!("__transport_bind_{}", function.sig.ident);
-    let bind_fn = bind_function(&subscriber, &bind_ident);
-    let registration = registration(&subscriber, quote!(#bind_ident));
+    let idents = GlueIdents::new(&function.sig.ident);
+    let bind_fn = bind_function(&subscriber, &idents.bind);
+    let schema_fns = schema_functions(&subscriber, &idents);
+    let registration = registration(&subscriber, &idents, |ident| quote!(#ident));
     quote! {
         #function
         const _: () = {
             #bind_fn
+            #schema_fns
             #registration
         };
+    }
+}
+
+/// The names of the hidden functions generated for one handler.
+pub struct GlueIdents {
+    /// `fn(&Instances) -> Option<HandlerFn>`.
+    pub bind: Ident,
+    /// The payload type's schema function.
+    pub payload_schema: Ident,
+    /// The reply type's schema function.
+    pub reply_schema: Ident,
+}
+
+impl GlueIdents {
+    pub fn new(handler: &Ident) -> Self {
+        GlueIdents {
+            bind: format_ident!("__transport_bind_{}", handler),
+            payload_schema: format_ident!("__transport_payload_schema_{}", handler),
+            reply_schema: format_ident!("__transport_reply_schema_{}", handler),
+        }
     }
 }
 
@@ -99,6 +121,10 @@ fn builtin_payload_trait(name: &str) -> TokenStream {
         "bytes" => quote!(::transport::__private::BytesPayload),
         _ => quote!(::transport::__private::JsonPayload),
     }
+}
+
+fn codec_content_type(codec: TokenStream) -> TokenStream {
+    quote!(<#codec as ::transport::__private::Codec>::CONTENT_TYPE)
 }
 
 fn path_string(path: &Path) -> String {
@@ -223,6 +249,45 @@ pub fn bind_function(sub: &Subscriber<'_>, bind_ident: &Ident) -> TokenStream {
     }
 }
 
+/// The hidden schema functions of the payload and reply types: `Some` JSON schema when the
+/// type implements `schemars::JsonSchema`, `None` otherwise (chosen by auto-ref, so any
+/// type compiles).
+pub fn schema_functions(sub: &Subscriber<'_>, idents: &GlueIdents) -> TokenStream {
+    let payload = &sub.handler.payload;
+    let payload_fn = schema_function(&idents.payload_schema, Some(quote!(#payload)));
+    let reply_ty = sub.args.reply.as_ref().map(|_| {
+        let output = &sub.handler.output;
+        match signature::ok_type(output) {
+            Some(ty) => quote!(#ty),
+            None => quote!(<#output as ::transport::__private::ReplyReturn>::Value),
+        }
+    });
+    let reply_fn = schema_function(&idents.reply_schema, reply_ty);
+    quote!(#payload_fn #reply_fn)
+}
+
+fn schema_function(ident: &Ident, ty: Option<TokenStream>) -> TokenStream {
+    let body = match ty {
+        Some(ty) => quote! {
+            #[allow(unused_imports)]
+            use ::transport::__private::{WithSchema as _, WithoutSchema as _};
+            (&::transport::__private::SchemaProbe::<#ty>::new()).schema(__generator)
+        },
+        None => quote! {
+            ::transport::__private::no_schema(__generator)
+        },
+    };
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_snake_case, clippy::all)]
+        fn #ident(
+            __generator: &mut ::transport::__private::schemars::SchemaGenerator,
+        ) -> ::core::option::Option<::transport::__private::schemars::Schema> {
+            #body
+        }
+    }
+}
+
 /// Checks that `topic` is a `Topic<ty, _>`; the error names the constant and both types.
 fn topic_payload_check(topic: &Path, ty: &Type, key: &str) -> TokenStream {
     let name = path_string(topic);
@@ -286,9 +351,17 @@ fn topic_codec_check(topic: &Path, codec: &CodecArg) -> TokenStream {
     }
 }
 
-/// The `inventory::submit!` of the static description.
-pub fn registration(sub: &Subscriber<'_>, bind: TokenStream) -> TokenStream {
+/// The `inventory::submit!` of the static description; `path` turns the name of a hidden
+/// function from [`GlueIdents`] into a path reaching it.
+pub fn registration(
+    sub: &Subscriber<'_>,
+    idents: &GlueIdents,
+    path: impl Fn(&Ident) -> TokenStream,
+) -> TokenStream {
     let ident = sub.ident;
+    let bind = path(&idents.bind);
+    let payload_schema = path(&idents.payload_schema);
+    let reply_schema = path(&idents.reply_schema);
     let (name, service) = match sub.service {
         Some(ty) => {
             let type_name = quote!(#ty).to_string().replace(' ', "");
@@ -302,13 +375,33 @@ pub fn registration(sub: &Subscriber<'_>, bind: TokenStream) -> TokenStream {
         }
         None => (ident.to_string(), quote!(::core::option::Option::None)),
     };
-    let (topic, topic_const) = match &sub.args.topic {
-        TopicArg::Name(lit) => (quote!(#lit), quote!(::core::option::Option::None)),
+    // A typed topic is read once, into a const: a path that is not a `Topic` then gets
+    // one diagnostic, not one per field.
+    let mut topic_infos = TokenStream::new();
+    let mut topic_info = |path: &Path, which: &str| {
+        let info = format_ident!("__TRANSPORT_{}_{}", which, ident);
+        topic_infos.extend(quote_spanned! {path.span()=>
+            #[allow(non_upper_case_globals)]
+            const #info: ::transport::__private::TopicInfo =
+                ::transport::__private::TopicInfo::of(&#path);
+        });
+        info
+    };
+    let (topic, topic_const, topic_codec, topic_content_type) = match &sub.args.topic {
+        TopicArg::Name(lit) => (
+            quote!(#lit),
+            quote!(::core::option::Option::None),
+            quote!("json"),
+            codec_content_type(builtin_codec_type("json")),
+        ),
         TopicArg::Const(path) => {
             let text = path_string(path);
+            let info = topic_info(path, "TOPIC");
             (
-                quote_spanned!(path.span()=> ::transport::__private::Topic::name(&#path)),
+                quote!(#info.name),
                 quote!(::core::option::Option::Some(#text)),
+                quote!(#info.codec),
+                quote!(#info.content_type),
             )
         }
     };
@@ -316,28 +409,40 @@ pub fn registration(sub: &Subscriber<'_>, bind: TokenStream) -> TokenStream {
         Some(lit) => quote!(::core::option::Option::Some(#lit)),
         None => quote!(::core::option::Option::None),
     };
-    let codec = match (&sub.args.codec, &sub.args.topic) {
-        (Some(CodecArg::Builtin(lit)), _) => quote!(#lit),
-        (Some(CodecArg::Custom(path)), _) => {
-            quote!(<#path as ::transport::__private::Codec>::NAME)
-        }
-        (None, TopicArg::Const(path)) => {
-            quote_spanned!(path.span()=> ::transport::__private::Topic::codec_name(&#path))
-        }
-        (None, TopicArg::Name(_)) => quote!("json"),
+    let (codec, content_type) = match &sub.args.codec {
+        Some(CodecArg::Builtin(lit)) => (
+            quote!(#lit),
+            codec_content_type(builtin_codec_type(&lit.value())),
+        ),
+        Some(CodecArg::Custom(path)) => (
+            quote!(<#path as ::transport::__private::Codec>::NAME),
+            codec_content_type(quote!(#path)),
+        ),
+        // the topic's codec: json for a topic name
+        None => (topic_codec, topic_content_type),
     };
     let payload = &sub.handler.payload;
     let payload_type = quote!(#payload).to_string();
-    let (reply, reply_type) = match &sub.args.reply {
+    let (reply, reply_type, reply_content_type) = match &sub.args.reply {
         None => (
+            quote!(::core::option::Option::None),
             quote!(::core::option::Option::None),
             quote!(::core::option::Option::None),
         ),
         Some(reply) => {
-            let topic = match reply {
-                TopicArg::Name(lit) => quote!(#lit),
+            // the codec the bind function publishes the reply with
+            let (topic, content_type) = match reply {
+                TopicArg::Name(lit) => {
+                    let codec = match &sub.args.codec {
+                        Some(CodecArg::Builtin(name)) => builtin_codec_type(&name.value()),
+                        Some(CodecArg::Custom(path)) => quote!(#path),
+                        None => builtin_codec_type("json"),
+                    };
+                    (quote!(#lit), codec_content_type(codec))
+                }
                 TopicArg::Const(path) => {
-                    quote_spanned!(path.span()=> ::transport::__private::Topic::name(&#path))
+                    let info = topic_info(path, "REPLY");
+                    (quote!(#info.name), quote!(#info.content_type))
                 }
             };
             let output = &sub.handler.output;
@@ -347,11 +452,13 @@ pub fn registration(sub: &Subscriber<'_>, bind: TokenStream) -> TokenStream {
             (
                 quote!(::core::option::Option::Some(#topic)),
                 quote!(::core::option::Option::Some(#ty)),
+                quote!(::core::option::Option::Some(#content_type)),
             )
         }
     };
     let line = quote_spanned!(ident.span()=> ::core::line!());
     quote! {
+        #topic_infos
         ::transport::__private::inventory::submit! {
             ::transport::__private::Registration {
                 name: #name,
@@ -361,8 +468,12 @@ pub fn registration(sub: &Subscriber<'_>, bind: TokenStream) -> TokenStream {
                 group: #group,
                 codec: #codec,
                 payload_type: #payload_type,
+                content_type: #content_type,
+                payload_schema: #payload_schema,
                 reply: #reply,
                 reply_type: #reply_type,
+                reply_content_type: #reply_content_type,
+                reply_schema: #reply_schema,
                 file: ::core::file!(),
                 line: #line,
                 module_path: ::core::module_path!(),

@@ -2,12 +2,12 @@
 //! checks them all, and generates their glue next to the untouched block.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote};
+use quote::quote;
 use syn::spanned::Spanned;
 use syn::{ImplItem, Item, ItemImpl};
 
 use crate::args::{self, Errors};
-use crate::expand::{self, Subscriber};
+use crate::expand::{self, GlueIdents, Subscriber};
 use crate::signature::{self, Place};
 
 pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -98,9 +98,14 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             ident: &ident,
             service: Some(&self_ty),
         };
-        let bind_ident = format_ident!("__transport_bind_{}", ident);
-        bind_fns.extend(expand::bind_function(&sub, &bind_ident));
-        registrations.extend(expand::registration(&sub, quote!(<#self_ty>::#bind_ident)));
+        let idents = GlueIdents::new(&ident);
+        bind_fns.extend(expand::bind_function(&sub, &idents.bind));
+        bind_fns.extend(expand::schema_functions(&sub, &idents));
+        registrations.extend(expand::registration(
+            &sub,
+            &idents,
+            |hidden| quote!(<#self_ty>::#hidden),
+        ));
     }
     quote! {
         #block

@@ -9,11 +9,12 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 pub use inventory;
+pub use schemars;
 
 pub use crate::codec::{Codec, Decoder, Encoder, Json, MsgPack, Protobuf, RawBytes, Text};
 pub use crate::context::Context;
 pub use crate::error::{CodecError, Error};
-pub use crate::registry::{HandlerFn, Instances, Outcome, Registration, ServiceInfo};
+pub use crate::registry::{HandlerFn, Instances, Outcome, Registration, SchemaFn, ServiceInfo};
 pub use crate::topic::Topic;
 
 /// `TypeId::of::<S>`, as a function pointer for [`ServiceInfo::type_id`].
@@ -208,4 +209,74 @@ where
     Tp::Codec: Encoder<V>,
 {
     reply_with::<Tp::Codec, V>(ctx, topic.topic_name(), value).await
+}
+
+/// What a registration records of a typed topic (`topic = CONST`, `reply = CONST`).
+pub struct TopicInfo {
+    /// The topic's name.
+    pub name: &'static str,
+    /// Its codec's name.
+    pub codec: &'static str,
+    /// Its codec's content type.
+    pub content_type: &'static str,
+}
+
+impl TopicInfo {
+    /// Reads `topic`.
+    pub const fn of<T, C: Codec>(topic: &Topic<T, C>) -> Self {
+        TopicInfo {
+            name: topic.name(),
+            codec: C::NAME,
+            content_type: C::CONTENT_TYPE,
+        }
+    }
+}
+
+/// Asks whether `T` describes itself with a JSON schema, without requiring it to: the
+/// generated registration calls `(&SchemaProbe::<T>::new()).schema(generator)`. Method
+/// lookup tries [`WithSchema`] (implemented on the probe itself, only when `T:
+/// JsonSchema`) before [`WithoutSchema`] (implemented on a reference to the probe, reached
+/// by auto-ref), so types without `JsonSchema` still compile and yield `None`.
+pub struct SchemaProbe<T: ?Sized>(std::marker::PhantomData<fn() -> Box<T>>);
+
+impl<T: ?Sized> SchemaProbe<T> {
+    /// A probe for `T`.
+    pub const fn new() -> Self {
+        SchemaProbe(std::marker::PhantomData)
+    }
+}
+
+impl<T: ?Sized> Default for SchemaProbe<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The schema of a type that derives or implements `schemars::JsonSchema`.
+pub trait WithSchema {
+    /// `Some` schema (a `$ref` into the generator's definitions for named types).
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema>;
+}
+
+impl<T: schemars::JsonSchema + ?Sized> WithSchema for SchemaProbe<T> {
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<T>())
+    }
+}
+
+/// The fallback for a type without `schemars::JsonSchema`: no schema.
+pub trait WithoutSchema {
+    /// `None`.
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema>;
+}
+
+impl<T: ?Sized> WithoutSchema for &SchemaProbe<T> {
+    fn schema(&self, _generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        None
+    }
+}
+
+/// The schema function of a registration whose type has no schema to give (no reply).
+pub fn no_schema(_generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+    None
 }

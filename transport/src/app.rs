@@ -10,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{self, Backend, SubscriptionSpec};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::error::{Error, StartupError};
+use crate::error::{ConfigError, Error, StartupError};
+use crate::introspect;
 use crate::publisher::Publisher;
-use crate::registry::{self, Instances, Registration};
+use crate::registry::{self, HandlerFn, Instances, Registration};
 use crate::testing::Recording;
 
 type Selector = Arc<dyn Fn(&Registration) -> bool + Send + Sync>;
@@ -103,9 +104,76 @@ impl App {
         all
     }
 
-    /// Checks bindings and connects, then starts every subscriber. Returns once all
-    /// subscriptions are in place; the returned handle publishes and shuts down.
-    pub async fn start(self) -> Result<Running, Error> {
+    /// Checks what [`App::start`] checks before it connects, without connecting: the
+    /// configuration's values and broker kind, the `[subscribers."..."]` sections, and
+    /// the bindings (every method's service instance provided, no two subscribers of one
+    /// service on one topic and group). Every binding problem is reported at once.
+    ///
+    /// ```
+    /// let app = transport::App::new(transport::Config::default()).select(|_| false);
+    /// assert!(app.check().is_ok());
+    /// ```
+    pub fn check(&self) -> Result<(), Error> {
+        self.prepare().map(drop)
+    }
+
+    /// Runs an introspection command (`list`, `asyncapi`, `check`), writing to `out`
+    /// (an `asyncapi --output` document goes to its file). What [`App::run`] does when
+    /// the process was started with such a command; see [`introspect`](crate::introspect).
+    ///
+    /// `check` that finds problems writes each, then returns
+    /// [`IntrospectError::CheckFailed`](crate::IntrospectError::CheckFailed).
+    pub fn introspect(
+        &self,
+        command: &introspect::Command,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), Error> {
+        introspect::execute(self, command, out)
+    }
+
+    /// When the process was started with an introspection command as its first argument
+    /// (`list`, `asyncapi`, `check`), runs it on standard output and returns `true`; else
+    /// returns `false` and does nothing. [`App::run`] begins with this; call it yourself
+    /// before [`App::start`] when your `main` starts the App itself:
+    ///
+    /// ```no_run
+    /// # async fn demo(app: transport::App) -> Result<(), transport::Error> {
+    /// if app.run_command_from_args()? {
+    ///     return Ok(()); // `my-service list | asyncapi | check` is done
+    /// }
+    /// let running = app.start().await?;
+    /// # running.shutdown().await }
+    /// ```
+    pub fn run_command_from_args(&self) -> Result<bool, Error> {
+        match introspect::Command::from_args(std::env::args_os()) {
+            Ok(Some(command)) => introspect::run(self, &command).map(|()| true),
+            Ok(None) => Ok(false),
+            Err(error) => {
+                let error = error.into();
+                introspect::report(&error);
+                Err(error)
+            }
+        }
+    }
+
+    /// The checks shared by [`App::check`] and [`App::start`]; the bound handlers.
+    fn prepare(&self) -> Result<Vec<(&'static Registration, HandlerFn)>, Error> {
+        self.config.validate()?;
+        if self.backend.is_none()
+            && !backend::KINDS
+                .iter()
+                .any(|(kind, _)| *kind == self.config.broker.kind)
+        {
+            return Err(ConfigError::UnknownBackend {
+                kind: self.config.broker.kind.clone(),
+                known: backend::KINDS
+                    .iter()
+                    .map(|(kind, _)| *kind)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into());
+        }
         let registrations = self.registrations();
         let mut errors = Vec::new();
         for name in self.config.subscribers.keys() {
@@ -127,10 +195,16 @@ impl App {
                 Vec::new()
             }
         };
-        if let Some(error) = StartupError::from_all(errors) {
-            return Err(error.into());
+        match StartupError::from_all(errors) {
+            Some(error) => Err(error.into()),
+            None => Ok(bound),
         }
+    }
 
+    /// Checks bindings and connects, then starts every subscriber. Returns once all
+    /// subscriptions are in place; the returned handle publishes and shuts down.
+    pub async fn start(self) -> Result<Running, Error> {
+        let bound = self.prepare()?;
         let backend = match self.backend {
             Some(backend) => backend,
             None => backend::connect(&self.config.broker).await?,
@@ -199,7 +273,13 @@ impl App {
 
     /// Starts, then runs until SIGINT / SIGTERM (or [`ShutdownHandle::shutdown`]), then
     /// drains in-flight handlers and disconnects.
+    ///
+    /// When the process was started with `list`, `asyncapi` or `check` as its first
+    /// argument, runs that [introspection](crate::introspect) command instead and returns.
     pub async fn run(self) -> Result<(), Error> {
+        if self.run_command_from_args()? {
+            return Ok(());
+        }
         let running = self.start().await?;
         let handle = running.shutdown_handle();
         tokio::select! {

@@ -75,6 +75,16 @@ pub struct BrokerConfig {
     pub queue_capacity: usize,
     /// Largest payload accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Prepended to every topic on the wire (`staging.` makes `orders` travel as
+    /// `staging.orders`); handlers still see the topic they declared.
+    pub topic_prefix: String,
+    /// How long connecting may take at startup.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// `[broker.jetstream]`: JetStream streams and consumers.
+    pub jetstream: JetStreamConfig,
+    /// `[broker.redis]`: Redis streams.
+    pub redis: RedisConfig,
 }
 
 impl Default for BrokerConfig {
@@ -85,6 +95,89 @@ impl Default for BrokerConfig {
             name: "default".into(),
             queue_capacity: 65_536,
             max_message_bytes: 16 * 1024 * 1024,
+            topic_prefix: String::new(),
+            connect_timeout: Duration::from_secs(5),
+            jetstream: JetStreamConfig::default(),
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+/// `[broker.jetstream]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// Streams to bind (created when missing). A topic no listed stream covers gets a
+    /// stream of its own, named `stream_prefix` + the topic (`.` -> `_`).
+    pub streams: Vec<StreamBinding>,
+    /// Prefix of the streams created per topic.
+    pub stream_prefix: String,
+    /// `file` or `memory`, for streams created here.
+    pub storage: String,
+    /// How long messages are kept in created streams (0 = no limit).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How long the server waits for an ack before redelivering (after a crash, work
+    /// comes back this soon).
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Unacknowledged deliveries a consumer may have out at once.
+    pub max_ack_pending: i64,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            streams: Vec::new(),
+            stream_prefix: "TRANSPORT_".into(),
+            storage: "file".into(),
+            max_age: Duration::ZERO,
+            ack_wait: Duration::from_secs(10),
+            max_ack_pending: 10_000,
+        }
+    }
+}
+
+/// A JetStream stream named in config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamBinding {
+    /// Stream name.
+    pub name: String,
+    /// Subjects it captures (NATS wildcards allowed: `orders.*`, `sensor.>`).
+    pub subjects: Vec<String>,
+}
+
+/// `[broker.redis]`: Redis streams settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// The entry field holding the payload.
+    pub payload_field: String,
+    /// The entry field holding the key.
+    pub key_field: String,
+    /// Approximate maximum stream length (`XADD MAXLEN ~`); unlimited when absent.
+    pub max_len: Option<usize>,
+    /// Entries pending this long with a consumer are claimed by another (a crashed
+    /// consumer's work comes back this soon).
+    #[serde(with = "humantime_serde")]
+    pub claim_idle: Duration,
+    /// How often pending entries are checked for claiming.
+    #[serde(with = "humantime_serde")]
+    pub claim_interval: Duration,
+    /// Where a new group starts: `earliest` (the whole stream) or `latest`.
+    pub group_start: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            payload_field: "payload".into(),
+            key_field: "key".into(),
+            max_len: None,
+            claim_idle: Duration::from_secs(5),
+            claim_interval: Duration::from_secs(1),
+            group_start: "earliest".into(),
         }
     }
 }
@@ -242,6 +335,29 @@ impl Config {
                 name: self.publisher.codec.clone(),
                 known: SerdeCodec::NAMES.join(", "),
             });
+        }
+        if !matches!(self.broker.jetstream.storage.as_str(), "file" | "memory") {
+            return Err(value_error(
+                "broker.jetstream.storage",
+                "must be `file` or `memory`",
+            ));
+        }
+        if !matches!(
+            self.broker.redis.group_start.as_str(),
+            "earliest" | "latest"
+        ) {
+            return Err(value_error(
+                "broker.redis.group_start",
+                "must be `earliest` or `latest`",
+            ));
+        }
+        if self.broker.redis.payload_field.is_empty()
+            || self.broker.redis.payload_field == self.broker.redis.key_field
+        {
+            return Err(value_error(
+                "broker.redis.payload_field",
+                "must be non-empty and differ from `key_field`",
+            ));
         }
         if self.broker.queue_capacity == 0 {
             return Err(value_error("broker.queue_capacity", "must be at least 1"));

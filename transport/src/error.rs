@@ -28,6 +28,9 @@ pub enum Error {
     /// A handler reported a failure of its own.
     #[error(transparent)]
     Handler(#[from] HandlerError),
+    /// An introspection command (`list`, `asyncapi`, `check`) failed.
+    #[error(transparent)]
+    Introspect(#[from] IntrospectError),
 }
 
 impl Error {
@@ -328,4 +331,34 @@ impl StartupError {
             _ => Some(StartupError::Many(errors)),
         }
     }
+}
+
+/// An introspection command (`my-service list | asyncapi | check`) could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum IntrospectError {
+    /// The command line does not fit the command.
+    #[error("{problem}\nusage: {usage}")]
+    Usage {
+        /// What is wrong with the arguments.
+        problem: String,
+        /// The accepted command lines.
+        usage: &'static str,
+    },
+    /// The output could not be written.
+    #[error("cannot write {target}: {source}")]
+    Write {
+        /// Where it was written (`standard output` or a path).
+        target: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The AsyncAPI document could not be serialized.
+    #[error("cannot serialize the AsyncAPI document: {0}")]
+    Serialize(#[source] serde_json::Error),
+    /// `check` found problems (it printed each of them).
+    #[error("check found {problems} problem(s)")]
+    CheckFailed {
+        /// How many.
+        problems: usize,
+    },
 }

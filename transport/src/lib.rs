@@ -29,6 +29,7 @@ pub mod config;
 mod context;
 pub mod dispatch;
 mod error;
+pub mod introspect;
 mod message;
 mod publisher;
 pub mod registry;
@@ -39,12 +40,23 @@ pub use app::{App, Running, ShutdownHandle};
 pub use config::Config;
 pub use context::Context;
 pub use error::{
-    BackendError, CodecError, ConfigError, Error, HandlerError, PublishError, StartupError,
+    BackendError, CodecError, ConfigError, Error, HandlerError, IntrospectError, PublishError,
+    StartupError,
 };
 pub use message::{CONTENT_TYPE, Headers, Message};
 pub use publisher::{Outgoing, Publisher};
 pub use topic::Topic;
 pub use transport_macros::{service, subscriber};
+
+/// The `schemars` crate this build uses for payload schemas (`asyncapi` command). Derive
+/// `JsonSchema` through it to get a schema without a dependency of your own:
+///
+/// ```
+/// #[derive(serde::Deserialize, transport::schemars::JsonSchema)]
+/// #[schemars(crate = "transport::schemars")]
+/// pub struct Reading { pub celsius: f64 }
+/// ```
+pub use schemars;
 
 /// The names a service author needs: `use transport::prelude::*;`.
 pub mod prelude {

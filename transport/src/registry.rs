@@ -29,10 +29,19 @@ pub struct Registration {
     pub codec: &'static str,
     /// The payload type, as written.
     pub payload_type: &'static str,
+    /// The `content-type` of the codec (`application/json`, ...).
+    pub content_type: &'static str,
+    /// The payload type's JSON schema, when it implements `schemars::JsonSchema`.
+    pub payload_schema: SchemaFn,
     /// Where the `Ok` value is published, if anywhere.
     pub reply: Option<&'static str>,
     /// The reply's type, as written, when `reply` is set.
     pub reply_type: Option<&'static str>,
+    /// The `content-type` of the reply's codec, when `reply` is set.
+    pub reply_content_type: Option<&'static str>,
+    /// The reply type's JSON schema, when `reply` is set and the type implements
+    /// `schemars::JsonSchema`.
+    pub reply_schema: SchemaFn,
     /// Source file of the handler.
     pub file: &'static str,
     /// Line of the handler.
@@ -42,6 +51,10 @@ pub struct Registration {
     /// Builds the callable handler from the App's service instances.
     pub bind: fn(&Instances) -> Option<HandlerFn>,
 }
+
+/// A type's JSON schema, generated into `generator` (named types land in its
+/// definitions and come back as a `$ref`); `None` when the type has no `JsonSchema`.
+pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> Option<schemars::Schema>;
 
 impl Registration {
     /// `file:line` of the handler.
@@ -60,7 +73,9 @@ impl fmt::Debug for Registration {
             .field("group", &self.group)
             .field("codec", &self.codec)
             .field("payload_type", &self.payload_type)
+            .field("content_type", &self.content_type)
             .field("reply", &self.reply)
+            .field("reply_type", &self.reply_type)
             .field("location", &self.location())
             .finish()
     }

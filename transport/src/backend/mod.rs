@@ -5,7 +5,16 @@
 //! delivery through its [`Acknowledge`] handle. Retry, dead-letter, decoding,
 //! concurrency and drain are the dispatcher's (`dispatch.rs`), the same for every broker.
 
+#[cfg(feature = "nats")]
+pub mod jetstream;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
+mod prefixed;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "redis")]
+pub mod redis_streams;
 
 use std::fmt;
 use std::time::Duration;
@@ -141,26 +150,49 @@ pub trait Backend: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>>;
 }
 
-/// Every broker kind this build knows, with the cargo feature that enables it.
-pub const KINDS: [(&str, &str); 1] = [("memory", "")];
+/// Every broker kind, with the cargo feature of `transport` that enables it.
+pub const KINDS: [(&str, &str); 5] = [
+    ("memory", ""),
+    ("nats", "nats"),
+    ("jetstream", "nats"),
+    ("redis", "redis"),
+    ("redis-streams", "redis"),
+];
 
-/// Connects the backend that `config` names.
+/// Connects the backend that `config` names (wrapped to apply `topic_prefix`).
 pub async fn connect(
     config: &crate::config::BrokerConfig,
 ) -> Result<std::sync::Arc<dyn Backend>, crate::error::Error> {
-    use crate::error::ConfigError;
-    match config.kind.as_str() {
-        "memory" => Ok(std::sync::Arc::new(memory::MemoryBroker::named(
+    use std::sync::Arc;
+    let backend: Arc<dyn Backend> = match config.kind.as_str() {
+        "memory" => Arc::new(memory::MemoryBroker::named(
             &config.name,
             memory::MemoryOptions {
                 queue_capacity: config.queue_capacity,
                 max_message_bytes: config.max_message_bytes,
             },
-        ))),
-        other => Err(ConfigError::UnknownBackend {
-            kind: other.to_string(),
-            known: KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+        )),
+        #[cfg(feature = "nats")]
+        "nats" => Arc::new(nats::NatsBackend::connect(config).await?),
+        #[cfg(feature = "nats")]
+        "jetstream" => Arc::new(jetstream::JetStreamBackend::connect(config).await?),
+        #[cfg(feature = "redis")]
+        "redis" => Arc::new(redis::RedisBackend::connect(config).await?),
+        #[cfg(feature = "redis")]
+        "redis-streams" => Arc::new(redis_streams::RedisStreamsBackend::connect(config).await?),
+        other => {
+            let error = match KINDS.iter().find(|(kind, _)| *kind == other) {
+                Some((_, feature)) => crate::error::ConfigError::BackendNotEnabled {
+                    kind: other.to_string(),
+                    feature,
+                },
+                None => crate::error::ConfigError::UnknownBackend {
+                    kind: other.to_string(),
+                    known: KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+                },
+            };
+            return Err(error.into());
         }
-        .into()),
-    }
+    };
+    Ok(prefixed::with_prefix(backend, &config.topic_prefix))
 }

@@ -1,0 +1,87 @@
+//! The quickstart runs unchanged on every broker: only `TRANSPORT_BROKER__KIND` differs.
+//! (Cargo builds the package's examples before running its tests.)
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn quickstart() -> PathBuf {
+    // <target>/<profile>/deps/<this test> -> <target>/<profile>/examples/quickstart
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in <profile>/deps");
+    profile_dir.join("examples").join("quickstart")
+}
+
+fn reachable(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn run_on(kind: Option<&str>, port: u16) {
+    if port != 0 && !reachable(port) {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("{kind:?} broker unreachable on port {port} in CI");
+        }
+        eprintln!("SKIPPED: {kind:?} broker unreachable on port {port} (scripts/brokers up)");
+        return;
+    }
+    let mut command = Command::new(quickstart());
+    command
+        .env_remove("TRANSPORT_CONFIG")
+        .env("RUST_LOG", "warn");
+    if let Some(kind) = kind {
+        let run = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        command
+            .env("TRANSPORT_BROKER__KIND", kind)
+            // isolates this run's topics on a shared, persistent broker
+            .env("TRANSPORT_BROKER__TOPIC_PREFIX", format!("qs{run}."));
+    }
+    let output = command
+        .output()
+        .expect("the quickstart example was built by cargo test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "quickstart on {kind:?} failed:\n{stdout}\n{stderr}"
+    );
+    let expected_kind = kind.unwrap_or("memory");
+    assert!(
+        stdout.contains(&format!("started on the `{expected_kind}` broker")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("done: 10 summaries, shut down cleanly"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("display:").count(), 10, "{stdout}");
+}
+
+#[test]
+fn on_the_embedded_broker_with_no_configuration() {
+    run_on(None, 0);
+}
+
+#[test]
+fn on_nats() {
+    run_on(Some("nats"), 4222);
+}
+
+#[test]
+fn on_jetstream() {
+    run_on(Some("jetstream"), 4222);
+}
+
+#[test]
+fn on_redis_pub_sub() {
+    run_on(Some("redis"), 6379);
+}
+
+#[test]
+fn on_redis_streams() {
+    run_on(Some("redis-streams"), 6379);
+}

@@ -1,0 +1,149 @@
+//! Broker processes of a test's own, on a free port, to kill and start again.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// `nats-server -js` with a store directory that survives restarts.
+    Nats,
+    /// `redis-server` without persistence (a restart loses streams and groups).
+    Redis,
+}
+
+impl Server {
+    fn binary(self) -> &'static str {
+        match self {
+            Server::Nats => "nats-server",
+            Server::Redis => "redis-server",
+        }
+    }
+}
+
+/// A private broker process, stopped when dropped.
+pub struct PrivateBroker {
+    server: Server,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// Whether `port` on loopback accepts connections.
+pub fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn on_path(binary: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file())
+            || Path::new("/usr/sbin").join(binary).is_file()
+    })
+}
+
+impl PrivateBroker {
+    /// Starts `server` on a free port; `Err` says why it could not.
+    pub fn start(server: Server) -> Result<Self, String> {
+        if !on_path(server.binary()) {
+            return Err(format!(
+                "`{}` is not installed (run scripts/brokers up)",
+                server.binary()
+            ));
+        }
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
+        let mut broker = PrivateBroker {
+            server,
+            port,
+            dir,
+            child: None,
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let mut command = match self.server {
+            Server::Nats => {
+                let mut c = Command::new(self.server.binary());
+                c.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+                    .arg(self.dir.path());
+                c
+            }
+            Server::Redis => {
+                let mut c = Command::new(self.server.binary());
+                c.args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(self.dir.path());
+                c
+            }
+        };
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.server.binary()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !listening(self.port) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not listen on {}",
+                    self.server.binary(),
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// The URL clients connect to.
+    pub fn url(&self) -> String {
+        match self.server {
+            Server::Nats => format!("nats://127.0.0.1:{}", self.port),
+            Server::Redis => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Kills the process (SIGKILL) and waits until the port is closed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while listening(self.port) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the process again on the same port (and store directory).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

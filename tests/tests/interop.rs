@@ -1,0 +1,300 @@
+//! Interop with each broker's own tools: messages written by `redis-cli` and by a plain
+//! NATS client reach typed subscribers, and what the framework publishes reads as plain
+//! data with those tools (the wire format in the README).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc::{self, UnboundedSender};
+use transport::prelude::*;
+use transport::{App, Config, Running};
+use transport_tests::{init_tracing, receive, unique};
+
+#[derive(Debug, PartialEq, Deserialize, serde::Serialize)]
+pub struct Order {
+    pub id: u64,
+    pub item: String,
+}
+
+#[derive(Debug)]
+pub struct Seen {
+    order: Order,
+    headers: Headers,
+    key: Option<String>,
+}
+
+pub struct Shop(pub UnboundedSender<Seen>);
+
+#[transport::service]
+impl Shop {
+    #[subscriber(topic = "interop.orders", group = "shop")]
+    async fn order(&self, order: Order, ctx: &Context) {
+        let _ = self.0.send(Seen {
+            order,
+            headers: ctx.headers().clone(),
+            key: ctx.key().map(str::to_string),
+        });
+    }
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn reachable(port: u16) -> bool {
+    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        return true;
+    }
+    assert!(!ci(), "broker on port {port} unreachable in CI");
+    eprintln!("SKIPPED: nothing listens on 127.0.0.1:{port} (scripts/brokers up)");
+    false
+}
+
+async fn start(kind: &str, prefix: &str, tx: UnboundedSender<Seen>) -> Running {
+    init_tracing();
+    let config = Config::from_toml(&format!(
+        "[broker]\nkind = \"{kind}\"\ntopic_prefix = \"{prefix}\""
+    ))
+    .expect("config");
+    App::new(config)
+        .select_module(module_path!())
+        .service(Shop(tx))
+        .start()
+        .await
+        .expect("app starts")
+}
+
+fn redis_cli(args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379"])
+        .args(args)
+        .output()
+        .expect("redis-cli is installed with redis-server");
+    assert!(
+        output.status.success(),
+        "redis-cli {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_xadd_reaches_a_typed_subscriber_and_xrange_reads_what_we_publish() {
+    if !reachable(6379) {
+        return;
+    }
+    let prefix = format!("{}.", unique("interop"));
+    let stream = format!("{prefix}interop.orders");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = start("redis-streams", &prefix, tx).await;
+
+    redis_cli(&[
+        "XADD",
+        &stream,
+        "*",
+        "payload",
+        r#"{"id":7,"item":"tea"}"#,
+        "key",
+        "cust-1",
+        "trace-id",
+        "t-1",
+    ]);
+    let seen = receive(&mut rx, 1).await.remove(0);
+    assert_eq!(
+        seen.order,
+        Order {
+            id: 7,
+            item: "tea".into()
+        }
+    );
+    assert_eq!(seen.headers.get("trace-id"), Some("t-1"));
+    assert_eq!(seen.key.as_deref(), Some("cust-1"));
+
+    app.publisher()
+        .to("interop.orders")
+        .header("trace-id", "t-2")
+        .key("cust-2")
+        .send(&Order {
+            id: 8,
+            item: "milk".into(),
+        })
+        .await
+        .unwrap();
+    receive(&mut rx, 1).await;
+    let entries = redis_cli(&["XRANGE", &stream, "-", "+"]);
+    let lines: Vec<&str> = entries.lines().collect();
+    for expected in [
+        "payload",
+        r#"{"id":8,"item":"milk"}"#,
+        "key",
+        "cust-2",
+        "trace-id",
+        "t-2",
+        "content-type",
+        "application/json",
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "`{expected}` in XRANGE output:\n{entries}"
+        );
+    }
+    app.shutdown().await.unwrap();
+    redis_cli(&["DEL", &stream]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_publish_reaches_a_typed_subscriber_and_subscribe_reads_what_we_publish() {
+    if !reachable(6379) {
+        return;
+    }
+    let prefix = format!("{}.", unique("interop"));
+    let channel = format!("{prefix}interop.orders");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = start("redis", &prefix, tx).await;
+
+    redis_cli(&["PUBLISH", &channel, r#"{"id":9,"item":"bread"}"#]);
+    assert_eq!(
+        receive(&mut rx, 1).await[0].order,
+        Order {
+            id: 9,
+            item: "bread".into()
+        }
+    );
+
+    let mut listener = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379", "SUBSCRIBE", &channel])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    let stdout = listener.stdout.take().expect("piped stdout");
+    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // "subscribe", channel, 1: the subscription is in place
+    receive(&mut lines_rx, 3).await;
+    app.publisher()
+        .publish(
+            "interop.orders",
+            &Order {
+                id: 10,
+                item: "jam".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let lines = receive(&mut lines_rx, 3).await;
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert_eq!(
+        lines,
+        ["message", channel.as_str(), r#"{"id":10,"item":"jam"}"#]
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_nats_client_and_the_framework_understand_each_other() {
+    if !reachable(4222) {
+        return;
+    }
+    let prefix = format!("{}.", unique("interop"));
+    let subject = format!("{prefix}interop.orders");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = start("nats", &prefix, tx).await;
+    let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("trace-id", "t-3");
+    client
+        .publish_with_headers(
+            subject.clone(),
+            headers,
+            r#"{"id":11,"item":"salt"}"#.into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let seen = receive(&mut rx, 1).await.remove(0);
+    assert_eq!(
+        seen.order,
+        Order {
+            id: 11,
+            item: "salt".into()
+        }
+    );
+    assert_eq!(seen.headers.get("trace-id"), Some("t-3"));
+
+    let mut plain = client.subscribe(subject.clone()).await.unwrap();
+    // A round trip, so the server has the subscription before the framework publishes.
+    let _ = client
+        .request(format!("{prefix}sync"), bytes::Bytes::new())
+        .await;
+    app.publisher()
+        .to("interop.orders")
+        .key("k-1")
+        .send(&Order {
+            id: 12,
+            item: "rice".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        receive(&mut rx, 1).await[0].order.id,
+        12,
+        "the framework's own subscriber got it"
+    );
+    let message = tokio::time::timeout(Duration::from_secs(10), plain.next())
+        .await
+        .expect("a message in time")
+        .expect("subscription open");
+    assert_eq!(&message.payload[..], br#"{"id":12,"item":"rice"}"#);
+    let headers = message.headers.expect("headers");
+    assert_eq!(
+        headers.get("content-type").map(|v| v.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(
+        headers.get("x-transport-key").map(|v| v.as_str()),
+        Some("k-1")
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_jetstream_publish_reaches_a_typed_subscriber() {
+    if !reachable(4222) {
+        return;
+    }
+    let prefix = format!("{}.", unique("interop"));
+    let subject = format!("{prefix}interop.orders");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // The framework creates the stream when it subscribes.
+    let app = start("jetstream", &prefix, tx).await;
+    let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
+        .publish(subject.clone(), r#"{"id":13,"item":"oil"}"#.into())
+        .await
+        .unwrap()
+        .await
+        .expect("the stream acknowledges");
+    assert_eq!(
+        receive(&mut rx, 1).await[0].order,
+        Order {
+            id: 13,
+            item: "oil".into()
+        }
+    );
+    app.shutdown().await.unwrap();
+    let _ = jetstream
+        .delete_stream(format!("TRANSPORT_{}", subject.replace('.', "_")))
+        .await;
+}

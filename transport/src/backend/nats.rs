@@ -1,0 +1,217 @@
+//! NATS core (`kind = "nats"`), over async-nats: a topic is a subject, a group is a queue
+//! group, delivery is at-most-once (core NATS keeps nothing), headers travel natively.
+//!
+//! Wire format: the body is the payload as encoded by the codec; headers are NATS
+//! headers; the key travels in the `x-transport-key` header and the message id in
+//! `Nats-Msg-Id`. A plain NATS client publishing a JSON body reaches a typed subscriber.
+//!
+//! async-nats reconnects with backoff and resubscribes by itself; publishes made while
+//! disconnected are buffered by the client.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
+
+use super::{Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
+use crate::config::BrokerConfig;
+use crate::error::BackendError;
+use crate::message::{Headers, Message};
+
+const KIND: &str = "nats";
+/// The header carrying a message's key.
+pub const KEY_HEADER: &str = "x-transport-key";
+/// The header carrying a message's id (JetStream deduplicates on it).
+pub const ID_HEADER: &str = "Nats-Msg-Id";
+/// Where NATS listens when `broker.url` is not set.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// Connects a NATS client as `config` says; fails fast when the server is unreachable.
+pub(crate) async fn connect_client(
+    config: &BrokerConfig,
+    kind: &'static str,
+) -> Result<async_nats::Client, BackendError> {
+    let url = config
+        .url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_URL.to_string());
+    let connect_error = |reason: String| BackendError::Connect {
+        backend: kind,
+        url: url.clone(),
+        reason,
+    };
+    // Fail fast at startup when the server is unreachable; once connected, async-nats
+    // reconnects (with backoff) and resubscribes by itself, without limit.
+    async_nats::ConnectOptions::new()
+        .name(format!("transport/{}", std::process::id()))
+        .connection_timeout(config.connect_timeout)
+        .max_reconnects(None)
+        .event_callback(move |event| async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    tracing::warn!(backend = kind, "disconnected; reconnecting")
+                }
+                async_nats::Event::Connected => tracing::info!(backend = kind, "connected"),
+                other => tracing::debug!(backend = kind, event = %other, "nats event"),
+            }
+        })
+        .connect(url.as_str())
+        .await
+        .map_err(|e| connect_error(e.to_string()))
+}
+
+/// A round trip through the server: once it returns, the server has processed everything
+/// this connection sent before (`flush` only empties the client's buffer). A request to a
+/// subject nobody serves comes back as "no responders".
+pub(crate) async fn round_trip(
+    client: &async_nats::Client,
+) -> Result<(), async_nats::RequestError> {
+    let subject = format!("_TRANSPORT.SYNC.{}", client.new_inbox().replace('.', "_"));
+    match client.request(subject, bytes::Bytes::new()).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Our message's headers, key and id as NATS headers.
+pub(crate) fn to_nats_headers(message: &Message) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in message.headers.iter() {
+        headers.insert(name, value);
+    }
+    if let Some(key) = &message.key {
+        headers.insert(KEY_HEADER, key.as_str());
+    }
+    if let Some(id) = &message.id {
+        headers.insert(ID_HEADER, id.as_str());
+    }
+    headers
+}
+
+/// A NATS message as ours: key and id come out of their headers.
+pub(crate) fn from_nats(payload: Bytes, headers: Option<&async_nats::HeaderMap>) -> Message {
+    let mut message = Message::new(payload);
+    let Some(nats_headers) = headers else {
+        return message;
+    };
+    let mut headers = Headers::new();
+    for (name, values) in nats_headers.iter() {
+        let name = name.as_ref();
+        let Some(value) = values.last() else { continue };
+        match name {
+            KEY_HEADER => message.key = Some(value.as_str().to_string()),
+            ID_HEADER => message.id = Some(value.as_str().to_string()),
+            _ => headers.insert(name, value.as_str()),
+        }
+    }
+    message.headers = headers;
+    message
+}
+
+pub(crate) fn operation_error(
+    operation: &'static str,
+    kind: &'static str,
+    error: impl std::fmt::Display,
+) -> BackendError {
+    BackendError::Operation {
+        backend: kind,
+        operation,
+        reason: error.to_string(),
+    }
+}
+
+/// The NATS core backend.
+pub struct NatsBackend {
+    client: async_nats::Client,
+    max_message_bytes: usize,
+}
+
+impl NatsBackend {
+    /// Connects to the server `config.url` names.
+    pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
+        Ok(NatsBackend {
+            client: connect_client(config, KIND).await?,
+            max_message_bytes: config.max_message_bytes,
+        })
+    }
+}
+
+impl Backend for NatsBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            groups: true,
+            persistence: false,
+            ordering: true,
+            at_least_once: false,
+            native_redelivery: false,
+            headers: true,
+            keys: true,
+        }
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        async move {
+            let size = message.payload.len();
+            let limit = self
+                .max_message_bytes
+                .min(self.client.server_info().max_payload);
+            if size > limit {
+                return Err(BackendError::TooLarge {
+                    backend: KIND,
+                    size,
+                    limit,
+                });
+            }
+            let headers = to_nats_headers(&message);
+            self.client
+                .publish_with_headers(topic.to_string(), headers, message.payload)
+                .await
+                .map_err(|e| operation_error("publish", KIND, e))
+        }
+        .boxed()
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        spec: &'a SubscriptionSpec,
+    ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
+        async move {
+            let subscriber = match &spec.group {
+                Some(group) => {
+                    self.client
+                        .queue_subscribe(spec.topic.clone(), group.clone())
+                        .await
+                }
+                None => self.client.subscribe(spec.topic.clone()).await,
+            }
+            .map_err(|e| operation_error("subscribe", KIND, e))?;
+            // Make sure the server has the interest before the App reports "subscribed".
+            round_trip(&self.client)
+                .await
+                .map_err(|e| operation_error("subscribe", KIND, e))?;
+            let stream = subscriber.map(|message| {
+                Delivery::unacknowledged(from_nats(message.payload, message.headers.as_ref()))
+            });
+            Ok(stream.boxed())
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        async move {
+            self.client
+                .flush()
+                .await
+                .map_err(|e| operation_error("flush", KIND, e))
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,67 @@
+//! `broker.topic_prefix`: every topic travels with a prefix on the wire, while handlers,
+//! publishers and dead-letter headers keep the names the code declares.
+
+use std::sync::Arc;
+
+use futures_util::future::{BoxFuture, FutureExt};
+
+use super::{Backend, Capabilities, Subscription, SubscriptionSpec};
+use crate::error::BackendError;
+use crate::message::Message;
+
+/// `backend` itself when `prefix` is empty, else a wrapper prefixing every topic.
+pub(crate) fn with_prefix(backend: Arc<dyn Backend>, prefix: &str) -> Arc<dyn Backend> {
+    if prefix.is_empty() {
+        backend
+    } else {
+        Arc::new(Prefixed {
+            inner: backend,
+            prefix: prefix.to_string(),
+        })
+    }
+}
+
+struct Prefixed {
+    inner: Arc<dyn Backend>,
+    prefix: String,
+}
+
+impl Backend for Prefixed {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        async move {
+            let topic = format!("{}{topic}", self.prefix);
+            self.inner.publish(&topic, message).await
+        }
+        .boxed()
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        spec: &'a SubscriptionSpec,
+    ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
+        async move {
+            let spec = SubscriptionSpec {
+                topic: format!("{}{}", self.prefix, spec.topic),
+                ..spec.clone()
+            };
+            self.inner.subscribe(&spec).await
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.inner.close()
+    }
+}

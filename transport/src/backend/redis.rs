@@ -1,0 +1,236 @@
+//! Redis pub/sub (`kind = "redis"`): a topic is a channel; there are no groups (every
+//! subscriber gets every message) and nothing is kept (at-most-once).
+//!
+//! Wire format: the message body is the payload as the codec encoded it, nothing else:
+//! pub/sub carries no headers or keys, so `redis-cli PUBLISH sensor.readings '{...}'`
+//! reaches a typed subscriber, and what the framework publishes reads as plain JSON.
+//! Headers and keys are dropped on publish; use `redis-streams` to keep them.
+//!
+//! Subscriptions share one RESP3 connection managed by redis-rs's `ConnectionManager`,
+//! which reconnects with backoff and subscribes again to every channel by itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::{Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
+use crate::config::BrokerConfig;
+use crate::error::BackendError;
+use crate::message::Message;
+
+const KIND: &str = "redis";
+/// Where Redis listens when `broker.url` is not set.
+pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+
+type Routes = Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Delivery>>>>>;
+
+/// Opens a connection manager to `config.url` (RESP3 when `resp3`), failing fast when
+/// Redis is unreachable; afterwards it reconnects by itself.
+pub(crate) async fn connect_manager(
+    config: &BrokerConfig,
+    kind: &'static str,
+    push: Option<mpsc::UnboundedSender<PushInfo>>,
+) -> Result<(redis::Client, ConnectionManager), BackendError> {
+    let url = config
+        .url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_URL.to_string());
+    let connect_error = |reason: String| BackendError::Connect {
+        backend: kind,
+        url: url.clone(),
+        reason,
+    };
+    let mut info = url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| connect_error(e.to_string()))?;
+    let mut manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(None);
+    if let Some(push) = push {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        info = info.set_redis_settings(settings);
+        manager_config = manager_config
+            .set_push_sender(push)
+            .set_automatic_resubscription();
+    }
+    let client = redis::Client::open(info).map_err(|e| connect_error(e.to_string()))?;
+    let manager = tokio::time::timeout(
+        config.connect_timeout,
+        client.get_connection_manager_with_config(manager_config),
+    )
+    .await
+    .map_err(|_| connect_error(format!("no connection within {:?}", config.connect_timeout)))?
+    .map_err(|e| connect_error(e.to_string()))?;
+    Ok((client, manager))
+}
+
+pub(crate) fn operation_error(
+    kind: &'static str,
+    operation: &'static str,
+    error: impl std::fmt::Display,
+) -> BackendError {
+    BackendError::Operation {
+        backend: kind,
+        operation,
+        reason: error.to_string(),
+    }
+}
+
+/// The Redis pub/sub backend.
+pub struct RedisBackend {
+    publisher: ConnectionManager,
+    subscriber: ConnectionManager,
+    routes: Routes,
+    max_message_bytes: usize,
+}
+
+impl RedisBackend {
+    /// Connects to `config.url`.
+    pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
+        let (_, publisher) = connect_manager(config, KIND, None).await?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let (_, subscriber) = connect_manager(config, KIND, Some(push_tx)).await?;
+        let routes: Routes = Arc::default();
+        tokio::spawn(route_pushes(push_rx, Arc::clone(&routes)));
+        Ok(RedisBackend {
+            publisher,
+            subscriber,
+            routes,
+            max_message_bytes: config.max_message_bytes,
+        })
+    }
+}
+
+/// Hands each pushed message to every local subscription of its channel.
+async fn route_pushes(mut pushes: mpsc::UnboundedReceiver<PushInfo>, routes: Routes) {
+    while let Some(push) = pushes.recv().await {
+        match push.kind {
+            PushKind::Message => {
+                let mut data = push.data.into_iter();
+                let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                    continue;
+                };
+                let (Some(channel), Some(payload)) = (bytes_of(channel), bytes_of(payload)) else {
+                    continue;
+                };
+                let channel = String::from_utf8_lossy(&channel).into_owned();
+                let targets = routes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&channel)
+                    .cloned()
+                    .unwrap_or_default();
+                for target in targets {
+                    let delivery = Delivery::unacknowledged(Message::new(payload.clone()));
+                    // A full subscription waits: pub/sub has no other backpressure.
+                    let _ = target.send(delivery).await;
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!(
+                    backend = KIND,
+                    "disconnected; reconnecting and resubscribing"
+                )
+            }
+            _ => {}
+        }
+    }
+}
+
+fn bytes_of(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.into_bytes()),
+        _ => None,
+    }
+}
+
+impl Backend for RedisBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            groups: false,
+            persistence: false,
+            ordering: true,
+            at_least_once: false,
+            native_redelivery: false,
+            headers: false,
+            keys: false,
+        }
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        async move {
+            let size = message.payload.len();
+            if size > self.max_message_bytes {
+                return Err(BackendError::TooLarge {
+                    backend: KIND,
+                    size,
+                    limit: self.max_message_bytes,
+                });
+            }
+            let mut connection = self.publisher.clone();
+            redis::cmd("PUBLISH")
+                .arg(topic)
+                .arg(&message.payload[..])
+                .query_async::<i64>(&mut connection)
+                .await
+                .map(drop)
+                .map_err(|e| operation_error(KIND, "publish", e))
+        }
+        .boxed()
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        spec: &'a SubscriptionSpec,
+    ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
+        async move {
+            if let Some(group) = &spec.group {
+                tracing::warn!(
+                    backend = KIND,
+                    subscriber = %spec.subscriber,
+                    group = %group,
+                    "redis pub/sub has no groups: every instance receives every message"
+                );
+            }
+            let (tx, mut rx) = mpsc::channel(spec.prefetch.max(1));
+            let first = {
+                let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+                let senders = routes.entry(spec.topic.clone()).or_default();
+                senders.retain(|s| !s.is_closed());
+                senders.push(tx);
+                senders.len() == 1
+            };
+            if first {
+                let mut connection = self.subscriber.clone();
+                connection
+                    .subscribe(&spec.topic)
+                    .await
+                    .map_err(|e| operation_error(KIND, "subscribe", e))?;
+            }
+            Ok(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        async { Ok(()) }.boxed()
+    }
+}
