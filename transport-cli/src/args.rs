@@ -59,7 +59,7 @@ pub struct NewConsumer {
     /// The broker `transport.toml` configures.
     #[arg(long, value_enum, default_value_t = Broker::Memory)]
     pub broker: Broker,
-    /// The crate's directory [default: ./<name>].
+    /// The crate's directory [default: ./NAME].
     #[arg(long)]
     pub path: Option<PathBuf>,
     /// Depend on the transport crate at this path [default: this tool's checkout, if any].
@@ -99,7 +99,7 @@ pub struct AddSubscriber {
     /// The crate's directory.
     #[arg(long, default_value = ".")]
     pub path: PathBuf,
-    /// The service file [default: <path>/src/service.rs].
+    /// The service file [default: PATH/src/service.rs].
     #[arg(long)]
     pub file: Option<PathBuf>,
     /// The service type, when the file has several.

@@ -19,11 +19,11 @@ pub enum Broker {
     Redis,
     /// Redis streams (at-least-once).
     RedisStreams,
-    /// RabbitMQ (AMQP 0.9.1).
+    /// RabbitMQ (AMQP 0.9.1); no backend yet.
     Rabbitmq,
-    /// An MQTT 5 broker.
+    /// An MQTT 5 broker; no backend yet.
     Mqtt,
-    /// Kafka.
+    /// Kafka; no backend yet.
     Kafka,
 }
 

@@ -110,12 +110,12 @@ fn broker_name(what: &'static str, name: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Checks a topic name; see [`broker_name`].
+/// Checks a topic name: ASCII letters, digits, `.`, `-`, `_`; no wildcards.
 pub fn topic(name: &str) -> Result<(), CliError> {
     broker_name("topic", name)
 }
 
-/// Checks a group name; see [`broker_name`].
+/// Checks a group name: the same rules as a topic name.
 pub fn group(name: &str) -> Result<(), CliError> {
     broker_name("group", name)
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{self, Backend, SubscriptionSpec};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::error::{ConfigError, Error, StartupError};
+use crate::error::{Error, StartupError};
 use crate::introspect;
 use crate::publisher::Publisher;
 use crate::registry::{self, HandlerFn, Instances, Registration};
@@ -159,20 +159,8 @@ impl App {
     /// The checks shared by [`App::check`] and [`App::start`]; the bound handlers.
     fn prepare(&self) -> Result<Vec<(&'static Registration, HandlerFn)>, Error> {
         self.config.validate()?;
-        if self.backend.is_none()
-            && !backend::KINDS
-                .iter()
-                .any(|(kind, _)| *kind == self.config.broker.kind)
-        {
-            return Err(ConfigError::UnknownBackend {
-                kind: self.config.broker.kind.clone(),
-                known: backend::KINDS
-                    .iter()
-                    .map(|(kind, _)| *kind)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-            .into());
+        if self.backend.is_none() {
+            backend::check_kind(&self.config.broker.kind)?;
         }
         let registrations = self.registrations();
         let mut errors = Vec::new();

@@ -13,7 +13,7 @@ use crate::message::{CONTENT_TYPE, Headers, Message};
 use crate::topic::Topic;
 
 /// Publishes messages through the App's backend. Cheap to clone; reach it with
-/// [`App::publisher`](crate::App::publisher) or [`Context::publisher`](crate::Context::publisher).
+/// [`Running::publisher`](crate::Running::publisher) or [`Context::publisher`](crate::Context::publisher).
 ///
 /// ```
 /// # async fn demo(publisher: transport::Publisher) -> Result<(), transport::PublishError> {

@@ -159,6 +159,28 @@ pub const KINDS: [(&str, &str); 5] = [
     ("redis-streams", "redis"),
 ];
 
+/// Whether `kind` names a backend compiled into this build: an unknown name, or one whose
+/// cargo feature is off, is a configuration error that says which.
+pub fn check_kind(kind: &str) -> Result<(), crate::error::ConfigError> {
+    use crate::error::ConfigError;
+    let enabled = |feature: &str| {
+        feature.is_empty()
+            || (feature == "nats" && cfg!(feature = "nats"))
+            || (feature == "redis" && cfg!(feature = "redis"))
+    };
+    match KINDS.iter().find(|(known, _)| *known == kind) {
+        Some((_, feature)) if enabled(feature) => Ok(()),
+        Some((_, feature)) => Err(ConfigError::BackendNotEnabled {
+            kind: kind.to_string(),
+            feature,
+        }),
+        None => Err(ConfigError::UnknownBackend {
+            kind: kind.to_string(),
+            known: KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
 /// Connects the backend that `config` names (wrapped to apply `topic_prefix`).
 pub async fn connect(
     config: &crate::config::BrokerConfig,
@@ -181,17 +203,13 @@ pub async fn connect(
         #[cfg(feature = "redis")]
         "redis-streams" => Arc::new(redis_streams::RedisStreamsBackend::connect(config).await?),
         other => {
-            let error = match KINDS.iter().find(|(kind, _)| *kind == other) {
-                Some((_, feature)) => crate::error::ConfigError::BackendNotEnabled {
-                    kind: other.to_string(),
-                    feature,
-                },
-                None => crate::error::ConfigError::UnknownBackend {
-                    kind: other.to_string(),
-                    known: KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
-                },
-            };
-            return Err(error.into());
+            // Says whether the name is unknown or its feature is off.
+            check_kind(other)?;
+            return Err(crate::error::ConfigError::UnknownBackend {
+                kind: other.to_string(),
+                known: KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+            }
+            .into());
         }
     };
     Ok(prefixed::with_prefix(backend, &config.topic_prefix))
