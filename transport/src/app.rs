@@ -198,7 +198,11 @@ impl App {
             None => backend::connect(&self.config.broker).await?,
         };
         let capabilities = backend.capabilities();
-        let publisher = Publisher::new(Arc::clone(&backend), self.config.publisher_codec());
+        let publisher = Publisher::new(
+            Arc::clone(&backend),
+            self.config.publisher_codec(),
+            self.config.broker.max_message_bytes,
+        );
         let shutdown = CancellationToken::new();
         let drain_timeout = self.config.shutdown.drain_timeout;
         let mut tasks = JoinSet::new();

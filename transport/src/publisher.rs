@@ -31,6 +31,7 @@ use crate::topic::Topic;
 pub struct Publisher {
     backend: Arc<dyn Backend>,
     codec: SerdeCodec,
+    max_message_bytes: usize,
 }
 
 impl fmt::Debug for Publisher {
@@ -43,8 +44,16 @@ impl fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub(crate) fn new(backend: Arc<dyn Backend>, codec: SerdeCodec) -> Self {
-        Publisher { backend, codec }
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        codec: SerdeCodec,
+        max_message_bytes: usize,
+    ) -> Self {
+        Publisher {
+            backend,
+            codec,
+            max_message_bytes,
+        }
     }
 
     /// Publishes a serde value with the default codec (`publisher.codec` in config).
@@ -73,8 +82,20 @@ impl Publisher {
         }
     }
 
-    /// Publishes an already encoded message as it is.
+    /// Publishes an already encoded message as it is. A payload over
+    /// `broker.max_message_bytes` is refused before it reaches the broker.
     pub async fn publish_message(&self, topic: &str, message: Message) -> Result<(), PublishError> {
+        let size = message.payload.len();
+        if size > self.max_message_bytes {
+            return Err(PublishError::Backend {
+                topic: topic.to_string(),
+                source: BackendError::TooLarge {
+                    backend: self.backend.kind(),
+                    size,
+                    limit: self.max_message_bytes,
+                },
+            });
+        }
         self.backend
             .publish(topic, message)
             .await

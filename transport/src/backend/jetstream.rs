@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::nats::{connect_client, from_nats, operation_error, to_nats_headers};
+use super::nats::{check_payload, connect_client, from_nats, operation_error, to_nats_headers};
 use super::{Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::config::{BrokerConfig, JetStreamConfig};
 use crate::error::BackendError;
@@ -38,7 +38,6 @@ pub struct JetStreamBackend {
     client: async_nats::Client,
     context: jetstream::Context,
     settings: JetStreamConfig,
-    max_message_bytes: usize,
     /// topic -> stream name, for topics whose stream is known to exist.
     streams: Mutex<HashMap<String, String>>,
     acks: mpsc::UnboundedSender<AckOp>,
@@ -66,7 +65,6 @@ impl JetStreamBackend {
             client,
             context,
             settings: config.jetstream.clone(),
-            max_message_bytes: config.max_message_bytes,
             streams: Mutex::new(HashMap::new()),
             acks,
         })
@@ -246,17 +244,7 @@ impl Backend for JetStreamBackend {
         message: Message,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         async move {
-            let size = message.payload.len();
-            let limit = self
-                .max_message_bytes
-                .min(self.client.server_info().max_payload);
-            if size > limit {
-                return Err(BackendError::TooLarge {
-                    backend: KIND,
-                    size,
-                    limit,
-                });
-            }
+            check_payload(&self.client, KIND, &message)?;
             self.stream_for(topic).await?;
             let headers = to_nats_headers(&message);
             let ack = self

@@ -29,15 +29,12 @@ const KIND: &str = "memory";
 pub struct MemoryOptions {
     /// Messages a queue holds before publishers wait.
     pub queue_capacity: usize,
-    /// Largest payload accepted, in bytes.
-    pub max_message_bytes: usize,
 }
 
 impl Default for MemoryOptions {
     fn default() -> Self {
         MemoryOptions {
             queue_capacity: 65_536,
-            max_message_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -170,14 +167,6 @@ impl Backend for MemoryBroker {
         message: Message,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         async move {
-            let limit = self.inner.options.max_message_bytes;
-            if message.payload.len() > limit {
-                return Err(BackendError::TooLarge {
-                    backend: KIND,
-                    size: message.payload.len(),
-                    limit,
-                });
-            }
             let targets = match self.topics().get(topic) {
                 Some(queues) => Arc::clone(&queues.targets),
                 None => return Ok(()),

@@ -191,7 +191,6 @@ pub async fn connect(
             &config.name,
             memory::MemoryOptions {
                 queue_capacity: config.queue_capacity,
-                max_message_bytes: config.max_message_bytes,
             },
         )),
         #[cfg(feature = "nats")]

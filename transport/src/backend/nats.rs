@@ -108,6 +108,24 @@ pub(crate) fn from_nats(payload: Bytes, headers: Option<&async_nats::HeaderMap>)
     message
 }
 
+/// Refuses a payload over the server's `max_payload` (headers count towards it).
+pub(crate) fn check_payload(
+    client: &async_nats::Client,
+    kind: &'static str,
+    message: &Message,
+) -> Result<(), BackendError> {
+    let size = message.payload.len();
+    let limit = client.server_info().max_payload;
+    if size > limit {
+        return Err(BackendError::TooLarge {
+            backend: kind,
+            size,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn operation_error(
     operation: &'static str,
     kind: &'static str,
@@ -123,7 +141,6 @@ pub(crate) fn operation_error(
 /// The NATS core backend.
 pub struct NatsBackend {
     client: async_nats::Client,
-    max_message_bytes: usize,
 }
 
 impl NatsBackend {
@@ -131,7 +148,6 @@ impl NatsBackend {
     pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
         Ok(NatsBackend {
             client: connect_client(config, KIND).await?,
-            max_message_bytes: config.max_message_bytes,
         })
     }
 }
@@ -159,17 +175,7 @@ impl Backend for NatsBackend {
         message: Message,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         async move {
-            let size = message.payload.len();
-            let limit = self
-                .max_message_bytes
-                .min(self.client.server_info().max_payload);
-            if size > limit {
-                return Err(BackendError::TooLarge {
-                    backend: KIND,
-                    size,
-                    limit,
-                });
-            }
+            check_payload(&self.client, KIND, &message)?;
             let headers = to_nats_headers(&message);
             self.client
                 .publish_with_headers(topic.to_string(), headers, message.payload)

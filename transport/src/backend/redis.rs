@@ -90,7 +90,6 @@ pub struct RedisBackend {
     publisher: ConnectionManager,
     subscriber: ConnectionManager,
     routes: Routes,
-    max_message_bytes: usize,
 }
 
 impl RedisBackend {
@@ -105,7 +104,6 @@ impl RedisBackend {
             publisher,
             subscriber,
             routes,
-            max_message_bytes: config.max_message_bytes,
         })
     }
 }
@@ -177,14 +175,6 @@ impl Backend for RedisBackend {
         message: Message,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         async move {
-            let size = message.payload.len();
-            if size > self.max_message_bytes {
-                return Err(BackendError::TooLarge {
-                    backend: KIND,
-                    size,
-                    limit: self.max_message_bytes,
-                });
-            }
             let mut connection = self.publisher.clone();
             redis::cmd("PUBLISH")
                 .arg(topic)

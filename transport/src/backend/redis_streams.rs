@@ -153,14 +153,6 @@ impl Backend for RedisStreamsBackend {
         message: Message,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         async move {
-            let size = message.payload.len();
-            if size > self.config.max_message_bytes {
-                return Err(BackendError::TooLarge {
-                    backend: KIND,
-                    size,
-                    limit: self.config.max_message_bytes,
-                });
-            }
             let settings = self.settings();
             let mut command = redis::cmd("XADD");
             command.arg(topic);
