@@ -298,3 +298,136 @@ async fn a_plain_jetstream_publish_reaches_a_typed_subscriber() {
         .delete_stream(format!("TRANSPORT_{}", subject.replace('.', "_")))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_a_dead_consumer_left_pending_are_taken_over() {
+    if !reachable(6379) {
+        return;
+    }
+    let prefix = format!("{}.", unique("interop"));
+    let stream = format!("{prefix}interop.orders");
+    // A consumer of group `shop` reads two entries and dies without acknowledging them.
+    redis_cli(&["XGROUP", "CREATE", &stream, "shop", "0", "MKSTREAM"]);
+    redis_cli(&[
+        "XADD",
+        &stream,
+        "*",
+        "payload",
+        r#"{"id":21,"item":"figs"}"#,
+    ]);
+    redis_cli(&[
+        "XADD",
+        &stream,
+        "*",
+        "payload",
+        r#"{"id":22,"item":"kale"}"#,
+    ]);
+    let read = redis_cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "shop",
+        "crashed-consumer",
+        "COUNT",
+        "2",
+        "STREAMS",
+        &stream,
+        ">",
+    ]);
+    assert!(read.contains("figs") && read.contains("kale"), "{read}");
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = Config::from_toml(&format!(
+        "[broker]\nkind = \"redis-streams\"\ntopic_prefix = \"{prefix}\"\n[broker.redis]\nclaim_idle = \"300ms\"\nclaim_interval = \"100ms\""
+    ))
+    .expect("config");
+    let app = App::new(config)
+        .select_module(module_path!())
+        .service(Shop(tx))
+        .start()
+        .await
+        .expect("app starts");
+    let mut ids: Vec<u64> = receive(&mut rx, 2)
+        .await
+        .into_iter()
+        .map(|s| s.order.id)
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [21, 22],
+        "the dead consumer's entries were claimed and handled"
+    );
+    app.shutdown().await.unwrap();
+    // Handled and acknowledged: nothing is pending any more.
+    let pending = redis_cli(&["XPENDING", &stream, "shop"]);
+    assert_eq!(pending.lines().next(), Some("0"), "{pending}");
+    redis_cli(&["DEL", &stream]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_messages_a_dead_consumer_held_come_back_after_ack_wait() {
+    if !reachable(4222) {
+        return;
+    }
+    let prefix = format!("{}.", unique("interop"));
+    let subject = format!("{prefix}interop.orders");
+    let config = || {
+        Config::from_toml(&format!(
+            "[broker]\nkind = \"jetstream\"\ntopic_prefix = \"{prefix}\"\n[broker.jetstream]\nack_wait = \"1s\""
+        ))
+        .expect("config")
+    };
+    // The framework creates the stream and the group's durable consumer.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first = App::new(config())
+        .select_module(module_path!())
+        .service(Shop(tx.clone()))
+        .start()
+        .await
+        .expect("starts");
+    first.shutdown().await.unwrap();
+
+    // Another member of the group takes two messages and dies without acknowledging.
+    let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    for body in [r#"{"id":31,"item":"plums"}"#, r#"{"id":32,"item":"leeks"}"#] {
+        jetstream
+            .publish(subject.clone(), body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let stream_name = format!("TRANSPORT_{}", subject.replace('.', "_"));
+    let stream = jetstream.get_stream(&stream_name).await.unwrap();
+    let durable = format!("shop__{}", subject.replace('.', "_"));
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(&durable).await.unwrap();
+    let mut batch = consumer.fetch().max_messages(2).messages().await.unwrap();
+    let mut taken = 0;
+    while let Some(message) = batch.next().await {
+        message.unwrap();
+        taken += 1;
+    }
+    assert_eq!(taken, 2, "the doomed member held both messages");
+
+    let second = App::new(config())
+        .select_module(module_path!())
+        .service(Shop(tx))
+        .start()
+        .await
+        .expect("starts");
+    let mut ids: Vec<u64> = receive(&mut rx, 2)
+        .await
+        .into_iter()
+        .map(|s| s.order.id)
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [31, 32],
+        "redelivered to the live member after ack_wait"
+    );
+    second.shutdown().await.unwrap();
+    let _ = jetstream.delete_stream(&stream_name).await;
+}
