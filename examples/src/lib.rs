@@ -1,1 +1,43 @@
-//! Runnable examples live beside this crate: `cargo run --example quickstart`.
+//! Runnable examples live beside this crate (`cargo run --example quickstart`); this library
+//! only helps the example tests find them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The path of example `name`, built for the profile of the running test binary.
+///
+/// `cargo test` builds a package's examples only when it runs all its targets, so the
+/// example is (re)built here, with the same cargo, profile and target directory: a no-op
+/// when it is up to date, and never a stale binary.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no test binary path: {e}"));
+    // <target>/<profile>/deps/<test binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()));
+    let binary = profile_dir.join("examples").join(name);
+    {
+        let target_dir = profile_dir.parent().unwrap_or(profile_dir);
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "transport-examples",
+                "--example",
+                name,
+            ])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+        assert!(status.success(), "building example `{name}` failed");
+    }
+    binary
+}

@@ -7,12 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 fn quickstart() -> PathBuf {
     // <target>/<profile>/deps/<this test> -> <target>/<profile>/examples/quickstart
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in <profile>/deps");
-    profile_dir.join("examples").join("quickstart")
+    transport_examples::example_binary("quickstart")
 }
 
 fn reachable(port: u16) -> bool {

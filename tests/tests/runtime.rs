@@ -872,3 +872,63 @@ mod typed_topics {
         app.shutdown().await.unwrap();
     }
 }
+
+mod programmatic_shutdown {
+    use super::*;
+
+    pub struct Counter(pub UnboundedSender<u32>);
+
+    #[transport::service]
+    impl Counter {
+        #[subscriber(topic = "rt.run")]
+        async fn count(&self, n: u32) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = self.0.send(n);
+        }
+    }
+
+    #[tokio::test]
+    async fn run_returns_after_a_shutdown_handle_fires_and_drains_first() {
+        init_tracing();
+        let config = memory_config("");
+        let name = config.broker.name.clone();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config)
+            .select_module(module_path!())
+            .service(Counter(tx));
+        let stop = app.shutdown_handle();
+        let service = tokio::spawn(app.run());
+
+        // a second App on the same in-process broker publishes
+        let producer =
+            App::new(Config::from_toml(&format!("[broker]\nname = \"{name}\"")).unwrap())
+                .select(|_| false)
+                .start()
+                .await
+                .unwrap();
+        // wait until the service's subscription exists: publish until one arrives
+        let mut n = 0;
+        loop {
+            producer.publisher().publish("rt.run", &n).await.unwrap();
+            n += 1;
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+                break;
+            }
+        }
+        producer.publisher().publish("rt.run", &1000).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stop.shutdown();
+        let result = tokio::time::timeout(PATIENCE, service)
+            .await
+            .expect("run returned");
+        result
+            .expect("not panicked")
+            .expect("run ended without error");
+        let rest: Vec<u32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert!(
+            rest.contains(&1000),
+            "the in-flight handler finished before run returned: {rest:?}"
+        );
+        producer.shutdown().await.unwrap();
+    }
+}

@@ -75,6 +75,8 @@ pub fn parse(tokens: TokenStream, attr_span: Span, errors: &mut Errors) -> Optio
     let mut codec = None;
     let mut reply = None;
     let mut seen: Vec<String> = Vec::new();
+    // A misspelt `topic` is reported once, as the typo, not again as missing.
+    let mut topic_typo = false;
 
     for pair in pairs {
         let Some(key) = pair.path.get_ident().map(ToString::to_string) else {
@@ -85,6 +87,7 @@ pub fn parse(tokens: TokenStream, attr_span: Span, errors: &mut Errors) -> Optio
             continue;
         };
         if !KEYS.contains(&key.as_str()) {
+            topic_typo |= closest_key(&key) == Some("topic");
             errors.spanned(pair.path.span(), unknown_key_message(&key));
             continue;
         }
@@ -102,7 +105,7 @@ pub fn parse(tokens: TokenStream, attr_span: Span, errors: &mut Errors) -> Optio
         }
     }
 
-    if !seen.iter().any(|k| k == "topic") {
+    if !seen.iter().any(|k| k == "topic") && !topic_typo {
         errors.spanned(
             attr_span,
             "missing `topic`: write `#[subscriber(topic = \"orders.created\")]` or `topic = SOME_TOPIC_CONST`",
@@ -125,13 +128,41 @@ fn path_text(path: &Path) -> String {
 }
 
 fn unknown_key_message(key: &str) -> String {
-    format!(
-        "unknown key `{key}` in `#[subscriber]`; expected one of: {}",
-        KEYS.iter()
-            .map(|k| format!("`{k}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    let expected = KEYS
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match closest_key(key) {
+        Some(close) => format!(
+            "unknown key `{key}` in `#[subscriber]`: did you mean `{close}`? (expected one of: {expected})"
+        ),
+        None => format!("unknown key `{key}` in `#[subscriber]`; expected one of: {expected}"),
+    }
+}
+
+/// The valid key within two edits of `key`, if any (typos like `topik`, `grup`).
+fn closest_key(key: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 fn string_literal(value: &Expr) -> Option<&LitStr> {
@@ -218,4 +249,18 @@ fn codec_value(value: &Expr, errors: &mut Errors) -> Option<CodecArg> {
         "`codec` must be a codec name (`codec = \"json\"`) or a path to a codec type (`codec = MyCodec`)",
     );
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_get_a_suggestion() {
+        assert_eq!(closest_key("topik"), Some("topic"));
+        assert_eq!(closest_key("grop"), Some("group"));
+        assert_eq!(closest_key("codecs"), Some("codec"));
+        assert_eq!(closest_key("queue"), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
 }

@@ -32,6 +32,7 @@ pub struct App {
     instances: Instances,
     backend: Option<Arc<dyn Backend>>,
     selector: Option<Selector>,
+    shutdown: CancellationToken,
 }
 
 impl App {
@@ -42,6 +43,7 @@ impl App {
             instances: Instances::default(),
             backend: None,
             selector: None,
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -203,7 +205,7 @@ impl App {
             self.config.publisher_codec(),
             self.config.broker.max_message_bytes,
         );
-        let shutdown = CancellationToken::new();
+        let shutdown = self.shutdown.clone();
         let drain_timeout = self.config.shutdown.drain_timeout;
         let mut tasks = JoinSet::new();
 
@@ -263,6 +265,22 @@ impl App {
         })
     }
 
+    /// A handle that stops this App gracefully, from another task, once it runs (before
+    /// it runs, the App stops as soon as it has started).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), transport::Error> {
+    /// let app = transport::App::new(transport::Config::default()).select(|_| false);
+    /// let stop = app.shutdown_handle();
+    /// let service = tokio::spawn(app.run());
+    /// stop.shutdown();
+    /// service.await.expect("not panicked")
+    /// # }
+    /// ```
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
     /// Starts, then runs until SIGINT / SIGTERM (or [`ShutdownHandle::shutdown`]), then
     /// drains in-flight handlers and disconnects.
     ///
@@ -272,35 +290,56 @@ impl App {
         if self.run_command_from_args()? {
             return Ok(());
         }
+        let mut signals = TerminationSignals::install();
         let running = self.start().await?;
         let handle = running.shutdown_handle();
         tokio::select! {
-            _ = termination_signal() => tracing::info!("signal received; shutting down"),
-            _ = handle.0.cancelled() => {}
+            _ = signals.received() => tracing::info!("signal received; shutting down"),
+            _ = handle.0.cancelled() => tracing::info!("shutdown requested; shutting down"),
         }
         running.shutdown().await
     }
 }
 
-async fn termination_signal() {
+/// SIGINT and SIGTERM, listened for from creation on (so a signal that arrives while the
+/// App is starting is not lost to the default action).
+struct TerminationSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+    listeners: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl TerminationSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listeners = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM/SIGINT; falling back to Ctrl-C");
+                    None
                 }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the App");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            };
+            TerminationSignals { listeners }
+        }
+        #[cfg(not(unix))]
+        {
+            TerminationSignals {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn received(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.listeners {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
