@@ -60,7 +60,7 @@ async fn start(kind: &str, prefix: &str, tx: UnboundedSender<Seen>) -> Running {
     ))
     .expect("config");
     App::new(config)
-        .select_module(module_path!())
+        .select(|r| r.name == "Shop::order")
         .service(Shop(tx))
         .start()
         .await
@@ -341,7 +341,7 @@ async fn entries_a_dead_consumer_left_pending_are_taken_over() {
     ))
     .expect("config");
     let app = App::new(config)
-        .select_module(module_path!())
+        .select(|r| r.name == "Shop::order")
         .service(Shop(tx))
         .start()
         .await
@@ -380,7 +380,7 @@ async fn jetstream_messages_a_dead_consumer_held_come_back_after_ack_wait() {
     // The framework creates the stream and the group's durable consumer.
     let (tx, mut rx) = mpsc::unbounded_channel();
     let first = App::new(config())
-        .select_module(module_path!())
+        .select(|r| r.name == "Shop::order")
         .service(Shop(tx.clone()))
         .start()
         .await
@@ -412,7 +412,7 @@ async fn jetstream_messages_a_dead_consumer_held_come_back_after_ack_wait() {
     assert_eq!(taken, 2, "the doomed member held both messages");
 
     let second = App::new(config())
-        .select_module(module_path!())
+        .select(|r| r.name == "Shop::order")
         .service(Shop(tx))
         .start()
         .await
@@ -430,4 +430,74 @@ async fn jetstream_messages_a_dead_consumer_held_come_back_after_ack_wait() {
     );
     second.shutdown().await.unwrap();
     let _ = jetstream.delete_stream(&stream_name).await;
+}
+
+mod slow {
+    use super::*;
+
+    pub struct SlowShop(pub UnboundedSender<(u64, u32)>);
+
+    #[transport::service]
+    impl SlowShop {
+        #[subscriber(topic = "interop.backlog", group = "slow")]
+        async fn order(&self, order: Order, ctx: &Context) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = self.0.send((order.id, ctx.attempt()));
+        }
+    }
+
+    /// A backlog that takes longer than `ack_wait` to work through is not redelivered
+    /// meanwhile: queued and running deliveries are reported in progress.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_jetstream_backlog_longer_than_ack_wait_is_handled_once() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let prefix = format!("{}.", unique("interop"));
+        let config = Config::from_toml(&format!(
+            "[broker]\nkind = \"jetstream\"\ntopic_prefix = \"{prefix}\"\n[broker.jetstream]\nack_wait = \"1s\"\n[subscriber]\nconcurrency = 1"
+        ))
+        .expect("config");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config)
+            .select_module(module_path!())
+            .service(SlowShop(tx))
+            .start()
+            .await
+            .expect("starts");
+        const N: u64 = 30; // 3 s of work, three times ack_wait
+        for id in 0..N {
+            let order = Order {
+                id,
+                item: "box".into(),
+            };
+            app.publisher()
+                .publish("interop.backlog", &order)
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < N as usize {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(event)) => seen.push(event),
+                _ => panic!("only {} of {N} handled: {seen:?}", seen.len()),
+            }
+        }
+        // nothing comes twice, even well after ack_wait
+        if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await
+        {
+            panic!("redelivered: {extra:?}");
+        }
+        assert!(seen.iter().all(|(_, attempt)| *attempt == 1), "{seen:?}");
+        app.shutdown().await.unwrap();
+        let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(format!(
+                "TRANSPORT_{}interop_backlog",
+                prefix.replace('.', "_")
+            ))
+            .await;
+    }
 }

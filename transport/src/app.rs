@@ -227,6 +227,9 @@ impl App {
                 Err(source) => {
                     shutdown.cancel();
                     tasks.join_all().await;
+                    if let Err(error) = backend.close().await {
+                        tracing::warn!(%error, "closing the backend after a failed startup");
+                    }
                     return Err(StartupError::Subscribe {
                         subscriber: registration.name.to_string(),
                         location: registration.location(),

@@ -71,7 +71,7 @@ pub struct BrokerConfig {
     pub url: Option<String>,
     /// The in-process broker's name: Apps naming the same one share it.
     pub name: String,
-    /// Messages an in-process queue holds before publishers wait.
+    /// Messages an in-process queue holds; publishing to a full one is an error.
     pub queue_capacity: usize,
     /// Largest payload accepted, in bytes.
     pub max_message_bytes: usize,

@@ -123,7 +123,7 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 delivery = subscription.next() => match delivery {
-                    Some(delivery) => in_flight.push(Arc::clone(&this).process(delivery)),
+                    Some(delivery) => in_flight.push(Arc::clone(&this).guarded(delivery)),
                     None => break,
                 },
             }
@@ -144,6 +144,23 @@ impl Dispatcher {
                 unfinished = in_flight.len(),
                 timeout = ?drain_timeout,
                 "drain timeout: unfinished handlers are cancelled and their messages left unacknowledged"
+            );
+        }
+    }
+
+    /// `process`, with a panic outside the handler (a backend's, say) contained: the
+    /// delivery is dropped unsettled, so the broker hands it out again, and the
+    /// subscriber goes on.
+    async fn guarded(self: Arc<Self>, delivery: Delivery) {
+        let name = self.registration.name;
+        if let Err(panic) = AssertUnwindSafe(self.process(delivery))
+            .catch_unwind()
+            .await
+        {
+            tracing::error!(
+                subscriber = name,
+                panic = %panic_message(&*panic),
+                "panic while settling a delivery; it was left unsettled"
             );
         }
     }
@@ -203,7 +220,7 @@ impl Dispatcher {
                 error = %failure.describe(),
                 "handler failed; will retry"
             );
-            if self.capabilities.native_redelivery {
+            if self.capabilities.native_redelivery && delivery.is_settled_by_broker() {
                 delivery.nack(delay);
                 return;
             }
@@ -219,7 +236,7 @@ impl Dispatcher {
         let failed_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        message.headers.insert(headers::ERROR, error);
+        message.headers.insert(headers::ERROR, header_text(&error));
         message.headers.insert(headers::ERROR_KIND, kind);
         message
             .headers
@@ -242,16 +259,41 @@ impl Dispatcher {
             .await
         {
             Ok(()) => delivery.ack(),
+            Err(error) if delivery.is_settled_by_broker() => {
+                tracing::error!(
+                    subscriber = self.registration.name,
+                    %error,
+                    "dead-letter publish failed; the message stays with the broker and comes back"
+                );
+                delivery.nack(self.retry.backoff_max);
+            }
             Err(error) => {
                 tracing::error!(
                     subscriber = self.registration.name,
                     %error,
-                    "dead-letter publish failed; leaving the message unacknowledged"
+                    payload_bytes = delivery.message.payload.len(),
+                    "dead-letter publish failed on an at-most-once backend; the message is lost"
                 );
-                delivery.nack(self.retry.backoff_max);
             }
         }
     }
+}
+
+/// Most characters of an error kept in the `x-transport-error` header.
+pub const MAX_ERROR_HEADER_CHARS: usize = 1024;
+
+/// An error message as a header value: one line (CR/LF and other control characters
+/// become spaces; several brokers' headers cannot carry them) of bounded length.
+fn header_text(error: &str) -> String {
+    let mut text: String = error
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_ERROR_HEADER_CHARS)
+        .collect();
+    if error.chars().count() > MAX_ERROR_HEADER_CHARS {
+        text.push('…');
+    }
+    text
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
@@ -267,6 +309,18 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_headers_are_one_bounded_line() {
+        assert_eq!(
+            header_text("db down:\r\n  retry later\tsoon"),
+            "db down:    retry later soon"
+        );
+        let long = "x".repeat(5000);
+        let text = header_text(&long);
+        assert_eq!(text.chars().count(), MAX_ERROR_HEADER_CHARS + 1);
+        assert!(text.ends_with('…'));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

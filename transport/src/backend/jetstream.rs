@@ -12,6 +12,7 @@
 //! `x-transport-key`, id in `Nats-Msg-Id` (which JetStream also deduplicates on).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, stream};
@@ -123,9 +124,16 @@ impl JetStreamBackend {
                 deliver_policy: consumer::DeliverPolicy::All,
                 ..base
             },
+            // Named, so that after a pull error the same consumer (and its position) is
+            // bound again; the server removes it once nobody pulls for a while.
             None => consumer::pull::Config {
+                name: Some(sanitize(&format!(
+                    "fanout_{}_{}",
+                    spec.subscriber,
+                    self.client.new_inbox()
+                ))),
                 deliver_policy: consumer::DeliverPolicy::New,
-                inactive_threshold: Duration::from_secs(30),
+                inactive_threshold: Duration::from_secs(60),
                 ..base
             },
         }
@@ -190,14 +198,57 @@ async fn settle_acks(client: async_nats::Client, mut ops: mpsc::UnboundedReceive
     }
 }
 
+/// Deliveries handed out and not yet settled (queued for a handler or running), by
+/// stream sequence, with their ack subjects.
+#[derive(Clone, Default)]
+struct Unsettled(Arc<std::sync::Mutex<HashMap<u64, async_nats::Subject>>>);
+
+impl Unsettled {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, async_nats::Subject>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Tells the server, every third of `ack_wait`, that unsettled deliveries are still being
+/// worked on (`+WPI`), so a backlog waiting locally or a slow handler is not redelivered
+/// elsewhere meanwhile. Ends once the subscription is gone and nothing is left unsettled.
+async fn keep_in_progress(
+    unsettled: Unsettled,
+    acks: mpsc::UnboundedSender<AckOp>,
+    ack_wait: Duration,
+    subscription: mpsc::Sender<Delivery>,
+) {
+    let period = (ack_wait / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let subjects: Vec<async_nats::Subject> = unsettled.map().values().cloned().collect();
+        if subjects.is_empty() && subscription.is_closed() {
+            return;
+        }
+        for subject in subjects {
+            if acks
+                .send(AckOp::Settle(subject, AckKind::Progress))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
 struct JetStreamAcker {
     subject: Option<async_nats::Subject>,
+    sequence: u64,
+    unsettled: Unsettled,
     acks: mpsc::UnboundedSender<AckOp>,
 }
 
 impl JetStreamAcker {
     fn settle(&mut self, kind: AckKind) {
         if let Some(subject) = self.subject.take() {
+            self.unsettled.map().remove(&self.sequence);
             // Closed only after the backend is closed; the server redelivers then.
             let _ = self.acks.send(AckOp::Settle(subject, kind));
         }
@@ -246,7 +297,7 @@ impl Backend for JetStreamBackend {
         async move {
             check_payload(&self.client, KIND, &message)?;
             self.stream_for(topic).await?;
-            let headers = to_nats_headers(&message);
+            let headers = to_nats_headers(&message, KIND)?;
             let ack = self
                 .context
                 .publish_with_headers(topic.to_string(), headers, message.payload)
@@ -275,6 +326,13 @@ impl Backend for JetStreamBackend {
                 .await
                 .map_err(|e| operation_error("subscribe", KIND, e))?;
             let (tx, rx) = mpsc::channel(spec.prefetch.max(1));
+            let unsettled = Unsettled::default();
+            tokio::spawn(keep_in_progress(
+                unsettled.clone(),
+                self.acks.clone(),
+                self.settings.ack_wait,
+                tx.clone(),
+            ));
             let pump = Pump {
                 context: self.context.clone(),
                 stream_name,
@@ -282,6 +340,8 @@ impl Backend for JetStreamBackend {
                 prefetch: spec.prefetch.max(1),
                 acks: self.acks.clone(),
                 subscriber: spec.subscriber.clone(),
+                unsettled,
+                last_sequence: 0,
             };
             tokio::spawn(pump.run(consumer, tx));
             Ok(tokio_stream_from(rx))
@@ -308,10 +368,10 @@ async fn create_consumer(
     stream: &stream::Stream,
     config: &consumer::pull::Config,
 ) -> Result<consumer::PullConsumer, async_nats::Error> {
-    Ok(match &config.durable_name {
-        Some(name) => stream.get_or_create_consumer(name, config.clone()).await?,
-        None => stream.create_consumer(config.clone()).await?,
-    })
+    match config.durable_name.as_ref().or(config.name.as_ref()) {
+        Some(name) => Ok(stream.get_or_create_consumer(name, config.clone()).await?),
+        None => Ok(stream.create_consumer(config.clone()).await?),
+    }
 }
 
 fn tokio_stream_from(mut rx: mpsc::Receiver<Delivery>) -> Subscription {
@@ -327,10 +387,13 @@ struct Pump {
     prefetch: usize,
     acks: mpsc::UnboundedSender<AckOp>,
     subscriber: String,
+    unsettled: Unsettled,
+    /// The stream sequence of the last message handed out (to resume a lost consumer).
+    last_sequence: u64,
 }
 
 impl Pump {
-    async fn run(self, mut consumer: consumer::PullConsumer, tx: mpsc::Sender<Delivery>) {
+    async fn run(mut self, mut consumer: consumer::PullConsumer, tx: mpsc::Sender<Delivery>) {
         let mut backoff = Duration::from_millis(100);
         loop {
             match consumer
@@ -351,16 +414,24 @@ impl Pump {
                     match item {
                         Some(Ok(message)) => {
                             backoff = Duration::from_millis(100);
-                            let attempt = message
-                                .info()
-                                .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
-                                .unwrap_or(1);
+                            let (attempt, sequence) = message.info().map_or((1, 0), |info| {
+                                (
+                                    u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                                    info.stream_sequence,
+                                )
+                            });
+                            self.last_sequence = self.last_sequence.max(sequence);
                             let jetstream::Message { message, .. } = message;
+                            if let Some(subject) = &message.reply {
+                                self.unsettled.map().insert(sequence, subject.clone());
+                            }
                             let delivery = Delivery::new(
                                 from_nats(message.payload, message.headers.as_ref()),
                                 attempt,
                                 Box::new(JetStreamAcker {
                                     subject: message.reply,
+                                    sequence,
+                                    unsettled: self.unsettled.clone(),
                                     acks: self.acks.clone(),
                                 }),
                             );
@@ -384,6 +455,13 @@ impl Pump {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
+            // A group-less consumer the server removed meanwhile resumes after the last
+            // message handed out, not at "new messages only".
+            if self.config.durable_name.is_none() && self.last_sequence > 0 {
+                self.config.deliver_policy = consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: self.last_sequence + 1,
+                };
+            }
             match self.context.get_stream(&self.stream_name).await {
                 Ok(stream) => match create_consumer(&stream, &self.config).await {
                     Ok(fresh) => consumer = fresh,

@@ -27,7 +27,7 @@ const KIND: &str = "memory";
 /// Settings of an in-process broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryOptions {
-    /// Messages a queue holds before publishers wait.
+    /// Messages a queue holds; publishing to a full one is an error (never a wait).
     pub queue_capacity: usize,
 }
 
@@ -119,7 +119,6 @@ impl MemoryBroker {
         let mut topics = self.topics();
         let queues = topics.entry(spec.topic.clone()).or_default();
         queues.prune();
-        let capacity = self.inner.options.queue_capacity.max(1);
         let existing = spec.group.as_ref().and_then(|group| {
             let (tx, weak) = queues.groups.get(group)?;
             Some((weak.upgrade()?, tx.clone()))
@@ -127,12 +126,12 @@ impl MemoryBroker {
         let pair = match (existing, &spec.group) {
             (Some(pair), _) => pair,
             (None, None) => {
-                let (tx, rx) = async_channel::bounded(capacity);
+                let (tx, rx) = async_channel::unbounded();
                 queues.fanout.push(tx.clone());
                 (rx, tx)
             }
             (None, Some(group)) => {
-                let (tx, rx) = async_channel::bounded(capacity);
+                let (tx, rx) = async_channel::unbounded();
                 queues
                     .groups
                     .insert(group.clone(), (tx.clone(), rx.downgrade()));
@@ -171,13 +170,26 @@ impl Backend for MemoryBroker {
                 Some(queues) => Arc::clone(&queues.targets),
                 None => return Ok(()),
             };
+            // Never wait for room: a handler publishing into its own full queue would wait
+            // for itself. A full queue is an error the publisher sees (and a handler
+            // retries); every queue is checked first so a message goes to all or none.
+            let capacity = self.inner.options.queue_capacity.max(1);
+            if targets.iter().any(|q| !q.is_closed() && q.len() >= capacity) {
+                return Err(BackendError::Operation {
+                    backend: KIND,
+                    operation: "publish",
+                    reason: format!(
+                        "a queue of topic `{topic}` is full ({capacity} messages, `broker.queue_capacity`): its subscribers are behind"
+                    ),
+                });
+            }
             let mut closed = false;
             let envelope = Envelope {
                 message,
                 attempt: 1,
             };
             for queue in targets.iter() {
-                closed |= queue.send(envelope.clone()).await.is_err();
+                closed |= queue.try_send(envelope.clone()).is_err();
             }
             if closed && let Some(queues) = self.topics().get_mut(topic) {
                 queues.prune();

@@ -107,6 +107,12 @@ impl Delivery {
         }
     }
 
+    /// Whether the broker settles this delivery (it can come back); `false` for
+    /// at-most-once deliveries, which the runtime must retry in place.
+    pub fn is_settled_by_broker(&self) -> bool {
+        self.acker.is_some()
+    }
+
     /// Asks for redelivery after `delay`.
     pub fn nack(self, delay: Duration) {
         if let Some(acker) = self.acker {

@@ -74,18 +74,30 @@ pub(crate) async fn round_trip(
 }
 
 /// Our message's headers, key and id as NATS headers.
-pub(crate) fn to_nats_headers(message: &Message) -> async_nats::HeaderMap {
+/// A header NATS cannot carry (names: printable ASCII without `:`; values: no CR/LF) is an
+/// error, not a panic inside the client.
+pub(crate) fn to_nats_headers(
+    message: &Message,
+    kind: &'static str,
+) -> Result<async_nats::HeaderMap, BackendError> {
     let mut headers = async_nats::HeaderMap::new();
-    for (name, value) in message.headers.iter() {
+    let key = message.key.as_deref().map(|key| (KEY_HEADER, key));
+    let id = message.id.as_deref().map(|id| (ID_HEADER, id));
+    for (name, value) in message.headers.iter().chain(key).chain(id) {
+        let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !name_ok || value.contains(['\r', '\n']) {
+            return Err(BackendError::Operation {
+                backend: kind,
+                operation: "publish",
+                reason: format!(
+                    "header `{}` cannot travel in NATS headers (names: printable ASCII without `:`; values: no line breaks)",
+                    name.escape_debug()
+                ),
+            });
+        }
         headers.insert(name, value);
     }
-    if let Some(key) = &message.key {
-        headers.insert(KEY_HEADER, key.as_str());
-    }
-    if let Some(id) = &message.id {
-        headers.insert(ID_HEADER, id.as_str());
-    }
-    headers
+    Ok(headers)
 }
 
 /// A NATS message as ours: key and id come out of their headers.
@@ -108,13 +120,28 @@ pub(crate) fn from_nats(payload: Bytes, headers: Option<&async_nats::HeaderMap>)
     message
 }
 
-/// Refuses a payload over the server's `max_payload` (headers count towards it).
+/// Refuses a message over the server's `max_payload` (headers count towards it).
 pub(crate) fn check_payload(
     client: &async_nats::Client,
     kind: &'static str,
     message: &Message,
 ) -> Result<(), BackendError> {
-    let size = message.payload.len();
+    // "NATS/1.0\r\n" + "name: value\r\n" per header + "\r\n"
+    let header_bytes: usize = 12
+        + message
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>()
+        + message
+            .key
+            .as_ref()
+            .map_or(0, |k| KEY_HEADER.len() + k.len() + 4)
+        + message
+            .id
+            .as_ref()
+            .map_or(0, |i| ID_HEADER.len() + i.len() + 4);
+    let size = message.payload.len() + header_bytes;
     let limit = client.server_info().max_payload;
     if size > limit {
         return Err(BackendError::TooLarge {
@@ -176,7 +203,7 @@ impl Backend for NatsBackend {
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         async move {
             check_payload(&self.client, KIND, &message)?;
-            let headers = to_nats_headers(&message);
+            let headers = to_nats_headers(&message, KIND)?;
             self.client
                 .publish_with_headers(topic.to_string(), headers, message.payload)
                 .await

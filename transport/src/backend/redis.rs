@@ -24,6 +24,8 @@ use crate::error::BackendError;
 use crate::message::Message;
 
 const KIND: &str = "redis";
+/// How long a command may wait for its reply.
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Where Redis listens when `broker.url` is not set.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
@@ -49,9 +51,11 @@ pub(crate) async fn connect_manager(
         .as_str()
         .into_connection_info()
         .map_err(|e| connect_error(e.to_string()))?;
+    // Longer than the blocking reads' BLOCK (1 s), short enough that a half-open
+    // connection fails commands instead of hanging them.
     let mut manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(None);
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
     if let Some(push) = push {
         let settings = info
             .redis_settings()

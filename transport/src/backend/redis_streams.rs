@@ -176,7 +176,9 @@ impl Backend for RedisStreamsBackend {
                 }
                 command.arg(name).arg(value);
             }
-            if let Some(id) = &message.id {
+            if let Some(id) = &message.id
+                && !message.headers.contains("message-id")
+            {
                 command.arg("message-id").arg(id);
             }
             let mut connection = self.commands.clone();
@@ -348,6 +350,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether so many entries are unsettled (queued, running or waiting for a retry) that
+    /// reading more would only pile them up.
+    fn saturated(&self) -> bool {
+        self.in_flight().len() >= self.count.saturating_mul(4).max(64)
+    }
+
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.in_flight
             .lock()
@@ -381,6 +389,11 @@ impl Shared {
         let mut backoff = Duration::from_millis(100);
         while !tx.is_closed() {
             // Wait for room first, so nothing is read that cannot be handed over.
+            if self.saturated() {
+                // Too many entries waiting for a retry or a handler: read no more.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             let permit = match tx.reserve().await {
                 Ok(permit) => permit,
                 Err(_) => return,
@@ -407,6 +420,11 @@ impl Shared {
                         drop(permit);
                         continue;
                     };
+                    if tx.is_closed() {
+                        // Read after the subscription ended: leave the entries pending
+                        // (no handler will see them here; they are claimed elsewhere).
+                        return;
+                    }
                     permit.send(self.delivery(&first, 1));
                     for entry in entries {
                         if tx.send(self.delivery(&entry, 1)).await.is_err() {
@@ -441,6 +459,7 @@ impl Shared {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut acks: Vec<String> = Vec::new();
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut cursor = "0-0".to_string();
         loop {
             tokio::select! {
                 op = ops.recv() => {
@@ -472,10 +491,12 @@ impl Shared {
                         if ops.is_closed() || self.in_flight().is_empty() {
                             return;
                         }
+                        // Handlers still draining keep their entries.
+                        self.refresh(&mut connection).await;
                         continue;
                     }
                     self.refresh(&mut connection).await;
-                    self.claim_abandoned(&mut connection, &tx).await;
+                    self.claim_abandoned(&mut connection, &tx, &mut cursor).await;
                 }
             }
         }
@@ -537,7 +558,7 @@ impl Shared {
     /// again with the broker's delivery count.
     async fn redeliver(&self, id: String, attempt: u32, tx: mpsc::Sender<Delivery>) {
         let mut connection = self.commands.clone();
-        self.claim_and_send(&mut connection, &id, attempt, &tx)
+        self.claim_and_send(&mut connection, &id, attempt, &tx, true)
             .await;
     }
 
@@ -568,21 +589,32 @@ impl Shared {
         &self,
         connection: &mut ConnectionManager,
         tx: &mpsc::Sender<Delivery>,
+        cursor: &mut String,
     ) {
+        // Claim only what the subscription has room for: this task must never wait on
+        // the handlers (acks and refreshes would stall behind it).
+        let room = tx.capacity().min(self.count);
+        if room == 0 || self.saturated() {
+            return;
+        }
         let idle = self.settings.claim_idle.as_millis() as u64;
         let claimed: Result<StreamAutoClaimReply, RedisError> = redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(idle)
-            .arg("0-0")
+            .arg(cursor.as_str())
             .arg("COUNT")
-            .arg(self.count)
+            .arg(room)
             .arg("JUSTID")
             .query_async(connection)
             .await;
         let ids = match claimed {
-            Ok(reply) => reply.claimed.into_iter().map(|e| e.id),
+            Ok(reply) => {
+                // Go on from where this scan stopped next time (`0-0`: start over).
+                *cursor = reply.next_stream_id;
+                reply.claimed.into_iter().map(|e| e.id)
+            }
             Err(error) => {
                 if is_no_group(&error) {
                     self.recreate_group(connection).await;
@@ -598,7 +630,8 @@ impl Shared {
         };
         for id in fresh {
             let attempt = self.delivery_count(connection, &id).await.unwrap_or(1) + 1;
-            self.claim_and_send(connection, &id, attempt, tx).await;
+            self.claim_and_send(connection, &id, attempt, tx, false)
+                .await;
         }
     }
 
@@ -625,13 +658,16 @@ impl Shared {
         }
     }
 
-    /// `XCLAIM` (min idle 0) returns the entry and counts one more delivery.
+    /// `XCLAIM` (min idle 0) returns the entry and counts one more delivery. With `wait`
+    /// the delivery waits for room in the subscription; without, a full subscription
+    /// leaves the entry pending (it is claimed again later).
     async fn claim_and_send(
         &self,
         connection: &mut ConnectionManager,
         id: &str,
         attempt: u32,
         tx: &mpsc::Sender<Delivery>,
+        wait: bool,
     ) {
         let claimed: Result<redis::streams::StreamClaimReply, RedisError> = redis::cmd("XCLAIM")
             .arg(&self.stream)
@@ -645,8 +681,14 @@ impl Shared {
             Ok(reply) => match reply.ids.into_iter().next() {
                 Some(entry) => {
                     let delivery = self.delivery(&entry, attempt);
-                    if tx.send(delivery).await.is_err() {
-                        // The subscription is gone; the entry stays pending for others.
+                    let sent = if wait {
+                        tx.send(delivery).await.is_ok()
+                    } else {
+                        tx.try_send(delivery).is_ok()
+                    };
+                    if !sent {
+                        // The dropped delivery released its entry: it stays pending and
+                        // is claimed again (here or by another consumer).
                         self.in_flight().remove(id);
                     }
                 }
