@@ -80,3 +80,23 @@ fn on_redis_pub_sub() {
 fn on_redis_streams() {
     run_on(Some("redis-streams"), 6379);
 }
+
+/// The benchmark binary keeps working (tiny run; its numbers are not checked here).
+#[test]
+fn the_benchmark_runs() {
+    let output = Command::new(transport_examples::example_binary("bench"))
+        .args(["--messages", "200", "--backends", "memory"])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("memory"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.trim_end().ends_with('x'), "{row}");
+}

@@ -1,0 +1,366 @@
+//! Throughput of the framework against each broker's raw client, in one run, as a ratio.
+//!
+//!     cargo run --release --example bench -- [--messages N] [--backends memory,redis-streams,jetstream]
+//!
+//! Each side drains the same backlog of small JSON messages: decode into a typed value,
+//! count it, acknowledge it. The framework side is an annotated subscriber in a group on
+//! an App; the raw side is the client used by hand the way a careful author would
+//! (batched reads, batched `XACK` on Redis, pipelined acks on JetStream). The backlog is
+//! written before the clock starts (the in-memory broker keeps nothing for absent
+//! subscribers, so there publish and drain are timed together, on both sides).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use transport::prelude::*;
+use transport::{App, Config};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Reading {
+    pub sensor: u32,
+    pub humidity: f64,
+    pub temperature: f64,
+}
+
+fn reading(i: u64) -> Reading {
+    Reading {
+        sensor: (i % 64) as u32,
+        humidity: 40.0 + (i % 20) as f64,
+        temperature: 20.0 + (i % 10) as f64 / 4.0,
+    }
+}
+
+/// Counts handled messages and wakes the timer at the target.
+struct Counter {
+    seen: AtomicU64,
+    target: AtomicU64,
+    done: Notify,
+}
+
+impl Counter {
+    fn global() -> &'static Counter {
+        static COUNTER: OnceLock<Counter> = OnceLock::new();
+        COUNTER.get_or_init(|| Counter {
+            seen: AtomicU64::new(0),
+            target: AtomicU64::new(u64::MAX),
+            done: Notify::new(),
+        })
+    }
+
+    fn reset(&self, target: u64) {
+        self.seen.store(0, Ordering::SeqCst);
+        self.target.store(target, Ordering::SeqCst);
+    }
+
+    fn hit(&self, reading: &Reading) {
+        std::hint::black_box(reading);
+        let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen == self.target.load(Ordering::Relaxed) {
+            self.done.notify_one();
+        }
+    }
+}
+
+#[transport::subscriber(topic = "bench.readings", group = "bench")]
+async fn on_reading(reading: Reading) {
+    Counter::global().hit(&reading);
+}
+
+struct Measured {
+    backend: &'static str,
+    framework: f64,
+    raw: f64,
+}
+
+fn rate(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+fn config(kind: &str, prefix: &str) -> Config {
+    Config::from_toml(&format!(
+        "[broker]\nkind = \"{kind}\"\nname = \"bench\"\ntopic_prefix = \"{prefix}\"\n[subscriber]\nprefetch = 512"
+    ))
+    .unwrap_or_else(|e| panic!("bench config: {e}"))
+}
+
+async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Duration {
+    let counter = Counter::global();
+    counter.reset(n);
+    if fill {
+        let producer = App::new(config(kind, prefix))
+            .select(|_| false)
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("producer: {e}"));
+        for i in 0..n {
+            producer
+                .publisher()
+                .publish("bench.readings", &reading(i))
+                .await
+                .unwrap_or_else(|e| panic!("publish: {e}"));
+        }
+        producer.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let done = counter.done.notified();
+    tokio::pin!(done);
+    done.as_mut().enable();
+    let started = Instant::now();
+    let app = App::new(config(kind, prefix))
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("app: {e}"));
+    if !fill {
+        for i in 0..n {
+            app.publisher()
+                .publish("bench.readings", &reading(i))
+                .await
+                .unwrap_or_else(|e| panic!("publish: {e}"));
+        }
+    }
+    done.await;
+    let elapsed = started.elapsed();
+    app.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    elapsed
+}
+
+async fn memory(n: u64) -> Measured {
+    let framework = framework_drain("memory", "", n, false).await;
+    // raw: an in-process channel of encoded payloads, decoded by one consumer task
+    let (tx, rx) = async_channel::unbounded::<bytes::Bytes>();
+    let started = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < n {
+            let Ok(payload) = rx.recv().await else { break };
+            let reading: Reading =
+                serde_json::from_slice(&payload).unwrap_or_else(|e| panic!("{e}"));
+            std::hint::black_box(&reading);
+            seen += 1;
+        }
+    });
+    for i in 0..n {
+        let payload = bytes::Bytes::from(serde_json::to_vec(&reading(i)).unwrap_or_default());
+        let _ = tx.send(payload).await;
+    }
+    let _ = consumer.await;
+    let raw = started.elapsed();
+    Measured {
+        backend: "memory",
+        framework: rate(n, framework),
+        raw: rate(n, raw),
+    }
+}
+
+async fn redis_streams(n: u64, run: &str) -> Measured {
+    let prefix = format!("bench{run}.");
+    let framework = framework_drain("redis-streams", &prefix, n, true).await;
+
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stream = format!("{prefix}raw");
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("payload")
+            .arg(body)
+            .ignore();
+    }
+    let _: () = pipe
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < n {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(512)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut ids = Vec::new();
+        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+            let Some(redis::Value::BulkString(body)) = entry.map.get("payload") else {
+                continue;
+            };
+            let reading: Reading = serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}"));
+            std::hint::black_box(&reading);
+            ids.push(entry.id);
+            seen += 1;
+        }
+        if !ids.is_empty() {
+            let _: i64 = redis::cmd("XACK")
+                .arg(&stream)
+                .arg("g")
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let raw = started.elapsed();
+    let _: Result<i64, _> = redis::cmd("DEL")
+        .arg(&stream)
+        .arg(format!("{prefix}bench.readings"))
+        .query_async(&mut conn)
+        .await;
+    Measured {
+        backend: "redis-streams",
+        framework: rate(n, framework),
+        raw: rate(n, raw),
+    }
+}
+
+async fn jetstream(n: u64, run: &str) -> Measured {
+    let prefix = format!("bench{run}.");
+    let framework = framework_drain("jetstream", &prefix, n, true).await;
+
+    let client = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("{prefix}raw");
+    let stream_name = format!("BENCH_RAW_{run}");
+    let stream = js
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
+        acks.push(
+            js.publish(subject.clone(), body.into())
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        if acks.len() >= 256 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+    for ack in acks.drain(..) {
+        ack.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(512)
+        .messages()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = 0;
+    while seen < n {
+        let Some(Ok(message)) = messages.next().await else {
+            break;
+        };
+        let reading: Reading =
+            serde_json::from_slice(&message.payload).unwrap_or_else(|e| panic!("{e}"));
+        std::hint::black_box(&reading);
+        message.ack().await.unwrap_or_else(|e| panic!("{e}"));
+        seen += 1;
+    }
+    let raw = started.elapsed();
+    let _ = js.delete_stream(&stream_name).await;
+    let _ = js
+        .delete_stream(format!(
+            "TRANSPORT_{}bench_readings",
+            prefix.replace('.', "_")
+        ))
+        .await;
+    Measured {
+        backend: "jetstream",
+        framework: rate(n, framework),
+        raw: rate(n, raw),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut messages: u64 = 20_000;
+    let mut backends = vec![
+        "memory".to_string(),
+        "redis-streams".to_string(),
+        "jetstream".to_string(),
+    ];
+    let mut i = 0;
+    while i < args.len() {
+        match (args[i].as_str(), args.get(i + 1)) {
+            ("--messages", Some(n)) => {
+                messages = n.parse().unwrap_or_else(|e| panic!("--messages {n}: {e}"));
+                i += 2;
+            }
+            ("--backends", Some(list)) => {
+                backends = list.split(',').map(str::to_string).collect();
+                i += 2;
+            }
+            (other, _) => {
+                eprintln!(
+                    "usage: bench [--messages N] [--backends memory,redis-streams,jetstream] (got `{other}`)"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    let run = format!("{}", std::process::id());
+    println!("{messages} small JSON messages per side; typed decode + ack\n");
+    println!(
+        "{:<14} {:>16} {:>16} {:>8}",
+        "backend", "framework msg/s", "raw msg/s", "ratio"
+    );
+    for backend in &backends {
+        let result = match backend.as_str() {
+            "memory" => memory(messages).await,
+            "redis-streams" => redis_streams(messages, &run).await,
+            "jetstream" => jetstream(messages, &run).await,
+            other => {
+                eprintln!("unknown backend `{other}`");
+                std::process::exit(2);
+            }
+        };
+        println!(
+            "{:<14} {:>16.0} {:>16.0} {:>7.2}x",
+            result.backend,
+            result.framework,
+            result.raw,
+            result.framework / result.raw
+        );
+    }
+}
