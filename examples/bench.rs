@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use transport::prelude::*;
 use transport::{App, Config};
 
 #[derive(Debug, Serialize, Deserialize)]

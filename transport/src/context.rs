@@ -22,7 +22,7 @@ use crate::publisher::Publisher;
 /// ```
 #[derive(Debug)]
 pub struct Context {
-    pub(crate) message: Message,
+    pub(crate) message: Arc<Message>,
     pub(crate) topic: Arc<str>,
     pub(crate) group: Option<Arc<str>>,
     pub(crate) subscriber: &'static str,

@@ -169,7 +169,7 @@ impl Dispatcher {
         let mut attempt = delivery.attempt;
         loop {
             let context = Context {
-                message: delivery.message.clone(),
+                message: Arc::clone(&delivery.message),
                 topic: Arc::clone(&self.topic),
                 group: self.group.clone(),
                 subscriber: self.registration.name,
@@ -232,7 +232,7 @@ impl Dispatcher {
     /// Publishes the message to the dead-letter topic, then acks the original. If the
     /// dead-letter publish fails, the original is not acked (it comes back).
     async fn dead_letter(&self, delivery: Delivery, attempts: u32, kind: &str, error: String) {
-        let mut message: Message = delivery.message.clone();
+        let mut message: Message = (*delivery.message).clone();
         let failed_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());

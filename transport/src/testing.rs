@@ -60,7 +60,7 @@ impl Recording {
                 while let Some(delivery) = subscription.next().await {
                     seen.lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .push(delivery.message.clone());
+                        .push((*delivery.message).clone());
                     delivery.ack();
                     changed.notify_waiters();
                 }

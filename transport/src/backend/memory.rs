@@ -77,7 +77,8 @@ type Queue = async_channel::Sender<Envelope>;
 
 #[derive(Clone)]
 struct Envelope {
-    message: Message,
+    /// Shared by every queue of a fan-out and by the deliveries: never copied.
+    message: Arc<Message>,
     attempt: u32,
 }
 
@@ -185,7 +186,7 @@ impl Backend for MemoryBroker {
             }
             let mut closed = false;
             let envelope = Envelope {
-                message,
+                message: Arc::new(message),
                 attempt: 1,
             };
             for queue in targets.iter() {
@@ -206,7 +207,7 @@ impl Backend for MemoryBroker {
         async move {
             let (receiver, requeue) = self.queue_for(spec);
             let stream = receiver.map(move |envelope: Envelope| {
-                let message = envelope.message.clone();
+                let message = Arc::clone(&envelope.message);
                 let attempt = envelope.attempt;
                 let acker = MemoryAcker {
                     queue: requeue.clone(),

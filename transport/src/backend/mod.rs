@@ -74,8 +74,9 @@ pub trait Acknowledge: Send + 'static {
 
 /// One message handed to the runtime by a backend.
 pub struct Delivery {
-    /// The message.
-    pub message: Message,
+    /// The message (shared, so handing it to a handler and keeping it for a retry or the
+    /// dead-letter topic copies nothing).
+    pub message: std::sync::Arc<Message>,
     /// 1 for a first delivery; the broker's delivery count where it keeps one.
     pub attempt: u32,
     acker: Option<Box<dyn Acknowledge>>,
@@ -83,18 +84,22 @@ pub struct Delivery {
 
 impl Delivery {
     /// A delivery that must be settled through `acker` (at-least-once backends).
-    pub fn new(message: Message, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
+    pub fn new(
+        message: impl Into<std::sync::Arc<Message>>,
+        attempt: u32,
+        acker: Box<dyn Acknowledge>,
+    ) -> Self {
         Delivery {
-            message,
+            message: message.into(),
             attempt: attempt.max(1),
             acker: Some(acker),
         }
     }
 
     /// A delivery that needs no settling (at-most-once backends).
-    pub fn unacknowledged(message: Message) -> Self {
+    pub fn unacknowledged(message: impl Into<std::sync::Arc<Message>>) -> Self {
         Delivery {
-            message,
+            message: message.into(),
             attempt: 1,
             acker: None,
         }

@@ -394,17 +394,19 @@ impl Shared {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            let permit = match tx.reserve().await {
-                Ok(permit) => permit,
+            // Read in batches of at least half the subscription's room: waiting for one
+            // free slot at a time would cost a round trip per message.
+            let batch = (tx.max_capacity() / 2).clamp(1, self.count);
+            let permits = match tx.reserve_many(batch).await {
+                Ok(permits) => permits,
                 Err(_) => return,
             };
-            let room = tx.capacity() + 1;
             let read: Result<Option<StreamReadReply>, RedisError> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(&self.group)
                 .arg(&self.consumer)
                 .arg("COUNT")
-                .arg(self.count.min(room))
+                .arg(batch)
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
@@ -415,25 +417,19 @@ impl Shared {
             match read {
                 Ok(reply) => {
                     backoff = Duration::from_millis(100);
-                    let mut entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-                    let Some(first) = entries.next() else {
-                        drop(permit);
-                        continue;
-                    };
                     if tx.is_closed() {
                         // Read after the subscription ended: leave the entries pending
                         // (no handler will see them here; they are claimed elsewhere).
                         return;
                     }
-                    permit.send(self.delivery(&first, 1));
-                    for entry in entries {
-                        if tx.send(self.delivery(&entry, 1)).await.is_err() {
-                            return;
-                        }
+                    let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+                    // COUNT = batch, so every entry has its permit.
+                    for (permit, entry) in permits.zip(entries) {
+                        permit.send(self.delivery(&entry, 1));
                     }
                 }
                 Err(error) => {
-                    drop(permit);
+                    drop(permits);
                     if is_no_group(&error) {
                         self.recreate_group(&mut reader).await;
                     } else {
