@@ -6,7 +6,6 @@
 //! In CI (`CI=true`) a case whose broker is unreachable fails instead of skipping.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use transport::dispatch::headers as dlq;
 use transport::prelude::*;
 use transport::{App, Config, Running};
 
-use crate::broker::{PrivateBroker, Server, listening};
+use crate::broker::{PrivateBroker, Server};
 
 /// Every case of the suite, by name.
 pub const CASES: &[&str] = &[
@@ -50,10 +49,6 @@ pub struct Target {
     pub server: Option<Server>,
     /// Largest payload the broker takes by default.
     pub max_payload: usize,
-    /// Whether unacknowledged messages come back and survive a restart of the consumer.
-    pub durable: bool,
-    /// Whether headers and keys travel.
-    pub headers: bool,
 }
 
 impl Target {
@@ -64,8 +59,6 @@ impl Target {
             port: 0,
             server: None,
             max_payload: 16 << 20,
-            durable: false,
-            headers: true,
         }
     }
     /// NATS core on 4222.
@@ -75,8 +68,6 @@ impl Target {
             port: 4222,
             server: Some(Server::Nats),
             max_payload: 1 << 20,
-            durable: false,
-            headers: true,
         }
     }
     /// JetStream on 4222.
@@ -86,8 +77,6 @@ impl Target {
             port: 4222,
             server: Some(Server::Nats),
             max_payload: 1 << 20,
-            durable: true,
-            headers: true,
         }
     }
     /// Redis pub/sub on 6379.
@@ -97,8 +86,6 @@ impl Target {
             port: 6379,
             server: Some(Server::Redis),
             max_payload: 16 << 20,
-            durable: false,
-            headers: false,
         }
     }
     /// Redis streams on 6379.
@@ -108,8 +95,6 @@ impl Target {
             port: 6379,
             server: Some(Server::Redis),
             max_payload: 16 << 20,
-            durable: true,
-            headers: true,
         }
     }
 
@@ -123,18 +108,7 @@ impl Target {
 
     /// Whether the broker answers; in CI an unreachable broker fails the test.
     pub fn reachable(&self) -> bool {
-        if self.port == 0 || listening(self.port) {
-            return true;
-        }
-        let message = format!(
-            "{} broker unreachable on 127.0.0.1:{} (start it with scripts/brokers up)",
-            self.kind, self.port
-        );
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("{message}: in CI every broker must run");
-        }
-        eprintln!("SKIPPED: {message}");
-        false
+        self.port == 0 || crate::require_broker(self.port, self.kind)
     }
 }
 
@@ -153,12 +127,7 @@ impl Run {
     }
 
     fn at(_target: &Target, url: Option<String>) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let id = format!(
-            "c{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = crate::unique("c");
         Run {
             prefix: format!("{id}."),
             broker_name: id,
@@ -461,6 +430,12 @@ pub async fn quiet(rx: &mut UnboundedReceiver<Event>, quiet: Duration) {
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
+/// What the backend declares: unacknowledged messages come back, and are kept for a
+/// consumer that is not there yet (the cases hold it to that).
+fn is_durable(capabilities: &transport::backend::Capabilities) -> bool {
+    capabilities.persistence && capabilities.at_least_once
+}
+
 fn numbers(events: &[Event]) -> Vec<u64> {
     let mut ns: Vec<u64> = events.iter().map(|e| e.n).collect();
     ns.sort_unstable();
@@ -750,7 +725,7 @@ pub mod cases {
         let letters = dead.wait_for(1, PATIENCE).await;
         assert_eq!(letters.len(), 1, "dead-lettered");
         assert_eq!(&letters[0].payload[..], b"7");
-        if target.headers {
+        if app.backend().capabilities().headers {
             let h = &letters[0].headers;
             assert_eq!(h.get(dlq::ERROR), Some("cannot handle 7:    giving up"));
             assert_eq!(h.get(dlq::ERROR_KIND), Some("handler"));
@@ -787,7 +762,7 @@ pub mod cases {
         assert_eq!(got[0].n, 21);
         let letters = dead.wait_for(1, PATIENCE).await;
         assert_eq!(&letters[0].payload[..], b"{\"celsius\": nope");
-        if target.headers {
+        if app.backend().capabilities().headers {
             assert_eq!(letters[0].headers.get(dlq::ERROR_KIND), Some("decode"));
         }
         quiet(&mut rx, Duration::from_millis(500)).await;
@@ -911,6 +886,7 @@ pub mod cases {
             Duration::from_millis(400),
         )
         .await;
+        let durable = is_durable(&app.backend().capabilities());
         for n in 0..N {
             publish(&app, "conf.slow", n).await;
         }
@@ -939,7 +915,7 @@ pub mod cases {
             "nothing started after shutdown began: {after:?}"
         );
 
-        if target.durable {
+        if durable {
             let next = start(
                 run.config(target, "concurrency = 4"),
                 2,
@@ -978,9 +954,10 @@ pub mod cases {
         let mut broker = match PrivateBroker::start(server) {
             Ok(broker) => broker,
             Err(reason) => {
-                if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                    panic!("cannot start a private broker in CI: {reason}");
-                }
+                assert!(
+                    !crate::in_ci(),
+                    "cannot start a private broker in CI: {reason}"
+                );
                 eprintln!("SKIPPED: {reason}");
                 return;
             }
@@ -988,6 +965,7 @@ pub mod cases {
         let run = Run::at(target, Some(broker.url()));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let app = start(run.config(target, ""), 1, &["restart"], tx, Duration::ZERO).await;
+        let durable = is_durable(&app.backend().capabilities());
         publish(&app, "conf.restart", 1).await;
         assert_eq!(events(&mut rx, 1, PATIENCE).await[0].n, 1);
 
@@ -1013,7 +991,7 @@ pub mod cases {
                 _ => continue,
             }
         };
-        if target.durable {
+        if durable {
             // The first message the broker accepted after the restart is not lost.
             let first = accepted[0];
             let mut delivered = seen.n == first;

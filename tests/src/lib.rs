@@ -11,6 +11,24 @@ use tokio::sync::mpsc;
 /// How long a test waits for something that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Whether this run is CI's (`CI=true`), where every broker must be there.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether something listens on the broker's loopback `port`. When not, the caller skips
+/// (printing why), except in CI, where an unreachable broker fails the test.
+pub fn require_broker(port: u16, name: &str) -> bool {
+    if broker::listening(port) {
+        return true;
+    }
+    let message =
+        format!("{name} broker unreachable on 127.0.0.1:{port} (start it with scripts/brokers up)");
+    assert!(!in_ci(), "{message}: in CI every broker must run");
+    eprintln!("SKIPPED: {message}");
+    false
+}
+
 /// A name no other test in this process uses (for brokers, topics, groups).
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

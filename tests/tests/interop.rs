@@ -40,17 +40,8 @@ impl Shop {
     }
 }
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 fn reachable(port: u16) -> bool {
-    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-        return true;
-    }
-    assert!(!ci(), "broker on port {port} unreachable in CI");
-    eprintln!("SKIPPED: nothing listens on 127.0.0.1:{port} (scripts/brokers up)");
-    false
+    transport_tests::require_broker(port, if port == 4222 { "nats" } else { "redis" })
 }
 
 async fn start(kind: &str, prefix: &str, tx: UnboundedSender<Seen>) -> Running {
@@ -231,6 +222,25 @@ async fn a_plain_nats_client_and_the_framework_understand_each_other() {
         }
     );
     assert_eq!(seen.headers.get("trace-id"), Some("t-3"));
+
+    // A header NATS cannot carry is a clear error (not a panic in the client), and the
+    // publisher goes on working.
+    let error = app
+        .publisher()
+        .to("interop.orders")
+        .header("note", "two\nlines")
+        .send(&Order {
+            id: 0,
+            item: "x".into(),
+        })
+        .await
+        .expect_err("a line break cannot travel in a NATS header");
+    assert!(
+        error
+            .to_string()
+            .contains("header `note` cannot travel in NATS headers"),
+        "{error}"
+    );
 
     let mut plain = client.subscribe(subject.clone()).await.unwrap();
     // A round trip, so the server has the subscription before the framework publishes.

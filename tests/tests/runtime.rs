@@ -932,3 +932,161 @@ mod programmatic_shutdown {
         producer.shutdown().await.unwrap();
     }
 }
+
+mod full_queue {
+    use super::*;
+
+    pub struct Slow {
+        pub started: UnboundedSender<u32>,
+        pub done: UnboundedSender<u32>,
+    }
+
+    #[transport::service]
+    impl Slow {
+        #[subscriber(topic = "rt.full", group = "slow")]
+        async fn work(&self, n: u32) {
+            let _ = self.started.send(n);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = self.done.send(n);
+        }
+    }
+
+    #[tokio::test]
+    async fn publishing_to_a_full_in_memory_queue_is_an_error_not_a_wait_and_loses_nothing() {
+        let (started, mut started_rx) = mpsc::unbounded_channel();
+        let (done, mut done_rx) = mpsc::unbounded_channel();
+        let mut config = memory_config("");
+        config.broker.queue_capacity = 2;
+        let app = start(module_path!(), config, |app| {
+            app.service(Slow { started, done })
+        })
+        .await;
+        app.publisher().publish("rt.full", &1).await.unwrap();
+        receive(&mut started_rx, 1).await; // 1 is with the handler; the queue is empty
+        app.publisher().publish("rt.full", &2).await.unwrap();
+        app.publisher().publish("rt.full", &3).await.unwrap();
+        let error = tokio::time::timeout(PATIENCE, app.publisher().publish("rt.full", &4))
+            .await
+            .expect("a full queue answers at once")
+            .expect_err("the queue holds two");
+        assert!(error.to_string().contains("is full (2 messages"), "{error}");
+        let mut handled = receive(&mut done_rx, 3).await;
+        handled.sort_unstable();
+        assert_eq!(handled, [1, 2, 3], "everything accepted is handled");
+        app.publisher().publish("rt.full", &5).await.unwrap();
+        assert_eq!(
+            receive(&mut done_rx, 1).await,
+            [5],
+            "room again once drained"
+        );
+        app.shutdown().await.unwrap();
+    }
+}
+
+mod settling_panics {
+    use super::*;
+    use futures_util::StreamExt;
+    use futures_util::future::{BoxFuture, FutureExt};
+    use std::sync::Mutex;
+    use transport::backend::{
+        Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec,
+    };
+
+    pub struct Seen(pub UnboundedSender<u32>);
+
+    #[transport::service]
+    impl Seen {
+        #[subscriber(topic = "rt.settle")]
+        async fn seen(&self, n: u32) {
+            let _ = self.0.send(n);
+        }
+    }
+
+    /// Panics when asked to acknowledge: a broken backend.
+    struct PanickingAcker;
+    impl Acknowledge for PanickingAcker {
+        fn ack(self: Box<Self>) {
+            panic!("ack exploded");
+        }
+        fn nack(self: Box<Self>, _delay: Duration) {
+            panic!("nack exploded");
+        }
+    }
+
+    struct RecordingAcker(UnboundedSender<&'static str>);
+    impl Acknowledge for RecordingAcker {
+        fn ack(self: Box<Self>) {
+            let _ = self.0.send("ack");
+        }
+        fn nack(self: Box<Self>, _delay: Duration) {
+            let _ = self.0.send("nack");
+        }
+    }
+
+    /// A backend that hands out two prepared deliveries.
+    struct Scripted(Mutex<Vec<Delivery>>);
+
+    impl Backend for Scripted {
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                groups: false,
+                persistence: false,
+                ordering: true,
+                at_least_once: true,
+                native_redelivery: true,
+                headers: true,
+                keys: true,
+            }
+        }
+        fn publish<'a>(
+            &'a self,
+            _topic: &'a str,
+            _message: Message,
+        ) -> BoxFuture<'a, Result<(), transport::BackendError>> {
+            async { Ok(()) }.boxed()
+        }
+        fn subscribe<'a>(
+            &'a self,
+            _spec: &'a SubscriptionSpec,
+        ) -> BoxFuture<'a, Result<Subscription, transport::BackendError>> {
+            let deliveries = std::mem::take(&mut *self.0.lock().unwrap());
+            async move {
+                Ok(futures_util::stream::iter(deliveries)
+                    .chain(futures_util::stream::pending())
+                    .boxed())
+            }
+            .boxed()
+        }
+        fn close(&self) -> BoxFuture<'_, Result<(), transport::BackendError>> {
+            async { Ok(()) }.boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_panicking_while_settling_does_not_stop_the_subscriber() {
+        init_tracing();
+        let (acks, mut acks_rx) = mpsc::unbounded_channel();
+        let backend = Scripted(Mutex::new(vec![
+            Delivery::new(Message::new(&b"1"[..]), 1, Box::new(PanickingAcker)),
+            Delivery::new(Message::new(&b"2"[..]), 1, Box::new(RecordingAcker(acks))),
+        ]));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(memory_config(""))
+            .select_module(module_path!())
+            .service(Seen(tx))
+            .backend(std::sync::Arc::new(backend))
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(
+            receive(&mut rx, 2).await,
+            [1, 2],
+            "the second delivery is still handled"
+        );
+        assert_eq!(receive(&mut acks_rx, 1).await, ["ack"]);
+        app.shutdown().await.unwrap();
+    }
+}

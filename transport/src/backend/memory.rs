@@ -239,10 +239,10 @@ impl MemoryAcker {
         };
         envelope.attempt = envelope.attempt.saturating_add(1);
         if delay.is_zero() {
-            match self.queue.try_send(envelope) {
-                Ok(()) | Err(async_channel::TrySendError::Closed(_)) => return,
-                Err(async_channel::TrySendError::Full(back)) => envelope = back,
-            }
+            // Queues are unbounded: this fails only when every subscriber left, and the
+            // message goes with them.
+            let _ = self.queue.try_send(envelope);
+            return;
         }
         let queue = self.queue.clone();
         match tokio::runtime::Handle::try_current() {

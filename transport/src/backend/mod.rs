@@ -161,33 +161,29 @@ pub trait Backend: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>>;
 }
 
-/// Every broker kind, with the cargo feature of `transport` that enables it.
-pub const KINDS: [(&str, &str); 5] = [
-    ("memory", ""),
-    ("nats", "nats"),
-    ("jetstream", "nats"),
-    ("redis", "redis"),
-    ("redis-streams", "redis"),
+/// Every broker kind: its name in config, the cargo feature of `transport` that enables
+/// it, and whether this build has that feature.
+pub const KINDS: [(&str, &str, bool); 5] = [
+    ("memory", "", true),
+    ("nats", "nats", cfg!(feature = "nats")),
+    ("jetstream", "nats", cfg!(feature = "nats")),
+    ("redis", "redis", cfg!(feature = "redis")),
+    ("redis-streams", "redis", cfg!(feature = "redis")),
 ];
 
 /// Whether `kind` names a backend compiled into this build: an unknown name, or one whose
 /// cargo feature is off, is a configuration error that says which.
 pub fn check_kind(kind: &str) -> Result<(), crate::error::ConfigError> {
     use crate::error::ConfigError;
-    let enabled = |feature: &str| {
-        feature.is_empty()
-            || (feature == "nats" && cfg!(feature = "nats"))
-            || (feature == "redis" && cfg!(feature = "redis"))
-    };
-    match KINDS.iter().find(|(known, _)| *known == kind) {
-        Some((_, feature)) if enabled(feature) => Ok(()),
-        Some((_, feature)) => Err(ConfigError::BackendNotEnabled {
+    match KINDS.iter().find(|(name, _, _)| *name == kind) {
+        Some((_, _, true)) => Ok(()),
+        Some((_, feature, false)) => Err(ConfigError::BackendNotEnabled {
             kind: kind.to_string(),
             feature,
         }),
         None => Err(ConfigError::UnknownBackend {
             kind: kind.to_string(),
-            known: KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+            known: KINDS.map(|(name, _, _)| name).join(", "),
         }),
     }
 }
@@ -197,6 +193,7 @@ pub async fn connect(
     config: &crate::config::BrokerConfig,
 ) -> Result<std::sync::Arc<dyn Backend>, crate::error::Error> {
     use std::sync::Arc;
+    check_kind(&config.kind)?;
     let backend: Arc<dyn Backend> = match config.kind.as_str() {
         "memory" => Arc::new(memory::MemoryBroker::named(
             &config.name,
@@ -212,12 +209,11 @@ pub async fn connect(
         "redis" => Arc::new(redis::RedisBackend::connect(config).await?),
         #[cfg(feature = "redis")]
         "redis-streams" => Arc::new(redis_streams::RedisStreamsBackend::connect(config).await?),
+        // check_kind admitted only kinds that have an arm above in this build.
         other => {
-            // Says whether the name is unknown or its feature is off.
-            check_kind(other)?;
             return Err(crate::error::ConfigError::UnknownBackend {
                 kind: other.to_string(),
-                known: KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+                known: KINDS.map(|(name, _, _)| name).join(", "),
             }
             .into());
         }
