@@ -221,6 +221,7 @@ impl App {
                 subscriber: registration.name.to_string(),
                 prefetch: settings.prefetch,
                 max_attempts: settings.retry.max_attempts,
+                consumer: settings.consumer.clone(),
             };
             let subscription = match backend.subscribe(&spec).await {
                 Ok(subscription) => subscription,

@@ -240,6 +240,9 @@ pub struct SubscriberOverride {
     pub dead_letter: Option<String>,
     /// Replaces the group declared in the attribute.
     pub group: Option<String>,
+    /// The broker-side consumer to use (JetStream: an existing durable's name) instead
+    /// of the one the backend derives from group and topic.
+    pub consumer: Option<String>,
 }
 
 /// `[publisher]`.
@@ -288,6 +291,8 @@ pub struct EffectiveSubscriber {
     pub dead_letter: String,
     /// Group override.
     pub group: Option<String>,
+    /// Broker-side consumer name override.
+    pub consumer: Option<String>,
 }
 
 impl Config {
@@ -389,6 +394,7 @@ impl Config {
             },
             dead_letter: over.dead_letter.unwrap_or_else(|| base.dead_letter.clone()),
             group: over.group,
+            consumer: over.consumer,
         }
     }
 }
@@ -404,6 +410,7 @@ impl SubscriberConfig {
             backoff_multiplier: Some(self.backoff_multiplier),
             dead_letter: Some(self.dead_letter.clone()),
             group: None,
+            consumer: None,
         }
     }
 }

@@ -167,6 +167,19 @@ impl Dispatcher {
 
     async fn process(self: Arc<Self>, delivery: Delivery) {
         let mut attempt = delivery.attempt;
+        if let Some(defect) = delivery.defect() {
+            let defect = defect.to_string();
+            tracing::error!(
+                subscriber = self.registration.name,
+                topic = &*self.topic,
+                message_id = delivery.message.id.as_deref(),
+                dead_letter = %self.dead_letter_topic,
+                %defect,
+                "broker entry is not a message; dead-lettering it"
+            );
+            self.dead_letter(delivery, attempt, "malformed", defect).await;
+            return;
+        }
         loop {
             let context = Context {
                 message: Arc::clone(&delivery.message),

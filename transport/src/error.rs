@@ -177,6 +177,16 @@ pub enum BackendError {
         /// The configured limit.
         limit: usize,
     },
+    /// A topic name this backend cannot use.
+    #[error("invalid topic `{topic}` for {backend}: it {reason}")]
+    InvalidTopic {
+        /// Backend kind.
+        backend: &'static str,
+        /// The topic as given.
+        topic: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The broker refused or failed an operation.
     #[error("{backend}: {operation} failed: {reason}")]
     Operation {

@@ -92,6 +92,9 @@ pub struct Message {
     pub key: Option<String>,
     /// Broker-assigned or producer-assigned message id.
     pub id: Option<String>,
+    /// A broker-native reply address the sender is waiting on (a NATS reply subject,
+    /// AMQP `reply-to`, MQTT 5 response topic). A subscriber's reply goes there when set.
+    pub reply_to: Option<String>,
 }
 
 impl Message {

@@ -40,6 +40,7 @@ impl Recording {
             subscriber: format!("recording:{topic}"),
             prefetch: 1024,
             max_attempts: 1,
+            consumer: None,
         };
         let mut subscription =
             backend

@@ -58,6 +58,9 @@ pub struct SubscriptionSpec {
     pub prefetch: usize,
     /// The retry policy's attempt limit (some brokers enforce it themselves).
     pub max_attempts: u32,
+    /// A broker-side consumer name to use instead of the backend's default (JetStream
+    /// durable name), from `[subscribers."Name"] consumer`.
+    pub consumer: Option<String>,
 }
 
 /// A stream of deliveries for one subscription. Ends when the backend closes.
@@ -80,6 +83,7 @@ pub struct Delivery {
     /// 1 for a first delivery; the broker's delivery count where it keeps one.
     pub attempt: u32,
     acker: Option<Box<dyn Acknowledge>>,
+    defect: Option<Box<str>>,
 }
 
 impl Delivery {
@@ -93,7 +97,21 @@ impl Delivery {
             message: message.into(),
             attempt: attempt.max(1),
             acker: Some(acker),
+            defect: None,
         }
+    }
+
+    /// Marks an entry the backend could not turn into a proper message (a field name
+    /// that is not UTF-8, no payload field...): `message` carries what could be kept of
+    /// it, and the dispatcher dead-letters it with `reason` without running the handler.
+    pub fn with_defect(mut self, reason: impl Into<String>) -> Self {
+        self.defect = Some(reason.into().into_boxed_str());
+        self
+    }
+
+    /// Why the backend could not turn this entry into a proper message, if it could not.
+    pub fn defect(&self) -> Option<&str> {
+        self.defect.as_deref()
     }
 
     /// A delivery that needs no settling (at-most-once backends).
@@ -102,6 +120,7 @@ impl Delivery {
             message: message.into(),
             attempt: 1,
             acker: None,
+            defect: None,
         }
     }
 
@@ -159,6 +178,74 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Flushes pending acknowledgements and disconnects. Subscriptions end.
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Checks `topic` for this broker (called at startup for every subscribed,
+    /// dead-letter and reply topic, and on every publish). The default is
+    /// [`check_topic`], the portable rule; a backend may tighten it, never loosen it.
+    fn validate_topic(&self, topic: &str) -> Result<(), BackendError> {
+        check_topic(self.kind(), topic)
+    }
+
+    /// Whether `name` is a header the broker itself acts on (a deduplication id, an
+    /// expected stream or sequence...). Such headers are never copied from a consumed
+    /// message into its dead letter, which is a new message.
+    fn owns_header(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// The largest message (payload plus headers, in bytes) the broker accepts, where it
+    /// has a limit the backend knows. Dead letters are fitted under it.
+    fn max_message_size(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Characters that are wildcards or separators on some broker (`*`, `>` on NATS, `#`,
+/// `+` on MQTT, `*`, `#` on AMQP): a topic holding one would mean different things on
+/// different brokers, so no topic may hold them.
+pub const RESERVED_TOPIC_CHARS: &[char] = &['*', '>', '#', '+'];
+
+/// Longest topic name accepted, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 249;
+
+/// The portable topic rule every backend applies: non-empty, at most
+/// [`MAX_TOPIC_BYTES`], no whitespace or control characters, none of
+/// [`RESERVED_TOPIC_CHARS`] (wildcard subscriptions are not a feature of this
+/// framework), and no empty `.`-separated segment (`a..b`, `.a`, `a.`).
+///
+/// ```
+/// use transport::backend::check_topic;
+/// assert!(check_topic("memory", "sensor.readings").is_ok());
+/// assert!(check_topic("memory", "orders.*").is_err());
+/// assert!(check_topic("memory", "orders..x").is_err());
+/// ```
+pub fn check_topic(backend: &'static str, topic: &str) -> Result<(), BackendError> {
+    let reason = if topic.is_empty() {
+        Some("is empty".to_string())
+    } else if topic.len() > MAX_TOPIC_BYTES {
+        Some(format!(
+            "is {} bytes long (at most {MAX_TOPIC_BYTES})",
+            topic.len()
+        ))
+    } else if let Some(c) = topic.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        Some(format!("contains whitespace or a control character ({c:?})"))
+    } else if let Some(c) = topic.chars().find(|c| RESERVED_TOPIC_CHARS.contains(c)) {
+        Some(format!(
+            "contains `{c}`, a wildcard on some brokers (wildcard subscriptions are not supported)"
+        ))
+    } else if topic.split('.').any(str::is_empty) {
+        Some("has an empty `.`-separated segment".to_string())
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(BackendError::InvalidTopic {
+            backend,
+            topic: topic.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Every broker kind: its name in config, the cargo feature of `transport` that enables

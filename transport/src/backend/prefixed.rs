@@ -64,4 +64,18 @@ impl Backend for Prefixed {
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         self.inner.close()
     }
+
+    fn validate_topic(&self, topic: &str) -> Result<(), BackendError> {
+        self.inner.validate_topic(topic)?;
+        // the name on the wire must pass too (a prefix can make it too long)
+        self.inner.validate_topic(&format!("{}{topic}", self.prefix))
+    }
+
+    fn owns_header(&self, name: &str) -> bool {
+        self.inner.owns_header(name)
+    }
+
+    fn max_message_size(&self) -> Option<usize> {
+        self.inner.max_message_size()
+    }
 }
