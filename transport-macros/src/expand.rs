@@ -477,6 +477,7 @@ pub fn registration(
                 file: ::core::file!(),
                 line: #line,
                 module_path: ::core::module_path!(),
+                crate_version: ::core::option_env!("CARGO_PKG_VERSION"),
                 bind: #bind,
             }
         }

@@ -194,8 +194,15 @@ where
 
 /// Publishes a reply with codec `C`, mapping failure to a handler failure.
 pub async fn reply_with<C: Encoder<V>, V>(ctx: &Context, topic: &str, value: &V) -> Outcome {
-    match crate::publisher::publish_reply::<C, V>(ctx.publisher(), topic, value, ctx.message())
-        .await
+    let extra = ctx.take_reply_headers();
+    match crate::publisher::publish_reply::<C, V>(
+        ctx.publisher(),
+        topic,
+        value,
+        ctx.message(),
+        extra,
+    )
+    .await
     {
         Ok(()) => Outcome::Handled,
         Err(error) => Outcome::Failed(error.into()),

@@ -9,12 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{self, Backend, SubscriptionSpec};
 use crate::config::Config;
+use crate::dead_letter::DeadLetters;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, StartupError};
 use crate::introspect;
 use crate::publisher::Publisher;
 use crate::registry::{self, HandlerFn, Instances, Registration};
-use crate::testing::Recording;
+use crate::testing::{Recordable, Recording};
 
 type Selector = Arc<dyn Fn(&Registration) -> bool + Send + Sync>;
 
@@ -116,7 +117,22 @@ impl App {
     /// assert!(app.check().is_ok());
     /// ```
     pub fn check(&self) -> Result<(), Error> {
-        self.prepare().map(drop)
+        let kind: &'static str = backend::KINDS
+            .iter()
+            .find(|(name, _, _)| *name == self.config.broker.kind)
+            .map_or("broker", |(name, _, _)| name);
+        match &self.backend {
+            Some(backend) => self.prepare(&|topic| backend.validate_topic(topic)),
+            None => self.prepare(&|topic| backend::check_topic(kind, topic)),
+        }
+        .map(drop)
+    }
+
+    fn dead_letter_topic(&self, registration: &Registration) -> String {
+        self.config
+            .subscriber(registration.name)
+            .dead_letter
+            .replace("{topic}", registration.topic)
     }
 
     /// Runs an introspection command (`list`, `asyncapi`, `check`), writing to `out`
@@ -159,15 +175,43 @@ impl App {
     }
 
     /// The checks shared by [`App::check`] and [`App::start`]; the bound handlers.
-    fn prepare(&self) -> Result<Vec<(&'static Registration, HandlerFn)>, Error> {
+    /// Topics are checked with `validate_topic` (the backend's rule once connected, the
+    /// portable rule offline).
+    fn prepare(
+        &self,
+        validate_topic: &dyn Fn(&str) -> Result<(), crate::error::BackendError>,
+    ) -> Result<Vec<(&'static Registration, HandlerFn)>, Error> {
         self.config.validate()?;
         if self.backend.is_none() {
             backend::check_kind(&self.config.broker.kind)?;
         }
         let registrations = self.registrations();
         let mut errors = Vec::new();
+        for registration in &registrations {
+            let dead_letter = self.dead_letter_topic(registration);
+            let topics = [
+                ("topic", Some(registration.topic.to_string())),
+                ("dead-letter topic", Some(dead_letter)),
+                ("reply topic", registration.reply.map(str::to_string)),
+            ];
+            for (role, topic) in topics {
+                let Some(topic) = topic else { continue };
+                if let Err(source) = validate_topic(&topic) {
+                    errors.push(StartupError::InvalidTopic {
+                        subscriber: registration.name.to_string(),
+                        location: registration.location(),
+                        role,
+                        topic,
+                        source,
+                    });
+                }
+            }
+        }
         for name in self.config.subscribers.keys() {
-            if !registrations.iter().any(|r| r.name == name) {
+            if !registrations
+                .iter()
+                .any(|r| r.name.eq_ignore_ascii_case(name))
+            {
                 errors.push(StartupError::UnknownSubscriber {
                     name: name.clone(),
                     known: registrations
@@ -194,19 +238,29 @@ impl App {
     /// Checks bindings and connects, then starts every subscriber. Returns once all
     /// subscriptions are in place; the returned handle publishes and shuts down.
     pub async fn start(self) -> Result<Running, Error> {
-        let bound = self.prepare()?;
-        let backend = match self.backend {
-            Some(backend) => backend,
+        // everything that can be checked offline, before connecting
+        self.check()?;
+        let backend = match &self.backend {
+            Some(backend) => Arc::clone(backend),
             None => backend::connect(&self.config.broker).await?,
+        };
+        let bound = match self.prepare(&|topic| backend.validate_topic(topic)) {
+            Ok(bound) => bound,
+            Err(error) => {
+                self.close_within(&backend).await;
+                return Err(error);
+            }
         };
         let capabilities = backend.capabilities();
         let publisher = Publisher::new(
             Arc::clone(&backend),
             self.config.publisher_codec(),
             self.config.broker.max_message_bytes,
+            &self.config.publisher.propagate_headers,
         );
         let shutdown = self.shutdown.clone();
         let drain_timeout = self.config.shutdown.drain_timeout;
+        let dead_letters = DeadLetters::default();
         let mut tasks = JoinSet::new();
 
         for (registration, handler) in bound {
@@ -228,9 +282,7 @@ impl App {
                 Err(source) => {
                     shutdown.cancel();
                     tasks.join_all().await;
-                    if let Err(error) = backend.close().await {
-                        tracing::warn!(%error, "closing the backend after a failed startup");
-                    }
+                    self.close_within(&backend).await;
                     return Err(StartupError::Subscribe {
                         subscriber: registration.name.to_string(),
                         location: registration.location(),
@@ -255,8 +307,14 @@ impl App {
                 concurrency: settings.concurrency,
                 dead_letter_topic: settings.dead_letter.replace("{topic}", registration.topic),
                 retry: settings.retry,
+                ordered: settings.ordered,
+                handler_timeout: settings.handler_timeout,
+                max_message_bytes: self.config.broker.max_message_bytes,
                 capabilities,
                 publisher: publisher.clone(),
+                backend: Arc::clone(&backend),
+                spec,
+                dead_letters: dead_letters.clone(),
             };
             tasks.spawn(dispatcher.run(subscription, shutdown.child_token(), drain_timeout));
         }
@@ -266,7 +324,14 @@ impl App {
             publisher,
             shutdown,
             tasks,
+            dead_letters,
+            close_timeout: self.config.shutdown.close_timeout,
         })
+    }
+
+    /// Closes `backend` after a failed start, within `shutdown.close_timeout`.
+    async fn close_within(&self, backend: &Arc<dyn Backend>) {
+        close_backend(backend, self.config.shutdown.close_timeout).await;
     }
 
     /// A handle that stops this App gracefully, from another task, once it runs (before
@@ -298,10 +363,16 @@ impl App {
         let running = self.start().await?;
         let handle = running.shutdown_handle();
         tokio::select! {
-            _ = signals.received() => tracing::info!("signal received; shutting down"),
+            _ = signals.received() => tracing::info!("signal received; shutting down (a second signal exits at once)"),
             _ = handle.0.cancelled() => tracing::info!("shutdown requested; shutting down"),
         }
-        running.shutdown().await
+        tokio::select! {
+            result = running.shutdown() => result,
+            _ = signals.received() => {
+                tracing::warn!("second signal: exiting now, without finishing the drain");
+                std::process::exit(130)
+            }
+        }
     }
 }
 
@@ -348,12 +419,28 @@ impl TerminationSignals {
     }
 }
 
+/// Closes `backend`, giving up (with a warning) after `timeout`: shutdown finishes
+/// even while the broker is down.
+async fn close_backend(backend: &Arc<dyn Backend>, timeout: std::time::Duration) {
+    match tokio::time::timeout(timeout, backend.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "closing the backend failed"),
+        Err(_) => tracing::warn!(
+            backend = backend.kind(),
+            ?timeout,
+            "closing the backend did not finish within shutdown.close_timeout; giving up on it"
+        ),
+    }
+}
+
 /// A started App.
 pub struct Running {
     backend: Arc<dyn Backend>,
     publisher: Publisher,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    dead_letters: DeadLetters,
+    close_timeout: std::time::Duration,
 }
 
 /// Triggers a graceful shutdown from anywhere (clonable).
@@ -384,13 +471,24 @@ impl Running {
     }
 
     /// Records every message published to `topic` from now on (a fan-out subscription
-    /// of its own), for tests and tools.
-    pub async fn record(&self, topic: &str) -> Result<Recording, Error> {
-        Recording::start(&self.backend, topic).await
+    /// of its own), for tests and tools: `record("audit")` keeps raw messages,
+    /// `record(&READINGS)` (a typed [`Topic`](crate::Topic)) decodes them to its type.
+    pub async fn record<R: Recordable>(&self, topic: R) -> Result<R::Recording, Error> {
+        Recording::start(&self.backend, topic.topic_name())
+            .await
+            .map(R::wrap)
     }
 
-    /// Stops fetching, waits for in-flight handlers (up to the drain timeout each),
-    /// flushes acknowledgements and disconnects.
+    /// The dead letters this App published (the last [`KEPT`](crate::dead_letter::KEPT))
+    /// and how many dead-letter publishes failed: where the in-process broker's dead
+    /// letters stay visible when nobody subscribes to the dead-letter topic.
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    /// Stops fetching, waits for in-flight handlers (up to `shutdown.drain_timeout`),
+    /// then flushes acknowledgements and disconnects (up to `shutdown.close_timeout`):
+    /// it returns within those bounds even while the broker is down.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.shutdown.cancel();
         while let Some(joined) = self.tasks.join_next().await {
@@ -398,7 +496,7 @@ impl Running {
                 tracing::error!(%error, "a dispatcher task failed");
             }
         }
-        self.backend.close().await?;
+        close_backend(&self.backend, self.close_timeout).await;
         Ok(())
     }
 }

@@ -28,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
@@ -61,8 +62,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
 }
 
-/// `[broker]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `[broker]`. Its `Debug` output hides the password in `url`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// The backend: `memory` (default), or a broker enabled by a cargo feature.
@@ -73,7 +74,8 @@ pub struct BrokerConfig {
     pub name: String,
     /// Messages an in-process queue holds; publishing to a full one is an error.
     pub queue_capacity: usize,
-    /// Largest payload accepted, in bytes.
+    /// Largest payload, in bytes, accepted on publish and handed to a handler when
+    /// consumed (a larger consumed message is dead-lettered undecoded).
     pub max_message_bytes: usize,
     /// Prepended to every topic on the wire (`staging.` makes `orders` travel as
     /// `staging.orders`); handlers still see the topic they declared.
@@ -85,6 +87,62 @@ pub struct BrokerConfig {
     pub jetstream: JetStreamConfig,
     /// `[broker.redis]`: Redis streams.
     pub redis: RedisConfig,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("kind", &self.kind)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("name", &self.name)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("jetstream", &self.jetstream)
+            .field("redis", &self.redis)
+            .finish()
+    }
+}
+
+/// `url` with the password (or token) of its userinfo replaced by `***`, for errors,
+/// logs and `Debug` output: `redis://:hunter2@host:6379` -> `redis://:***@host:6379`,
+/// `nats://token@host` -> `nats://***@host`.
+///
+/// ```
+/// use transport::config::redact_url;
+/// assert_eq!(redact_url("redis://user:hunter2@db:6379/0"), "redis://user:***@db:6379/0");
+/// assert_eq!(redact_url("nats://s3cret@127.0.0.1"), "nats://***@127.0.0.1");
+/// assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    // several URLs may be listed, comma-separated (NATS)
+    for (index, one) in url.split(',').enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let (scheme, rest) = match one.find("://") {
+            Some(at) => one.split_at(at + 3),
+            None => ("", one),
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                out.push_str(scheme);
+                match rest[..at].split_once(':') {
+                    Some((user, _password)) => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str("***"),
+                }
+                out.push_str(&rest[at..]);
+            }
+            None => out.push_str(one),
+        }
+    }
+    out
 }
 
 impl Default for BrokerConfig {
@@ -202,6 +260,17 @@ pub struct SubscriberConfig {
     pub backoff_multiplier: f64,
     /// Dead-letter topic; `{topic}` is replaced by the subscriber's topic.
     pub dead_letter: String,
+    /// How long one run of the handler may take; a handler still running then is
+    /// cancelled and counts as a failed attempt (retried, then dead-lettered). A
+    /// handler that blocks its thread without ever yielding cannot be cancelled: with
+    /// `concurrency > 1` it is left running on its own task while the subscriber goes on.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout: Duration,
+    /// Retry a failed message in place, before taking the next one, so that with
+    /// `concurrency = 1` messages are handled strictly in the order received even
+    /// across retries. Off by default: a failed message is then handed back to the
+    /// broker (where it redelivers) and later messages may overtake it.
+    pub ordered: bool,
 }
 
 impl Default for SubscriberConfig {
@@ -214,6 +283,8 @@ impl Default for SubscriberConfig {
             backoff_max: Duration::from_secs(10),
             backoff_multiplier: 2.0,
             dead_letter: "{topic}.dlq".into(),
+            handler_timeout: Duration::from_secs(60),
+            ordered: false,
         }
     }
 }
@@ -238,6 +309,11 @@ pub struct SubscriberOverride {
     pub backoff_multiplier: Option<f64>,
     /// See [`SubscriberConfig::dead_letter`].
     pub dead_letter: Option<String>,
+    /// See [`SubscriberConfig::handler_timeout`].
+    #[serde(with = "humantime_serde::option")]
+    pub handler_timeout: Option<Duration>,
+    /// See [`SubscriberConfig::ordered`].
+    pub ordered: Option<bool>,
     /// Replaces the group declared in the attribute.
     pub group: Option<String>,
     /// The broker-side consumer to use (JetStream: an existing durable's name) instead
@@ -251,12 +327,17 @@ pub struct SubscriberOverride {
 pub struct PublisherConfig {
     /// Codec of `Publisher::publish` for serde values: `json` or `msgpack`.
     pub codec: String,
+    /// Headers a reply copies from its request (trace context, request ids).
+    pub propagate_headers: Vec<String>,
 }
 
 impl Default for PublisherConfig {
     fn default() -> Self {
         PublisherConfig {
             codec: "json".into(),
+            propagate_headers: ["traceparent", "tracestate", "x-request-id", "x-trace-id"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -268,12 +349,17 @@ pub struct ShutdownConfig {
     /// How long in-flight handlers may run once shutdown begins.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long disconnecting from the broker (flushing acknowledgements) may take once
+    /// the handlers are done; shutdown finishes by then even while the broker is down.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             drain_timeout: Duration::from_secs(30),
+            close_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -289,6 +375,10 @@ pub struct EffectiveSubscriber {
     pub retry: RetryPolicy,
     /// Dead-letter topic template.
     pub dead_letter: String,
+    /// Longest run of the handler.
+    pub handler_timeout: Duration,
+    /// Retries in place, keeping order.
+    pub ordered: bool,
     /// Group override.
     pub group: Option<String>,
     /// Broker-side consumer name override.
@@ -326,8 +416,7 @@ impl Config {
     }
 
     fn load(figment: Figment) -> Result<Self, ConfigError> {
-        let env = Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]);
-        let config: Config = figment.merge(env).extract()?;
+        let config: Config = figment.merge(environment()).extract()?;
         config.validate()?;
         Ok(config)
     }
@@ -367,9 +456,35 @@ impl Config {
         if self.broker.queue_capacity == 0 {
             return Err(value_error("broker.queue_capacity", "must be at least 1"));
         }
+        if self.broker.max_message_bytes == 0 {
+            return Err(value_error(
+                "broker.max_message_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.broker.connect_timeout.is_zero() {
+            return Err(value_error("broker.connect_timeout", "must be more than 0"));
+        }
+        if self.shutdown.close_timeout.is_zero() {
+            return Err(value_error("shutdown.close_timeout", "must be more than 0"));
+        }
+        if self
+            .publisher
+            .propagate_headers
+            .iter()
+            .any(|h| h.trim().is_empty())
+        {
+            return Err(value_error(
+                "publisher.propagate_headers",
+                "must not hold an empty name",
+            ));
+        }
         check_subscriber("subscriber", &self.subscriber.to_override())?;
+        check_effective("subscriber", &self.subscriber(""))?;
         for (name, over) in &self.subscribers {
-            check_subscriber(&format!("subscribers.\"{name}\""), over)?;
+            let section = format!("subscribers.\"{name}\"");
+            check_subscriber(&section, over)?;
+            check_effective(&section, &self.subscriber(name))?;
         }
         Ok(())
     }
@@ -380,9 +495,18 @@ impl Config {
     }
 
     /// The settings of the subscriber called `name`.
+    ///
+    /// Sections are matched case-insensitively (`TRANSPORT_SUBSCRIBERS__SAVERSERVICE__SAVE__CONCURRENCY`
+    /// sets `[subscribers."SaverService::save"] concurrency`); where both spellings are
+    /// present, the exactly spelled section applies first and the others on top.
     pub fn subscriber(&self, name: &str) -> EffectiveSubscriber {
         let base = &self.subscriber;
-        let over = self.subscribers.get(name).cloned().unwrap_or_default();
+        let mut over = self.subscribers.get(name).cloned().unwrap_or_default();
+        for (key, other) in &self.subscribers {
+            if key != name && key.eq_ignore_ascii_case(name) {
+                over.merge(other);
+            }
+        }
         EffectiveSubscriber {
             concurrency: over.concurrency.unwrap_or(base.concurrency),
             prefetch: over.prefetch.unwrap_or(base.prefetch),
@@ -393,9 +517,69 @@ impl Config {
                 multiplier: over.backoff_multiplier.unwrap_or(base.backoff_multiplier),
             },
             dead_letter: over.dead_letter.unwrap_or_else(|| base.dead_letter.clone()),
+            handler_timeout: over.handler_timeout.unwrap_or(base.handler_timeout),
+            ordered: over.ordered.unwrap_or(base.ordered),
             group: over.group,
             consumer: over.consumer,
         }
+    }
+
+    /// Whether `[subscribers."name"]` (in any letter case) is present.
+    pub fn has_subscriber_section(&self, name: &str) -> bool {
+        self.subscribers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case(name))
+    }
+
+    /// A configuration for one test: the in-process broker under a name of its own, so
+    /// tests running in parallel in one process never share queues (or steal each other's
+    /// group messages), short retry delays, and a short drain. Environment variables and
+    /// `transport.toml` are not read.
+    ///
+    /// ```
+    /// let a = transport::Config::for_test();
+    /// let b = transport::Config::for_test();
+    /// assert_ne!(a.broker.name, b.broker.name);
+    /// ```
+    pub fn for_test() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mut config = Config::default();
+        config.broker.name = format!(
+            "test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        config.subscriber.backoff = Duration::from_millis(10);
+        config.subscriber.backoff_max = Duration::from_millis(100);
+        config.shutdown.drain_timeout = Duration::from_secs(5);
+        config
+    }
+}
+
+impl SubscriberOverride {
+    /// Takes every value `other` sets.
+    fn merge(&mut self, other: &SubscriberOverride) {
+        macro_rules! take {
+            ($($field:ident),*) => {$(
+                if other.$field.is_some() {
+                    self.$field.clone_from(&other.$field);
+                }
+            )*};
+        }
+        take!(
+            concurrency,
+            prefetch,
+            max_attempts,
+            backoff,
+            backoff_max,
+            backoff_multiplier,
+            dead_letter,
+            handler_timeout,
+            ordered,
+            group,
+            consumer
+        );
     }
 }
 
@@ -409,9 +593,77 @@ impl SubscriberConfig {
             backoff_max: Some(self.backoff_max),
             backoff_multiplier: Some(self.backoff_multiplier),
             dead_letter: Some(self.dead_letter.clone()),
+            handler_timeout: Some(self.handler_timeout),
+            ordered: Some(self.ordered),
             group: None,
             consumer: None,
         }
+    }
+}
+
+/// The `TRANSPORT_*` variables as a figment provider: `__` separates levels, names are
+/// matched case-insensitively, `TRANSPORT_SUBSCRIBERS__<NAME>__<KEY>` addresses
+/// `[subscribers."<Name>"]` (`__` inside `<NAME>` standing for `::`), and a variable that
+/// names no setting is ignored with one warning (a platform may set `TRANSPORT_*`
+/// variables of its own: Kubernetes does for a Service called `transport`).
+fn environment() -> Env {
+    let known = Arc::new(KnownKeys::new());
+    let unknown: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name != CONFIG_FILE_ENV)
+        .filter(|name| {
+            name.get(..ENV_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                && known.path(&name[ENV_PREFIX.len()..]).is_none()
+        })
+        .collect();
+    if !unknown.is_empty() {
+        tracing::warn!(
+            variables = %unknown.join(", "),
+            "ignoring environment variables that name no transport setting"
+        );
+    }
+    Env::prefixed(ENV_PREFIX).filter_map(move |key| known.path(key.as_str()).map(Into::into))
+}
+
+/// Every setting's path, from the defaults, to tell settings from stray variables.
+struct KnownKeys {
+    tree: serde_json::Value,
+    subscriber: serde_json::Value,
+}
+
+impl KnownKeys {
+    fn new() -> Self {
+        KnownKeys {
+            tree: serde_json::to_value(Config::default()).unwrap_or_default(),
+            subscriber: serde_json::to_value(SubscriberOverride::default()).unwrap_or_default(),
+        }
+    }
+
+    /// The figment key path (`.`-separated, lowercase) a variable name (prefix
+    /// stripped) stands for, if it names a setting.
+    fn path(&self, name: &str) -> Option<String> {
+        let name = name.to_ascii_lowercase();
+        if name == "config" {
+            return None;
+        }
+        let parts: Vec<&str> = name.split("__").collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return None;
+        }
+        if parts[0] == "subscribers" {
+            // subscribers__<name segments>__<key>
+            let (key, middle) = parts[1..].split_last()?;
+            if middle.is_empty() || self.subscriber.get(*key).is_none() {
+                return None;
+            }
+            return Some(format!("subscribers.{}.{key}", middle.join("::")));
+        }
+        let mut node = &self.tree;
+        for part in &parts {
+            node = node.as_object()?.get(*part)?;
+        }
+        Some(parts.join("."))
     }
 }
 
@@ -422,7 +674,36 @@ fn value_error(key: &str, reason: &str) -> ConfigError {
     }
 }
 
+/// Checks between two settings, once defaults and overrides are merged.
+fn check_effective(section: &str, settings: &EffectiveSubscriber) -> Result<(), ConfigError> {
+    if settings.retry.backoff > settings.retry.backoff_max {
+        return Err(value_error(
+            &format!("{section}.backoff"),
+            &format!(
+                "must not exceed backoff_max ({})",
+                humantime_serde::re::humantime::format_duration(settings.retry.backoff_max)
+            ),
+        ));
+    }
+    if settings.ordered && settings.concurrency > 1 {
+        return Err(value_error(
+            &format!("{section}.ordered"),
+            &format!(
+                "needs concurrency = 1 (it is {}): handlers running in parallel have no order",
+                settings.concurrency
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_subscriber(section: &str, over: &SubscriberOverride) -> Result<(), ConfigError> {
+    if over.handler_timeout.is_some_and(|t| t.is_zero()) {
+        return Err(value_error(
+            &format!("{section}.handler_timeout"),
+            "must be more than 0",
+        ));
+    }
     if over.concurrency == Some(0) {
         return Err(value_error(
             &format!("{section}.concurrency"),

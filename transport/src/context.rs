@@ -28,6 +28,8 @@ pub struct Context {
     pub(crate) subscriber: &'static str,
     pub(crate) attempt: u32,
     pub(crate) publisher: Publisher,
+    /// Headers the handler adds to its reply.
+    pub(crate) reply_headers: std::sync::Mutex<Headers>,
 }
 
 impl Context {
@@ -84,5 +86,30 @@ impl Context {
     /// A publisher on the App's backend.
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
+    }
+
+    /// Adds a header to this handler's reply (subscribers declared with `reply = ...`).
+    /// The reply already carries the request's `correlation-id` and trace headers.
+    ///
+    /// ```
+    /// # fn demo(ctx: &transport::Context) {
+    /// ctx.set_reply_header("x-cache", "hit");
+    /// # }
+    /// ```
+    pub fn set_reply_header(&self, name: impl Into<String>, value: impl Into<String>) {
+        self.reply_headers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name, value);
+    }
+
+    /// The headers set with [`Context::set_reply_header`], leaving none.
+    pub(crate) fn take_reply_headers(&self) -> Headers {
+        std::mem::take(
+            &mut *self
+                .reply_headers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }

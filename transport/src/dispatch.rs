@@ -1,40 +1,31 @@
 //! The one pipeline every delivery goes through, whatever the broker:
-//! concurrency limit -> decode + handler (the generated glue) -> outcome ->
-//! ack / retry / dead-letter; and the drain on shutdown.
+//! concurrency limit -> size check -> decode + handler (the generated glue, under a
+//! timeout) -> outcome -> ack / retry / dead-letter; resubscription when a backend's
+//! stream ends; and the drain on shutdown.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Capabilities, Delivery, Subscription};
+use crate::backend::{Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::context::Context;
-use crate::error::Error;
-use crate::message::Message;
+use crate::dead_letter::{self, DeadLetters, Reason};
+use crate::error::{BackendError, Error};
 use crate::publisher::Publisher;
 use crate::registry::{HandlerFn, Outcome, Registration};
 
-/// Header names set on dead-lettered messages.
-pub mod headers {
-    /// The error's message.
-    pub const ERROR: &str = "x-transport-error";
-    /// `handler`, `panic` or `decode`.
-    pub const ERROR_KIND: &str = "x-transport-error-kind";
-    /// How many attempts were made.
-    pub const ATTEMPTS: &str = "x-transport-attempts";
-    /// The topic the message was consumed from.
-    pub const ORIGINAL_TOPIC: &str = "x-transport-original-topic";
-    /// The subscriber that gave up on it.
-    pub const SUBSCRIBER: &str = "x-transport-subscriber";
-    /// The subscriber's group, when it has one.
-    pub const GROUP: &str = "x-transport-group";
-    /// Unix time in milliseconds when it was dead-lettered.
-    pub const FAILED_AT: &str = "x-transport-failed-at";
-}
+pub use crate::dead_letter::MAX_ERROR_HEADER_CHARS;
+/// Header names set on dead-lettered messages (see [`crate::dead_letter::headers`]).
+pub use crate::dead_letter::headers;
 
 /// How often and how patiently a failing message is retried.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,14 +62,23 @@ pub(crate) struct Dispatcher {
     pub group: Option<Arc<str>>,
     pub concurrency: usize,
     pub retry: RetryPolicy,
+    /// Retry in place (never through the broker), so nothing overtakes a failing message.
+    pub ordered: bool,
+    pub handler_timeout: Duration,
+    /// Larger consumed payloads are dead-lettered without being decoded.
+    pub max_message_bytes: usize,
     pub dead_letter_topic: String,
     pub capabilities: Capabilities,
     pub publisher: Publisher,
+    pub backend: Arc<dyn Backend>,
+    pub spec: SubscriptionSpec,
+    pub dead_letters: DeadLetters,
 }
 
 enum Failure {
     Handler(Error),
     Panic(String),
+    Timeout(Duration),
 }
 
 impl Failure {
@@ -86,6 +86,7 @@ impl Failure {
         match self {
             Failure::Handler(_) => "handler",
             Failure::Panic(_) => "panic",
+            Failure::Timeout(_) => "timeout",
         }
     }
 
@@ -93,43 +94,185 @@ impl Failure {
         match self {
             Failure::Handler(error) => error.to_string(),
             Failure::Panic(message) => format!("handler panicked: {message}"),
+            Failure::Timeout(limit) => format!(
+                "handler did not finish within {} (handler_timeout)",
+                humantime_serde::re::humantime::format_duration(*limit)
+            ),
+        }
+    }
+}
+
+/// The shortest and longest wait before subscribing again after a subscription ended.
+const RESUBSCRIBE_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(10));
+
+/// The deliveries of one subscription, subscribing again (with backoff) whenever the
+/// backend's stream ends while the App runs. Cancel-safe: every wait keeps its state here.
+struct Source {
+    backend: Arc<dyn Backend>,
+    spec: SubscriptionSpec,
+    state: SourceState,
+    backoff: Duration,
+}
+
+enum SourceState {
+    Active(Subscription),
+    Waiting(Pin<Box<tokio::time::Sleep>>),
+    Subscribing(BoxFuture<'static, Result<Subscription, BackendError>>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Delivery {
+        loop {
+            match &mut self.state {
+                SourceState::Active(subscription) => match subscription.next().await {
+                    Some(delivery) => {
+                        self.backoff = RESUBSCRIBE_BACKOFF.0;
+                        return delivery;
+                    }
+                    None => {
+                        tracing::warn!(
+                            subscriber = %self.spec.subscriber,
+                            topic = %self.spec.topic,
+                            retry_in = ?self.backoff,
+                            "the backend ended the subscription; subscribing again"
+                        );
+                        self.state =
+                            SourceState::Waiting(Box::pin(tokio::time::sleep(self.backoff)));
+                    }
+                },
+                SourceState::Waiting(sleep) => {
+                    sleep.as_mut().await;
+                    let backend = Arc::clone(&self.backend);
+                    let spec = self.spec.clone();
+                    self.state = SourceState::Subscribing(
+                        async move { backend.subscribe(&spec).await }.boxed(),
+                    );
+                }
+                SourceState::Subscribing(subscribing) => match subscribing.await {
+                    Ok(subscription) => {
+                        tracing::info!(
+                            subscriber = %self.spec.subscriber,
+                            topic = %self.spec.topic,
+                            "subscribed again"
+                        );
+                        self.state = SourceState::Active(subscription);
+                    }
+                    Err(error) => {
+                        self.backoff = (self.backoff * 2).min(RESUBSCRIBE_BACKOFF.1);
+                        tracing::error!(
+                            subscriber = %self.spec.subscriber,
+                            topic = %self.spec.topic,
+                            %error,
+                            retry_in = ?self.backoff,
+                            "subscribing again failed"
+                        );
+                        self.state =
+                            SourceState::Waiting(Box::pin(tokio::time::sleep(self.backoff)));
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The deliveries being handled: on the dispatcher's own task when one runs at a time
+/// (no spawn per message), as tasks of their own when `concurrency > 1`, so they run in
+/// parallel and a handler that blocks its thread does not stall its siblings.
+enum InFlight<F> {
+    Inline(FuturesUnordered<F>),
+    Spawned(JoinSet<()>),
+}
+
+impl<F: Future<Output = ()> + Send + 'static> InFlight<F> {
+    fn new(concurrency: usize) -> Self {
+        if concurrency <= 1 {
+            InFlight::Inline(FuturesUnordered::new())
+        } else {
+            InFlight::Spawned(JoinSet::new())
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            InFlight::Inline(set) => set.len(),
+            InFlight::Spawned(set) => set.len(),
+        }
+    }
+
+    fn push(&mut self, work: F) {
+        match self {
+            InFlight::Inline(set) => set.push(work),
+            InFlight::Spawned(set) => {
+                set.spawn(work);
+            }
+        }
+    }
+
+    /// Waits for one to finish; `None` when there are none.
+    async fn next(&mut self) -> Option<()> {
+        match self {
+            InFlight::Inline(set) => set.next().await,
+            InFlight::Spawned(set) => set.join_next().await.map(|joined| {
+                if let Err(error) = joined
+                    && error.is_panic()
+                {
+                    tracing::error!(%error, "a delivery task panicked");
+                }
+            }),
+        }
+    }
+
+    /// Cancels what is left: their deliveries are dropped unsettled (they come back).
+    async fn cancel(&mut self) {
+        match self {
+            InFlight::Inline(set) => set.clear(),
+            InFlight::Spawned(set) => set.shutdown().await,
         }
     }
 }
 
 impl Dispatcher {
-    /// Runs until `shutdown` fires or the subscription ends, then stops fetching and
-    /// lets in-flight deliveries finish within `drain_timeout`.
+    /// Runs until `shutdown` fires, then stops fetching and lets in-flight deliveries
+    /// finish within `drain_timeout`. A subscription the backend ends is subscribed
+    /// again (with backoff); the dispatcher never stops silently.
     pub async fn run(
         self,
-        mut subscription: Subscription,
+        subscription: Subscription,
         shutdown: CancellationToken,
         drain_timeout: Duration,
     ) {
         let this = Arc::new(self);
         let limit = this.concurrency.max(1);
-        let mut in_flight = FuturesUnordered::new();
+        let mut source = Source {
+            backend: Arc::clone(&this.backend),
+            spec: this.spec.clone(),
+            state: SourceState::Active(subscription),
+            backoff: RESUBSCRIBE_BACKOFF.0,
+        };
+        let mut in_flight = InFlight::new(limit);
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             if in_flight.len() >= limit {
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => break,
+                    _ = &mut cancelled => break,
                     _ = in_flight.next() => {}
                 }
                 continue;
             }
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                delivery = subscription.next() => match delivery {
-                    Some(delivery) => in_flight.push(Arc::clone(&this).guarded(delivery)),
-                    None => break,
-                },
+                _ = &mut cancelled => break,
+                Some(()) = in_flight.next(), if in_flight.len() > 0 => {}
+                delivery = source.next() => {
+                    in_flight.push(Arc::clone(&this).guarded(delivery, shutdown.clone()));
+                }
             }
         }
         // Stop fetching before draining: nothing new starts once shutdown has begun.
-        drop(subscription);
+        drop(source);
         let pending = in_flight.len();
         if pending > 0 {
             tracing::debug!(subscriber = this.registration.name, pending, "draining");
@@ -145,15 +288,16 @@ impl Dispatcher {
                 timeout = ?drain_timeout,
                 "drain timeout: unfinished handlers are cancelled and their messages left unacknowledged"
             );
+            in_flight.cancel().await;
         }
     }
 
     /// `process`, with a panic outside the handler (a backend's, say) contained: the
     /// delivery is dropped unsettled, so the broker hands it out again, and the
     /// subscriber goes on.
-    async fn guarded(self: Arc<Self>, delivery: Delivery) {
+    async fn guarded(self: Arc<Self>, delivery: Delivery, shutdown: CancellationToken) {
         let name = self.registration.name;
-        if let Err(panic) = AssertUnwindSafe(self.process(delivery))
+        if let Err(panic) = AssertUnwindSafe(self.process(delivery, shutdown))
             .catch_unwind()
             .await
         {
@@ -165,7 +309,7 @@ impl Dispatcher {
         }
     }
 
-    async fn process(self: Arc<Self>, delivery: Delivery) {
+    async fn process(self: Arc<Self>, delivery: Delivery, shutdown: CancellationToken) {
         let mut attempt = delivery.attempt;
         if let Some(defect) = delivery.defect() {
             let defect = defect.to_string();
@@ -177,7 +321,36 @@ impl Dispatcher {
                 %defect,
                 "broker entry is not a message; dead-lettering it"
             );
-            self.dead_letter(delivery, attempt, "malformed", defect).await;
+            self.dead_letter(delivery, attempt, "malformed", &defect, &shutdown)
+                .await;
+            return;
+        }
+        let size = delivery.message.payload.len();
+        if size > self.max_message_bytes {
+            let error = format!(
+                "payload of {size} bytes exceeds max_message_bytes ({})",
+                self.max_message_bytes
+            );
+            tracing::error!(
+                subscriber = self.registration.name,
+                topic = &*self.topic,
+                message_id = delivery.message.id.as_deref(),
+                dead_letter = %self.dead_letter_topic,
+                "{error}; dead-lettering it undecoded"
+            );
+            self.dead_letter(delivery, attempt, "too-large", &error, &shutdown)
+                .await;
+            return;
+        }
+        if attempt > self.retry.max_attempts {
+            // It used its attempts before (its dead-letter publish failed, or the
+            // process stopped before it settled): the handler never runs again.
+            let error = format!(
+                "delivered {attempt} times, more than max_attempts ({}); not handled again",
+                self.retry.max_attempts
+            );
+            self.dead_letter(delivery, attempt, "exhausted", &error, &shutdown)
+                .await;
             return;
         }
         loop {
@@ -188,16 +361,15 @@ impl Dispatcher {
                 subscriber: self.registration.name,
                 attempt,
                 publisher: self.publisher.clone(),
+                reply_headers: Default::default(),
             };
-            let outcome = AssertUnwindSafe((self.handler)(context))
-                .catch_unwind()
-                .await;
-            let failure = match outcome {
-                Ok(Outcome::Handled) => {
+            let run = AssertUnwindSafe((self.handler)(context)).catch_unwind();
+            let failure = match tokio::time::timeout(self.handler_timeout, run).await {
+                Ok(Ok(Outcome::Handled)) => {
                     delivery.ack();
                     return;
                 }
-                Ok(Outcome::Undecodable(error)) => {
+                Ok(Ok(Outcome::Undecodable(error))) => {
                     tracing::error!(
                         subscriber = self.registration.name,
                         topic = &*self.topic,
@@ -206,12 +378,13 @@ impl Dispatcher {
                         %error,
                         "payload does not decode; dead-lettering it"
                     );
-                    self.dead_letter(delivery, attempt, "decode", error.to_string())
+                    self.dead_letter(delivery, attempt, "decode", &error.to_string(), &shutdown)
                         .await;
                     return;
                 }
-                Ok(Outcome::Failed(error)) => Failure::Handler(error),
-                Err(panic) => Failure::Panic(panic_message(&*panic)),
+                Ok(Ok(Outcome::Failed(error))) => Failure::Handler(error),
+                Ok(Err(panic)) => Failure::Panic(panic_message(&*panic)),
+                Err(_) => Failure::Timeout(self.handler_timeout),
             };
             if attempt >= self.retry.max_attempts {
                 tracing::warn!(
@@ -221,8 +394,14 @@ impl Dispatcher {
                     error = %failure.describe(),
                     "giving up; dead-lettering"
                 );
-                self.dead_letter(delivery, attempt, failure.kind(), failure.describe())
-                    .await;
+                self.dead_letter(
+                    delivery,
+                    attempt,
+                    failure.kind(),
+                    &failure.describe(),
+                    &shutdown,
+                )
+                .await;
                 return;
             }
             let delay = self.retry.delay_after(attempt);
@@ -233,7 +412,10 @@ impl Dispatcher {
                 error = %failure.describe(),
                 "handler failed; will retry"
             );
-            if self.capabilities.native_redelivery && delivery.is_settled_by_broker() {
+            if !self.ordered
+                && self.capabilities.native_redelivery
+                && delivery.is_settled_by_broker()
+            {
                 delivery.nack(delay);
                 return;
             }
@@ -242,71 +424,94 @@ impl Dispatcher {
         }
     }
 
-    /// Publishes the message to the dead-letter topic, then acks the original. If the
-    /// dead-letter publish fails, the original is not acked (it comes back).
-    async fn dead_letter(&self, delivery: Delivery, attempts: u32, kind: &str, error: String) {
-        let mut message: Message = (*delivery.message).clone();
-        let failed_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        message.headers.insert(headers::ERROR, header_text(&error));
-        message.headers.insert(headers::ERROR_KIND, kind);
-        message
-            .headers
-            .insert(headers::ATTEMPTS, attempts.to_string());
-        message
-            .headers
-            .insert(headers::ORIGINAL_TOPIC, &*self.topic);
-        message
-            .headers
-            .insert(headers::SUBSCRIBER, self.registration.name);
-        if let Some(group) = &self.group {
-            message.headers.insert(headers::GROUP, &**group);
-        }
-        message
-            .headers
-            .insert(headers::FAILED_AT, failed_at.to_string());
-        match self
-            .publisher
-            .publish_message(&self.dead_letter_topic, message)
-            .await
-        {
-            Ok(()) => delivery.ack(),
-            Err(error) if delivery.is_settled_by_broker() => {
+    /// Publishes the dead letter, then acks the original. A failed publish is retried
+    /// (the handler does not run again): through the broker where it redelivers (the
+    /// copy that comes back is over its attempts, so it goes straight here), else in
+    /// place with backoff until it succeeds or shutdown begins.
+    async fn dead_letter(
+        &self,
+        delivery: Delivery,
+        attempts: u32,
+        kind: &'static str,
+        error: &str,
+        shutdown: &CancellationToken,
+    ) {
+        let reason = Reason {
+            kind,
+            error,
+            attempts,
+            topic: &self.topic,
+            subscriber: self.registration.name,
+            group: self.group.as_deref(),
+        };
+        let letter = dead_letter::letter(
+            &delivery.message,
+            &reason,
+            |name| self.backend.owns_header(name),
+            self.backend.max_message_size(),
+        );
+        let mut failures = 0u32;
+        loop {
+            let published = self
+                .publisher
+                .publish_dead_letter(&self.dead_letter_topic, letter.clone())
+                .await;
+            let error = match published {
+                Ok(()) => {
+                    self.dead_letters.published(&self.dead_letter_topic, letter);
+                    delivery.ack();
+                    return;
+                }
+                Err(error) => error,
+            };
+            self.dead_letters.failed();
+            failures += 1;
+            let delay = self.retry.delay_after(failures);
+            if delivery.is_settled_by_broker() && self.capabilities.native_redelivery {
                 tracing::error!(
                     subscriber = self.registration.name,
+                    dead_letter = %self.dead_letter_topic,
                     %error,
-                    "dead-letter publish failed; the message stays with the broker and comes back"
+                    retry_in = ?self.retry.backoff_max,
+                    "dead-letter publish failed; the broker keeps the message and it is dead-lettered again when it comes back"
                 );
                 delivery.nack(self.retry.backoff_max);
+                return;
             }
-            Err(error) => {
-                tracing::error!(
-                    subscriber = self.registration.name,
-                    %error,
-                    payload_bytes = delivery.message.payload.len(),
-                    "dead-letter publish failed on an at-most-once backend; the message is lost"
-                );
+            if shutdown.is_cancelled() {
+                if delivery.is_settled_by_broker() {
+                    tracing::error!(
+                        subscriber = self.registration.name,
+                        dead_letter = %self.dead_letter_topic,
+                        %error,
+                        "dead-letter publish failed during shutdown; the message is left with the broker"
+                    );
+                    delivery.nack(Duration::ZERO);
+                } else {
+                    tracing::error!(
+                        subscriber = self.registration.name,
+                        dead_letter = %self.dead_letter_topic,
+                        %error,
+                        payload_bytes = delivery.message.payload.len(),
+                        "dead-letter publish failed during shutdown on an at-most-once backend; the message is lost"
+                    );
+                }
+                return;
+            }
+            tracing::error!(
+                subscriber = self.registration.name,
+                dead_letter = %self.dead_letter_topic,
+                %error,
+                failures,
+                retry_in = ?delay,
+                "dead-letter publish failed; retrying it (the handler does not run again)"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => {}
             }
         }
     }
-}
-
-/// Most characters of an error kept in the `x-transport-error` header.
-pub const MAX_ERROR_HEADER_CHARS: usize = 1024;
-
-/// An error message as a header value: one line (CR/LF and other control characters
-/// become spaces; several brokers' headers cannot carry them) of bounded length.
-fn header_text(error: &str) -> String {
-    let mut text: String = error
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_ERROR_HEADER_CHARS)
-        .collect();
-    if error.chars().count() > MAX_ERROR_HEADER_CHARS {
-        text.push('…');
-    }
-    text
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
@@ -322,18 +527,6 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_headers_are_one_bounded_line() {
-        assert_eq!(
-            header_text("db down:\r\n  retry later\tsoon"),
-            "db down:    retry later soon"
-        );
-        let long = "x".repeat(5000);
-        let text = header_text(&long);
-        assert_eq!(text.chars().count(), MAX_ERROR_HEADER_CHARS + 1);
-        assert!(text.ends_with('…'));
-    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

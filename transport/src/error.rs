@@ -8,7 +8,10 @@ use std::fmt;
 ///
 /// A handler can also return any error type `E: Into<transport::Error>`, including
 /// `Box<dyn std::error::Error + Send + Sync>`, so `?` works on any standard error there.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` output is the readable message followed by its causes (as anyhow's is),
+/// so `fn main() -> Result<(), transport::Error>` prints something a person can act on.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The configuration could not be read or is invalid.
     #[error(transparent)]
@@ -47,6 +50,41 @@ impl Error {
     /// A handler failure caused by another error.
     pub fn handler(source: impl StdError + Send + Sync + 'static) -> Self {
         Error::Handler(HandlerError(Box::new(source)))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            // `{:#?}`: the structure, for those who want it
+            return match self {
+                Error::Config(e) => f.debug_tuple("Config").field(e).finish(),
+                Error::Startup(e) => f.debug_tuple("Startup").field(e).finish(),
+                Error::Backend(e) => f.debug_tuple("Backend").field(e).finish(),
+                Error::Publish(e) => f.debug_tuple("Publish").field(e).finish(),
+                Error::Codec(e) => f.debug_tuple("Codec").field(e).finish(),
+                Error::Handler(e) => f.debug_tuple("Handler").field(e).finish(),
+                Error::Introspect(e) => f.debug_tuple("Introspect").field(e).finish(),
+            };
+        }
+        write!(f, "{self}")?;
+        let mut source = StdError::source(self);
+        let mut causes = Vec::new();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            // thiserror's `{source}` in a message repeats the cause: show it once
+            if !causes.iter().any(|c: &String| c == &text) && !self.to_string().ends_with(&text) {
+                causes.push(text);
+            }
+            source = cause.source();
+        }
+        if !causes.is_empty() {
+            write!(f, "\n\nCaused by:")?;
+            for (index, cause) in causes.iter().enumerate() {
+                write!(f, "\n    {index}: {cause}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -151,8 +189,11 @@ pub enum PublishError {
 /// A failure reported by a broker backend.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The broker could not be reached.
-    #[error("cannot connect to {backend} at {url}: {reason}")]
+    /// The broker could not be reached. The URL's password never shows in the message.
+    #[error(
+        "cannot connect to {backend} at {}: {reason}",
+        crate::config::redact_url(url)
+    )]
     Connect {
         /// Backend kind.
         backend: &'static str,
@@ -210,9 +251,10 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The TOML or environment values do not form a valid configuration.
-    #[error("invalid configuration: {0}")]
-    Invalid(#[source] Box<figment::Error>),
+    /// The TOML or environment values do not form a valid configuration. The message
+    /// names each offending key as written (`subscriber.backoff`) and where it came from.
+    #[error("invalid configuration: {}", describe_figment(.0))]
+    Invalid(Box<figment::Error>),
     /// `broker.kind` names no backend.
     #[error("unknown broker kind `{kind}` in config (known: {known})")]
     UnknownBackend {
@@ -249,6 +291,30 @@ pub enum ConfigError {
         /// What is allowed.
         reason: String,
     },
+}
+
+/// Every error figment collected, one per key: `` `subscriber.backoff`: <what> (<source>) ``,
+/// without figment's profile prefix (`default.`).
+fn describe_figment(error: &figment::Error) -> String {
+    let parts: Vec<String> = error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let mut text = String::new();
+            if !e.path.is_empty() {
+                text.push_str(&format!("`{}`: ", e.path.join(".")));
+            }
+            text.push_str(&e.kind.to_string());
+            if let Some(metadata) = &e.metadata {
+                match &metadata.source {
+                    Some(source) => text.push_str(&format!(" (in {} {source})", metadata.name)),
+                    None => text.push_str(&format!(" (in {})", metadata.name)),
+                }
+            }
+            text
+        })
+        .collect();
+    parts.join("; ")
 }
 
 impl From<figment::Error> for ConfigError {
@@ -310,6 +376,21 @@ pub enum StartupError {
         location: String,
         /// What is wrong.
         reason: String,
+    },
+    /// A topic the subscriber uses (its own, its dead-letter or its reply topic) is not a
+    /// valid name for the backend.
+    #[error("subscriber `{subscriber}` ({location}): {role} `{topic}` is not usable: {source}")]
+    InvalidTopic {
+        /// The subscriber.
+        subscriber: String,
+        /// Where it is declared.
+        location: String,
+        /// `topic`, `dead-letter topic` or `reply topic`.
+        role: &'static str,
+        /// The topic name.
+        topic: String,
+        /// The backend's reason.
+        source: BackendError,
     },
     /// The broker refused a subscription.
     #[error("subscriber `{subscriber}` ({location}) could not subscribe to `{topic}`: {source}")]

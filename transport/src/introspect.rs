@@ -41,6 +41,19 @@ use crate::registry::Registration;
 /// The command lines introspection accepts (shown with usage errors).
 pub const USAGE: &str = "<service> list | <service> asyncapi [--output FILE] [--title TEXT] [--api-version TEXT] | <service> check";
 
+/// The service's version for `info.version`: the version of the crate declaring the
+/// subscribers (the one most of them come from, if several), `0.0.0` when none is known.
+fn service_version(registrations: &[&'static Registration]) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for version in registrations.iter().filter_map(|r| r.crate_version) {
+        *counts.entry(version).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, count)| *count)
+        .map_or_else(|| "0.0.0".to_string(), |(version, _)| version.to_string())
+}
+
 /// The AsyncAPI version of the documents written by `asyncapi`.
 pub const ASYNCAPI_VERSION: &str = "3.0.0";
 
@@ -538,7 +551,7 @@ pub fn asyncapi(
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
             "title": options.title.clone().unwrap_or_else(|| "transport service".into()),
-            "version": options.api_version.clone().unwrap_or_else(|| "0.0.0".into()),
+            "version": options.api_version.clone().unwrap_or_else(|| service_version(registrations)),
             "description": "The subscribers registered in this service, as written by its `asyncapi` command.",
         },
         "defaultContentType": <crate::codec::Json as crate::codec::Codec>::CONTENT_TYPE,

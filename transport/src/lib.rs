@@ -27,6 +27,7 @@ pub mod backend;
 pub mod codec;
 pub mod config;
 mod context;
+pub mod dead_letter;
 pub mod dispatch;
 mod error;
 pub mod introspect;
@@ -39,12 +40,13 @@ mod topic;
 pub use app::{App, Running, ShutdownHandle};
 pub use config::Config;
 pub use context::Context;
+pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::{
     BackendError, CodecError, ConfigError, Error, HandlerError, IntrospectError, PublishError,
     StartupError,
 };
 pub use message::{CONTENT_TYPE, Headers, Message};
-pub use publisher::{Outgoing, Publisher};
+pub use publisher::{CORRELATION_ID, Destination, Outgoing, Publisher, TypedOutgoing};
 pub use topic::Topic;
 pub use transport_macros::{service, subscriber};
 

@@ -32,6 +32,8 @@ pub struct Publisher {
     backend: Arc<dyn Backend>,
     codec: SerdeCodec,
     max_message_bytes: usize,
+    /// Headers a reply copies from its request.
+    propagate: Arc<[String]>,
 }
 
 impl fmt::Debug for Publisher {
@@ -48,11 +50,13 @@ impl Publisher {
         backend: Arc<dyn Backend>,
         codec: SerdeCodec,
         max_message_bytes: usize,
+        propagate: &[String],
     ) -> Self {
         Publisher {
             backend,
             codec,
             max_message_bytes,
+            propagate: propagate.into(),
         }
     }
 
@@ -70,21 +74,44 @@ impl Publisher {
     where
         C: Encoder<T>,
     {
-        self.to(topic.name()).send_with::<C, T>(value).await
+        self.untyped(topic.name().to_string())
+            .send_with::<C, T>(value)
+            .await
     }
 
-    /// Starts a message to `topic`, to add headers or a key before sending.
-    pub fn to(&self, topic: impl Into<String>) -> Outgoing<'_> {
+    /// Starts a message, to add headers or a key before sending: to a topic by name
+    /// (`to("audit")`, an [`Outgoing`] that sends any serde value), or to a typed topic
+    /// (`to(&READINGS)`, a [`TypedOutgoing`] whose `send` takes only the topic's type).
+    ///
+    /// ```
+    /// # async fn demo(publisher: transport::Publisher) -> Result<(), transport::PublishError> {
+    /// # #[derive(serde::Serialize)] struct Reading { celsius: f64 }
+    /// const READINGS: transport::Topic<Reading> = transport::Topic::new("sensor.readings");
+    /// publisher.to(&READINGS).header("site", "lab").key("probe-7").send(&Reading { celsius: 3.0 }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn to<'p, D: Destination<'p>>(&'p self, destination: D) -> D::Builder {
+        destination.builder(self)
+    }
+
+    fn untyped(&self, topic: String) -> Outgoing<'_> {
         Outgoing {
             publisher: self,
-            topic: topic.into(),
+            topic,
             message: Message::default(),
         }
     }
 
     /// Publishes an already encoded message as it is. A payload over
-    /// `broker.max_message_bytes` is refused before it reaches the broker.
+    /// `broker.max_message_bytes`, or a topic the backend cannot use, is refused before
+    /// it reaches the broker.
     pub async fn publish_message(&self, topic: &str, message: Message) -> Result<(), PublishError> {
+        if let Err(source) = self.backend.validate_topic(topic) {
+            return Err(PublishError::Backend {
+                topic: topic.to_string(),
+                source,
+            });
+        }
         let size = message.payload.len();
         if size > self.max_message_bytes {
             return Err(PublishError::Backend {
@@ -103,6 +130,107 @@ impl Publisher {
                 topic: topic.to_string(),
                 source,
             })
+    }
+}
+
+impl Publisher {
+    /// Publishes a dead letter (built by `dead_letter::letter`, already fitted under the
+    /// broker's own limit): `max_message_bytes` does not apply, since the broker
+    /// accepted the original.
+    pub(crate) async fn publish_dead_letter(
+        &self,
+        topic: &str,
+        message: Message,
+    ) -> Result<(), PublishError> {
+        self.backend
+            .publish(topic, message)
+            .await
+            .map_err(|source| PublishError::Backend {
+                topic: topic.to_string(),
+                source,
+            })
+    }
+}
+
+/// Where [`Publisher::to`] sends: a topic name (`&str`, `String`) or a typed
+/// [`Topic`], each with its own builder.
+pub trait Destination<'p> {
+    /// The message builder for this kind of destination.
+    type Builder;
+    /// Starts a message to this destination.
+    fn builder(self, publisher: &'p Publisher) -> Self::Builder;
+}
+
+impl<'p> Destination<'p> for &str {
+    type Builder = Outgoing<'p>;
+    fn builder(self, publisher: &'p Publisher) -> Outgoing<'p> {
+        publisher.untyped(self.to_string())
+    }
+}
+
+impl<'p> Destination<'p> for String {
+    type Builder = Outgoing<'p>;
+    fn builder(self, publisher: &'p Publisher) -> Outgoing<'p> {
+        publisher.untyped(self)
+    }
+}
+
+impl<'p> Destination<'p> for &String {
+    type Builder = Outgoing<'p>;
+    fn builder(self, publisher: &'p Publisher) -> Outgoing<'p> {
+        publisher.untyped(self.clone())
+    }
+}
+
+impl<'p, T, C> Destination<'p> for &Topic<T, C> {
+    type Builder = TypedOutgoing<'p, T, C>;
+    fn builder(self, publisher: &'p Publisher) -> TypedOutgoing<'p, T, C> {
+        TypedOutgoing {
+            inner: publisher.untyped(self.name().to_string()),
+            topic: std::marker::PhantomData,
+        }
+    }
+}
+
+/// A message to a typed topic being prepared by [`Publisher::to`]: `send` accepts only
+/// the topic's payload type and encodes it with the topic's codec.
+#[must_use = "a message is only published by `send`"]
+pub struct TypedOutgoing<'p, T, C> {
+    inner: Outgoing<'p>,
+    topic: std::marker::PhantomData<fn(&T, C)>,
+}
+
+impl<T, C> TypedOutgoing<'_, T, C> {
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.inner = self.inner.header(name, value);
+        self
+    }
+
+    /// Adds every header of `headers`.
+    pub fn headers(mut self, headers: &Headers) -> Self {
+        self.inner = self.inner.headers(headers);
+        self
+    }
+
+    /// Sets the message key (partitioning / ordering, where the broker has keys).
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.inner = self.inner.key(key);
+        self
+    }
+
+    /// Sets the message id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.inner = self.inner.id(id);
+        self
+    }
+
+    /// Encodes `value` with the topic's codec and publishes it.
+    pub async fn send(self, value: &T) -> Result<(), PublishError>
+    where
+        C: Encoder<T>,
+    {
+        self.inner.send_with::<C, T>(value).await
     }
 }
 
@@ -183,20 +311,60 @@ impl Outgoing<'_> {
     }
 }
 
-/// Publishes the `Ok` value of a subscriber declared with `reply = ...`, with codec `C`,
-/// carrying the request's key and a `correlation-id` header (the request's id or key).
+/// Header carrying the id of the request a reply (or dead letter) answers.
+pub const CORRELATION_ID: &str = "correlation-id";
+
+/// The correlation id of a reply to `request`: the request's own `correlation-id`
+/// header if it has one, else its message id.
+pub(crate) fn correlation_of(request: &Message) -> Option<&str> {
+    request
+        .headers
+        .get(CORRELATION_ID)
+        .or(request.id.as_deref())
+}
+
+/// Publishes the `Ok` value of a subscriber declared with `reply = ...`, with codec `C`:
+/// to the request's broker-native reply address when it has one (a NATS request), else
+/// to `topic`. The reply carries the request's key, a `correlation-id` (see
+/// [`correlation_of`]), the request's headers listed in `publisher.propagate_headers`
+/// (trace context by default), and the headers the handler added with
+/// [`Context::set_reply_header`](crate::Context::set_reply_header).
 pub(crate) async fn publish_reply<C: Encoder<T> + Codec, T: ?Sized>(
     publisher: &Publisher,
     topic: &str,
     value: &T,
     request: &Message,
+    extra: Headers,
 ) -> Result<(), PublishError> {
-    let mut out = publisher.to(topic);
-    if let Some(key) = &request.key {
-        out = out.key(key.clone());
+    let mut message = Message::default();
+    message.key.clone_from(&request.key);
+    for name in publisher.propagate.iter() {
+        if let Some(value) = request.headers.get(name) {
+            message.headers.insert(name.as_str(), value);
+        }
     }
-    if let Some(id) = &request.id {
-        out = out.header("correlation-id", id.clone());
+    if let Some(correlation) = correlation_of(request) {
+        message.headers.insert(CORRELATION_ID, correlation);
     }
-    out.send_with::<C, T>(value).await
+    for (name, value) in extra.iter() {
+        message.headers.insert(name, value);
+    }
+    message.payload = C::encode(value).map_err(|source| PublishError::Encode {
+        topic: topic.to_string(),
+        source,
+    })?;
+    if !message.headers.contains(CONTENT_TYPE) {
+        message.headers.insert(CONTENT_TYPE, C::CONTENT_TYPE);
+    }
+    match &request.reply_to {
+        Some(address) => publisher
+            .backend
+            .reply(address, message)
+            .await
+            .map_err(|source| PublishError::Backend {
+                topic: address.clone(),
+                source,
+            }),
+        None => publisher.publish_message(topic, message).await,
+    }
 }

@@ -48,6 +48,9 @@ pub struct Registration {
     pub line: u32,
     /// Module of the handler.
     pub module_path: &'static str,
+    /// The version of the crate declaring the handler (its `CARGO_PKG_VERSION`), the
+    /// `asyncapi` document's version unless given.
+    pub crate_version: Option<&'static str>,
     /// Builds the callable handler from the App's service instances.
     pub bind: fn(&Instances) -> Option<HandlerFn>,
 }

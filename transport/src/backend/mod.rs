@@ -170,6 +170,17 @@ pub trait Backend: Send + Sync + 'static {
         message: Message,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
 
+    /// Publishes a reply to a broker-native reply address taken from a consumed
+    /// message (`Message::reply_to`: a NATS reply subject...). The address is used as it
+    /// is: no topic prefix, no topic rule. The default publishes to it as a topic.
+    fn reply<'a>(
+        &'a self,
+        address: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        self.publish(address, message)
+    }
+
     /// Starts a subscription.
     fn subscribe<'a>(
         &'a self,
@@ -228,7 +239,9 @@ pub fn check_topic(backend: &'static str, topic: &str) -> Result<(), BackendErro
             topic.len()
         ))
     } else if let Some(c) = topic.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        Some(format!("contains whitespace or a control character ({c:?})"))
+        Some(format!(
+            "contains whitespace or a control character ({c:?})"
+        ))
     } else if let Some(c) = topic.chars().find(|c| RESERVED_TOPIC_CHARS.contains(c)) {
         Some(format!(
             "contains `{c}`, a wildcard on some brokers (wildcard subscriptions are not supported)"

@@ -47,6 +47,14 @@ impl Backend for Prefixed {
         .boxed()
     }
 
+    fn reply<'a>(
+        &'a self,
+        address: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        self.inner.reply(address, message)
+    }
+
     fn subscribe<'a>(
         &'a self,
         spec: &'a SubscriptionSpec,
@@ -68,7 +76,8 @@ impl Backend for Prefixed {
     fn validate_topic(&self, topic: &str) -> Result<(), BackendError> {
         self.inner.validate_topic(topic)?;
         // the name on the wire must pass too (a prefix can make it too long)
-        self.inner.validate_topic(&format!("{}{topic}", self.prefix))
+        self.inner
+            .validate_topic(&format!("{}{topic}", self.prefix))
     }
 
     fn owns_header(&self, name: &str) -> bool {
