@@ -791,4 +791,130 @@ mod tests {
             "unknown codec `xml` for `publisher.codec` in config (known: json, msgpack)"
         );
     }
+
+    #[test]
+    fn stray_environment_variables_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            // what Kubernetes injects for a Service called `transport`
+            jail.set_env("TRANSPORT_SERVICE_HOST", "10.0.0.7");
+            jail.set_env("TRANSPORT_PORT_8080_TCP", "tcp://10.0.0.7:8080");
+            jail.set_env("TRANSPORT_BROKER__NOPE", "1");
+            jail.set_env("TRANSPORT_BROKER__KIND", "memory");
+            jail.set_env("TRANSPORT_SUBSCRIBER__MAX_ATTEMPTS", "7");
+            let config = Config::from_env().map_err(|e| e.to_string())?;
+            assert_eq!(config.subscriber.max_attempts, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_stay_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("transport.toml", "[broker]\nkinde = \"nats\"")?;
+            let error = Config::from_env().unwrap_err().to_string();
+            assert!(error.contains("kinde"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn per_subscriber_settings_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "transport.toml",
+                "[subscribers.\"SaverService::save\"]\nmax_attempts = 9\nconcurrency = 2",
+            )?;
+            jail.set_env(
+                "TRANSPORT_SUBSCRIBERS__SAVERSERVICE__SAVE__CONCURRENCY",
+                "8",
+            );
+            jail.set_env(
+                "TRANSPORT_SUBSCRIBERS__RECORD_READING__HANDLER_TIMEOUT",
+                "2s",
+            );
+            jail.set_env("TRANSPORT_SUBSCRIBERS__SAVERSERVICE__SAVE__NOPE", "1");
+            let config = Config::from_env().map_err(|e| e.to_string())?;
+            let saver = config.subscriber("SaverService::save");
+            assert_eq!(saver.concurrency, 8, "the environment wins");
+            assert_eq!(saver.retry.max_attempts, 9, "the file's other values stay");
+            assert_eq!(
+                config.subscriber("record_reading").handler_timeout,
+                Duration::from_secs(2)
+            );
+            assert!(config.has_subscriber_section("SAVERSERVICE::SAVE"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn numbers_that_break_a_backend_are_errors_naming_the_key() {
+        for (toml, key) in [
+            (
+                "[broker]\nmax_message_bytes = 0",
+                "broker.max_message_bytes",
+            ),
+            (
+                "[broker]\nconnect_timeout = \"0s\"",
+                "broker.connect_timeout",
+            ),
+            (
+                "[subscriber]\nhandler_timeout = \"0s\"",
+                "subscriber.handler_timeout",
+            ),
+            ("[subscriber]\nbackoff = \"20s\"", "subscriber.backoff"),
+            (
+                "[shutdown]\nclose_timeout = \"0s\"",
+                "shutdown.close_timeout",
+            ),
+            (
+                "[subscribers.\"A::b\"]\nordered = true\nconcurrency = 2",
+                "subscribers.\"A::b\".ordered",
+            ),
+        ] {
+            let error = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(error.contains(&format!("`{key}`")), "{toml}: {error}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        let config = Config::from_toml(
+            "[broker]\nkind = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379\"",
+        )
+        .unwrap();
+        let debug = format!("{config:?} {config:#?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("redis://:***@127.0.0.1:6379"), "{debug}");
+        let error = crate::Error::from(crate::BackendError::Connect {
+            backend: "redis",
+            url: "redis://admin:hunter2@db:6379".into(),
+            reason: "connection refused".into(),
+        });
+        for text in [
+            error.to_string(),
+            format!("{error:?}"),
+            format!("{error:#?}"),
+        ] {
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        assert_eq!(
+            redact_url("nats://a:b@h1:4222,nats://tok@h2:4222"),
+            "nats://a:***@h1:4222,nats://***@h2:4222"
+        );
+        assert_eq!(redact_url("redis://h/0?q=x@y"), "redis://h/0?q=x@y");
+    }
+
+    #[test]
+    fn errors_read_well_in_debug() {
+        let error: crate::Error = Config::from_toml("[subscriber]\nbackoff = \"soon\"")
+            .unwrap_err()
+            .into();
+        let debug = format!("{error:?}");
+        assert!(
+            debug.starts_with("invalid configuration: `subscriber.backoff`"),
+            "{debug}"
+        );
+        assert!(!debug.contains("default."), "{debug}");
+        assert!(!debug.contains("Config("), "{debug}");
+    }
 }

@@ -55,18 +55,6 @@ impl Error {
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if f.alternate() {
-            // `{:#?}`: the structure, for those who want it
-            return match self {
-                Error::Config(e) => f.debug_tuple("Config").field(e).finish(),
-                Error::Startup(e) => f.debug_tuple("Startup").field(e).finish(),
-                Error::Backend(e) => f.debug_tuple("Backend").field(e).finish(),
-                Error::Publish(e) => f.debug_tuple("Publish").field(e).finish(),
-                Error::Codec(e) => f.debug_tuple("Codec").field(e).finish(),
-                Error::Handler(e) => f.debug_tuple("Handler").field(e).finish(),
-                Error::Introspect(e) => f.debug_tuple("Introspect").field(e).finish(),
-            };
-        }
         write!(f, "{self}")?;
         let mut source = StdError::source(self);
         let mut causes = Vec::new();
@@ -186,8 +174,9 @@ pub enum PublishError {
     },
 }
 
-/// A failure reported by a broker backend.
-#[derive(Debug, thiserror::Error)]
+/// A failure reported by a broker backend. Its `Debug` output is its message (URLs
+/// redacted), like its `Display`.
+#[derive(thiserror::Error)]
 pub enum BackendError {
     /// The broker could not be reached. The URL's password never shows in the message.
     #[error(
@@ -238,6 +227,12 @@ pub enum BackendError {
         /// The broker's or client's message.
         reason: String,
     },
+}
+
+impl fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BackendError({self})")
+    }
 }
 
 /// The configuration could not be read or is invalid.

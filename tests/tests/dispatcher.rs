@@ -1,0 +1,562 @@
+//! The dispatcher's rules under hostile conditions, on the memory broker and on a
+//! scripted backend (for what no real broker lets a test provoke at will): dead letters
+//! that must not be lost or re-handled, hung and blocking handlers, subscriptions that
+//! end, ordering across retries, topic names, replies, typed publishing and recording.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::{self, UnboundedSender};
+use transport::dead_letter::headers as dlq;
+use transport::prelude::*;
+use transport::{App, Config};
+use transport_tests::scripted::{Scripted, Settled};
+use transport_tests::{PATIENCE, assert_quiet, init_tracing, memory_config, receive};
+
+async fn start(
+    module: &'static str,
+    config: Config,
+    services: impl FnOnce(App) -> App,
+) -> transport::Running {
+    init_tracing();
+    let app = services(App::new(config).select_module(module));
+    match app.start().await {
+        Ok(running) => running,
+        Err(error) => panic!("app failed to start: {error}"),
+    }
+}
+
+/// Runs a handler that always fails, counting its runs.
+pub struct Failing(pub UnboundedSender<u32>);
+
+mod dead_letters {
+    use super::*;
+
+    #[transport::service]
+    impl Failing {
+        #[subscriber(topic = "dl.fail", codec = "text")]
+        async fn fail(&self, _text: String, ctx: &Context) -> Result<(), Error> {
+            let _ = self.0.send(ctx.attempt());
+            Err(Error::msg("always"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_over_its_attempts_is_dead_lettered_without_running_the_handler() {
+        let (backend, mut settled) = Scripted::new(true);
+        let delivery = backend.delivery("late", 4);
+        let backend = Arc::new(backend.script(vec![delivery], false));
+        let (tx, mut runs) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config("max_attempts = 3"), |app| {
+            app.service(Failing(tx)).backend(backend.clone())
+        })
+        .await;
+        assert_eq!(
+            receive(&mut settled, 1).await,
+            [Settled::Ack("late".into())]
+        );
+        assert_quiet(&mut runs, Duration::from_millis(100)).await;
+        let published = backend.published();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].0, "dl.fail.dlq");
+        assert_eq!(
+            published[0].1.headers.get(dlq::ERROR_KIND),
+            Some("exhausted")
+        );
+        app.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failing_dead_letter_publish_is_retried_and_the_handler_does_not_run_again() {
+        // a backend that does not redeliver: the dispatcher retries the publish in place
+        let (backend, mut settled) = Scripted::new(false);
+        let delivery = backend.delivery("doomed", 1);
+        let backend = Arc::new(
+            backend
+                .script(vec![delivery], false)
+                .fail_publishes("dl.fail.dlq", 3),
+        );
+        let (tx, mut runs) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config("max_attempts = 2"), |app| {
+            app.service(Failing(tx)).backend(backend.clone())
+        })
+        .await;
+        assert_eq!(receive(&mut runs, 2).await, [1, 2]);
+        assert_eq!(
+            receive(&mut settled, 1).await,
+            [Settled::Ack("doomed".into())]
+        );
+        assert_quiet(&mut runs, Duration::from_millis(100)).await;
+        assert_eq!(backend.published().len(), 1, "published once it worked");
+        assert_eq!(app.dead_letters().failed_count(), 3);
+        assert_eq!(app.dead_letters().published_count(), 1);
+        app.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn on_a_redelivering_broker_a_failed_dead_letter_publish_goes_back_to_the_broker() {
+        let (backend, mut settled) = Scripted::new(true);
+        let delivery = backend.delivery("doomed", 1);
+        let backend = Arc::new(
+            backend
+                .script(vec![delivery], false)
+                .fail_publishes("dl.fail.dlq", 1),
+        );
+        let (tx, mut runs) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config("max_attempts = 1"), |app| {
+            app.service(Failing(tx)).backend(backend.clone())
+        })
+        .await;
+        assert_eq!(receive(&mut runs, 1).await, [1]);
+        assert_eq!(
+            receive(&mut settled, 1).await,
+            [Settled::Nack("doomed".into())]
+        );
+        assert_eq!(app.dead_letters().failed_count(), 1);
+        app.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn dead_letters_stay_visible_when_nobody_consumes_the_dead_letter_topic() {
+        let (tx, mut runs) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config("max_attempts = 1"), |app| {
+            app.service(Failing(tx))
+        })
+        .await;
+        app.publisher()
+            .to("dl.fail")
+            .id("order-7")
+            .send_bytes(&b"payload"[..])
+            .await
+            .unwrap();
+        receive(&mut runs, 1).await;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while app.dead_letters().recent().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let recent = app.dead_letters().recent();
+        assert_eq!(recent.len(), 1, "kept by the App");
+        assert_eq!(recent[0].topic, "dl.fail.dlq");
+        assert_eq!(&recent[0].message.payload[..], b"payload");
+        assert_eq!(
+            recent[0].message.headers.get(dlq::ORIGINAL_ID),
+            Some("order-7")
+        );
+        assert_ne!(recent[0].message.id.as_deref(), Some("order-7"), "a new id");
+        assert_eq!(
+            recent[0].message.headers.get("correlation-id"),
+            Some("order-7")
+        );
+        app.shutdown().await.unwrap();
+    }
+}
+
+mod oversized {
+    use super::*;
+
+    pub struct Sink(pub UnboundedSender<usize>);
+
+    #[transport::service]
+    impl Sink {
+        #[subscriber(topic = "dl.big", codec = "bytes")]
+        async fn take(&self, payload: bytes::Bytes) {
+            let _ = self.0.send(payload.len());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_consumed_message_over_max_message_bytes_is_dead_lettered_undecoded() {
+        let config = memory_config("");
+        let mut small = config.clone();
+        small.broker.max_message_bytes = 1_000;
+        let (tx, mut taken) = mpsc::unbounded_channel();
+        // the consumer takes at most 1,000 bytes; a producer with the default limit
+        // sends 5,000 through the same broker
+        let consumer = start(module_path!(), small, |app| app.service(Sink(tx))).await;
+        let producer = App::new(config).select(|_| false).start().await.unwrap();
+        let dead = producer.record("dl.big.dlq").await.unwrap();
+        producer
+            .publisher()
+            .to("dl.big")
+            .send_bytes(vec![1u8; 5_000])
+            .await
+            .unwrap();
+        producer
+            .publisher()
+            .to("dl.big")
+            .send_bytes(vec![2u8; 10])
+            .await
+            .unwrap();
+        assert_eq!(
+            receive(&mut taken, 1).await,
+            [10],
+            "the small one is handled"
+        );
+        let letters = dead.wait_for(1, PATIENCE).await;
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            letters[0].payload.len(),
+            5_000,
+            "the dead letter is not held to the publish limit"
+        );
+        assert_eq!(letters[0].headers.get(dlq::ERROR_KIND), Some("too-large"));
+        consumer.shutdown().await.unwrap();
+        producer.shutdown().await.unwrap();
+    }
+}
+
+mod timeouts {
+    use super::*;
+
+    pub struct Sleepy(pub UnboundedSender<u32>);
+
+    #[transport::service]
+    impl Sleepy {
+        #[subscriber(topic = "dl.sleepy")]
+        async fn sleep_first(&self, _n: u32, ctx: &Context) {
+            let _ = self.0.send(ctx.attempt());
+            if ctx.attempt() == 1 {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_over_its_timeout_fails_the_attempt_and_is_retried() {
+        let (tx, mut attempts) = mpsc::unbounded_channel();
+        let app = start(
+            module_path!(),
+            memory_config("handler_timeout = \"100ms\""),
+            |app| app.service(Sleepy(tx)),
+        )
+        .await;
+        app.publisher().publish("dl.sleepy", &1).await.unwrap();
+        assert_eq!(receive(&mut attempts, 2).await, [1, 2]);
+        assert_quiet(&mut attempts, Duration::from_millis(200)).await;
+        app.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hung_handler_is_dead_lettered_with_kind_timeout() {
+        let (tx, mut attempts) = mpsc::unbounded_channel();
+        let app = start(
+            module_path!(),
+            memory_config("handler_timeout = \"50ms\"\nmax_attempts = 1"),
+            |app| app.service(Sleepy(tx)),
+        )
+        .await;
+        let dead = app.record("dl.sleepy.dlq").await.unwrap();
+        app.publisher().publish("dl.sleepy", &1).await.unwrap();
+        assert_eq!(receive(&mut attempts, 1).await, [1]);
+        let letters = dead.wait_for(1, PATIENCE).await;
+        assert_eq!(letters[0].headers.get(dlq::ERROR_KIND), Some("timeout"));
+        app.shutdown().await.unwrap();
+    }
+}
+
+mod parallelism {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub struct Blocking {
+        pub running: AtomicUsize,
+        pub peak: UnboundedSender<usize>,
+    }
+
+    #[transport::service]
+    impl Blocking {
+        /// Blocks its thread (no await) until a sibling runs too, for at most 3 s.
+        #[subscriber(topic = "dl.blocking")]
+        async fn block(&self, _n: u32) {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            let start = std::time::Instant::now();
+            let mut peak = now;
+            while start.elapsed() < Duration::from_secs(3) {
+                peak = peak.max(self.running.load(Ordering::SeqCst));
+                if peak >= 2 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = self.peak.send(peak);
+            // stay in the handler a little so the sibling sees us too
+            std::thread::sleep(Duration::from_millis(50));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn concurrency_runs_handlers_in_parallel_even_when_one_blocks_its_thread() {
+        let (peak, mut peaks) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config("concurrency = 2"), |app| {
+            app.service(Blocking {
+                running: AtomicUsize::new(0),
+                peak,
+            })
+        })
+        .await;
+        app.publisher().publish("dl.blocking", &1).await.unwrap();
+        app.publisher().publish("dl.blocking", &2).await.unwrap();
+        let seen = receive(&mut peaks, 2).await;
+        assert_eq!(seen, [2, 2], "both handlers ran at the same time");
+        app.shutdown().await.unwrap();
+    }
+}
+
+mod resubscription {
+    use super::*;
+
+    pub struct Seen(pub UnboundedSender<String>);
+
+    #[transport::service]
+    impl Seen {
+        #[subscriber(topic = "dl.ends", codec = "text")]
+        async fn seen(&self, text: String) {
+            let _ = self.0.send(text);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscription_the_backend_ends_is_subscribed_again() {
+        let (backend, _settled) = Scripted::new(true);
+        let first = backend.delivery("one", 1);
+        let second = backend.delivery("two", 1);
+        let backend = Arc::new(
+            backend
+                .script(vec![first], true)
+                .script(vec![second], false),
+        );
+        let (tx, mut seen) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config(""), |app| {
+            app.service(Seen(tx)).backend(backend.clone())
+        })
+        .await;
+        assert_eq!(receive(&mut seen, 2).await, ["one", "two"]);
+        assert_eq!(backend.subscribes(), 2);
+        app.shutdown().await.unwrap();
+    }
+}
+
+mod ordering {
+    use super::*;
+
+    pub struct FailsTwoOnce(pub UnboundedSender<(u32, u32)>);
+
+    #[transport::service]
+    impl FailsTwoOnce {
+        #[subscriber(topic = "dl.ordered")]
+        async fn handle(&self, n: u32, ctx: &Context) -> Result<(), Error> {
+            let _ = self.0.send((n, ctx.attempt()));
+            if n == 2 && ctx.attempt() == 1 {
+                return Err(Error::msg("not yet"));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn ordered_retries_in_place_before_the_next_message() {
+        let (tx, mut seen) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config("ordered = true"), |app| {
+            app.service(FailsTwoOnce(tx))
+        })
+        .await;
+        for n in 1..=4u32 {
+            app.publisher().publish("dl.ordered", &n).await.unwrap();
+        }
+        assert_eq!(
+            receive(&mut seen, 5).await,
+            [(1, 1), (2, 1), (2, 2), (3, 1), (4, 1)]
+        );
+        app.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn ordered_needs_concurrency_one() {
+        let error = Config::from_toml("[subscriber]\nordered = true\nconcurrency = 4").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid value for `subscriber.ordered`: needs concurrency = 1 (it is 4): handlers running in parallel have no order"
+        );
+    }
+}
+
+mod topic_names {
+    use super::*;
+
+    pub struct Wild;
+
+    #[transport::service]
+    impl Wild {
+        #[subscriber(topic = "dl.orders.*")]
+        async fn all(&self, _n: u32) {}
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_topic_is_a_startup_error_naming_the_subscriber() {
+        init_tracing();
+        let error = match App::new(memory_config(""))
+            .select_module(module_path!())
+            .service(Wild)
+            .start()
+            .await
+        {
+            Ok(_) => panic!("a wildcard topic must not start"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains("Wild::all"), "{error}");
+        assert!(error.contains("`dl.orders.*`"), "{error}");
+        assert!(error.contains("wildcard"), "{error}");
+        assert!(
+            error.contains("dead-letter topic `dl.orders.*.dlq`"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn publishing_to_an_invalid_topic_is_an_error() {
+        let app = App::new(memory_config(""))
+            .select(|_| false)
+            .start()
+            .await
+            .unwrap();
+        for bad in ["a.*", "a..b", "", "a b", "sensor.>"] {
+            let error = app.publisher().publish(bad, &1).await.unwrap_err();
+            assert!(
+                error.to_string().contains("invalid topic"),
+                "{bad}: {error}"
+            );
+        }
+        app.shutdown().await.unwrap();
+    }
+}
+
+mod replies {
+    use super::*;
+
+    pub struct Echo;
+
+    #[transport::service]
+    impl Echo {
+        #[subscriber(topic = "dl.request", reply = "dl.reply")]
+        async fn echo(&self, n: i64, ctx: &Context) -> Result<i64, Error> {
+            ctx.set_reply_header("x-served-by", "echo");
+            Ok(n)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_keeps_the_correlation_and_trace_headers_and_adds_the_handlers() {
+        let app = start(module_path!(), memory_config(""), |app| app.service(Echo)).await;
+        let replies = app.record("dl.reply").await.unwrap();
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        app.publisher()
+            .to("dl.request")
+            .id("msg-1")
+            .header("correlation-id", "conv-9")
+            .header("traceparent", traceparent)
+            .header("x-request-id", "r-1")
+            .header("private", "not copied")
+            .send(&5)
+            .await
+            .unwrap();
+        app.publisher()
+            .to("dl.request")
+            .id("msg-2")
+            .send(&6)
+            .await
+            .unwrap();
+        let got = replies.wait_for(2, PATIENCE).await;
+        let first = got
+            .iter()
+            .find(|m| &m.payload[..] == b"5")
+            .expect("reply to 5");
+        assert_eq!(first.headers.get("correlation-id"), Some("conv-9"));
+        assert_eq!(first.headers.get("traceparent"), Some(traceparent));
+        assert_eq!(first.headers.get("x-request-id"), Some("r-1"));
+        assert_eq!(first.headers.get("x-served-by"), Some("echo"));
+        assert_eq!(first.headers.get("private"), None);
+        let second = got
+            .iter()
+            .find(|m| &m.payload[..] == b"6")
+            .expect("reply to 6");
+        assert_eq!(
+            second.headers.get("correlation-id"),
+            Some("msg-2"),
+            "without a correlation id, the request's message id"
+        );
+        app.shutdown().await.unwrap();
+    }
+}
+
+mod typed {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub struct Reading {
+        pub celsius: f64,
+    }
+
+    pub const READINGS: Topic<Reading> = Topic::new("dl.readings");
+
+    #[tokio::test]
+    async fn the_typed_builder_and_the_typed_recording() {
+        let app = App::new(Config::for_test())
+            .select(|_| false)
+            .start()
+            .await
+            .unwrap();
+        let recording = app.record(&READINGS).await.unwrap();
+        app.publisher()
+            .to(&READINGS)
+            .header("site", "lab")
+            .key("probe-7")
+            .send(&Reading { celsius: 21.5 })
+            .await
+            .unwrap();
+        let values = recording.wait_for(1, PATIENCE).await.unwrap();
+        assert_eq!(values, [Reading { celsius: 21.5 }]);
+        let raw = recording.raw().messages();
+        assert_eq!(raw[0].headers.get("site"), Some("lab"));
+        assert_eq!(raw[0].key.as_deref(), Some("probe-7"));
+        app.shutdown().await.unwrap();
+    }
+}
+
+mod isolation {
+    use super::*;
+
+    pub struct Grouped(pub UnboundedSender<u32>);
+
+    #[transport::service]
+    impl Grouped {
+        #[subscriber(topic = "dl.isolated", group = "workers")]
+        async fn work(&self, n: u32) {
+            let _ = self.0.send(n);
+        }
+    }
+
+    /// Two "tests" at once, each with `Config::for_test()`: neither steals the other's
+    /// group messages.
+    #[tokio::test]
+    async fn apps_with_test_configs_share_nothing() {
+        let (tx_a, mut a) = mpsc::unbounded_channel();
+        let (tx_b, mut b) = mpsc::unbounded_channel();
+        let app_a = start(module_path!(), Config::for_test(), |app| {
+            app.service(Grouped(tx_a))
+        })
+        .await;
+        let app_b = start(module_path!(), Config::for_test(), |app| {
+            app.service(Grouped(tx_b))
+        })
+        .await;
+        for n in 0..20 {
+            app_a.publisher().publish("dl.isolated", &n).await.unwrap();
+        }
+        assert_eq!(receive(&mut a, 20).await, (0..20).collect::<Vec<_>>());
+        assert_quiet(&mut b, Duration::from_millis(100)).await;
+        app_a.shutdown().await.unwrap();
+        app_b.shutdown().await.unwrap();
+    }
+}
