@@ -36,6 +36,11 @@ pub const CASES: &[&str] = &[
     "late_subscriber_sees_old_messages",
     "graceful_drain",
     "survives_broker_restart",
+    "dead_letter_is_a_new_message",
+    "dead_letter_publish_failing",
+    "handler_timeout",
+    "shutdown_while_broker_down",
+    "invalid_topics_are_refused",
 ];
 
 /// A backend under test.
@@ -135,26 +140,35 @@ impl Run {
         }
     }
 
-    /// The configuration of an App of this run, plus `extra` TOML lines under `[subscriber]`.
+    /// The configuration of an App of this run, plus `extra` TOML lines under
+    /// `[subscriber]` (which may open tables of their own); `extra` wins over the
+    /// run's defaults.
     pub fn config(&self, target: &Target, extra: &str) -> Config {
         let url = self
             .url
             .as_ref()
             .map(|u| format!("url = \"{u}\"\n"))
             .unwrap_or_default();
-        let text = format!(
+        let base = format!(
             "[broker]\nkind = \"{kind}\"\n{url}name = \"{name}\"\ntopic_prefix = \"{prefix}\"\n\
              [broker.jetstream]\nack_wait = \"2s\"\n\
              [broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"\n\
              [shutdown]\ndrain_timeout = \"10s\"\n\
-             [subscriber]\nbackoff = \"20ms\"\nbackoff_max = \"200ms\"\nmax_attempts = 3\n{extra}",
+             [subscriber]\nbackoff = \"20ms\"\nbackoff_max = \"200ms\"\nmax_attempts = 3\n",
             kind = target.kind,
             name = self.broker_name,
             prefix = self.prefix,
         );
+        let parse = |text: &str| match text.parse::<toml::Table>() {
+            Ok(table) => table,
+            Err(error) => panic!("conformance config does not parse: {error}\n{text}"),
+        };
+        let mut table = parse(&base);
+        merge(&mut table, parse(&format!("[subscriber]\n{extra}")));
+        let text = toml::to_string(&table).unwrap_or_default();
         match Config::from_toml(&text) {
             Ok(config) => config,
-            Err(error) => panic!("conformance config does not parse: {error}\n{text}"),
+            Err(error) => panic!("conformance config is invalid: {error}\n{text}"),
         }
     }
 
@@ -199,6 +213,18 @@ impl Run {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Merges `extra` into `table`, table by table; `extra`'s values win.
+fn merge(table: &mut toml::Table, extra: toml::Table) {
+    for (key, value) in extra {
+        match (table.get_mut(&key), value) {
+            (Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => merge(mine, theirs),
+            (_, value) => {
+                table.insert(key, value);
+            }
         }
     }
 }
@@ -332,6 +358,13 @@ impl Probe {
         tokio::time::sleep(self.slow).await;
         self.record("slow.end", n, ctx);
     }
+    #[subscriber(topic = "conf.hung", group = "hung")]
+    async fn hung(&self, n: u64, ctx: &Context) {
+        self.record("hung", n, ctx);
+        if ctx.attempt() == 1 {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
     #[subscriber(topic = "conf.restart", group = "restart")]
     async fn restart(&self, n: u64, ctx: &Context) {
         self.record("restart", n, ctx);
@@ -440,6 +473,65 @@ fn numbers(events: &[Event]) -> Vec<u64> {
     let mut ns: Vec<u64> = events.iter().map(|e| e.n).collect();
     ns.sort_unstable();
     ns
+}
+
+/// A real backend whose first `left` publishes to `topic` fail.
+struct FailingDeadLetters {
+    inner: std::sync::Arc<dyn transport::backend::Backend>,
+    topic: &'static str,
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl transport::backend::Backend for FailingDeadLetters {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn capabilities(&self) -> transport::backend::Capabilities {
+        self.inner.capabilities()
+    }
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), transport::BackendError>> {
+        use std::sync::atomic::Ordering;
+        let fail = topic == self.topic
+            && self
+                .left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if fail {
+            return Box::pin(async {
+                Err(transport::BackendError::Operation {
+                    backend: "test",
+                    operation: "publish",
+                    reason: "injected dead-letter failure".into(),
+                })
+            });
+        }
+        self.inner.publish(topic, message)
+    }
+    fn subscribe<'a>(
+        &'a self,
+        spec: &'a transport::backend::SubscriptionSpec,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<transport::backend::Subscription, transport::BackendError>,
+    > {
+        self.inner.subscribe(spec)
+    }
+    fn close(&self) -> futures_util::future::BoxFuture<'_, Result<(), transport::BackendError>> {
+        self.inner.close()
+    }
+    fn validate_topic(&self, topic: &str) -> Result<(), transport::BackendError> {
+        self.inner.validate_topic(topic)
+    }
+    fn owns_header(&self, name: &str) -> bool {
+        self.inner.owns_header(name)
+    }
+    fn max_message_size(&self) -> Option<usize> {
+        self.inner.max_message_size()
+    }
 }
 
 /// The cases. Each takes the target, skips if its broker is unreachable (fails in CI).
@@ -942,6 +1034,204 @@ pub mod cases {
                 "the unstarted messages {expected:?} went to the next member; got {done:?}"
             );
             next.shutdown().await.unwrap();
+        }
+        run.cleanup(target).await;
+    }
+
+    /// A dead letter is a new message: its own id (the original's in a header), so a
+    /// broker that deduplicates by id never drops it as a copy of the original.
+    pub async fn dead_letter_is_a_new_message(target: &Target) {
+        if !target.reachable() {
+            return;
+        }
+        let run = Run::new(target);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = start(
+            run.config(target, "max_attempts = 1"),
+            1,
+            &["doomed"],
+            tx,
+            Duration::ZERO,
+        )
+        .await;
+        let dead = app.record("conf.doomed.dlq").await.unwrap();
+        app.publisher()
+            .to("conf.doomed")
+            .id("dup-1")
+            .send(&5u64)
+            .await
+            .unwrap();
+        events(&mut rx, 1, PATIENCE).await;
+        let letters = dead.wait_for(1, PATIENCE).await;
+        assert_eq!(letters.len(), 1, "dead-lettered");
+        if app.backend().capabilities().headers {
+            // the consumed message's id: the producer's where the broker keeps it, the
+            // broker's own (a Redis entry id) where it assigns one
+            let original = letters[0].headers.get(dlq::ORIGINAL_ID);
+            assert!(original.is_some(), "{letters:?}");
+            assert_ne!(letters[0].id.as_deref(), original, "an id of its own");
+            assert_ne!(letters[0].id.as_deref(), Some("dup-1"), "an id of its own");
+            assert_eq!(letters[0].headers.get("correlation-id"), original);
+        }
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while app.dead_letters().published_count() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(app.dead_letters().published_count(), 1);
+        app.shutdown().await.unwrap();
+        run.cleanup(target).await;
+    }
+
+    /// A dead-letter publish that fails is retried; the handler never runs again (on a
+    /// redelivering broker the message comes back over its attempts and goes straight
+    /// to the dead-letter topic).
+    pub async fn dead_letter_publish_failing(target: &Target) {
+        if !target.reachable() {
+            return;
+        }
+        let run = Run::new(target);
+        let config = run.config(target, "");
+        let backend = match transport::backend::connect(&config.broker).await {
+            Ok(backend) => backend,
+            Err(error) => panic!("cannot connect: {error}"),
+        };
+        let flaky = std::sync::Arc::new(FailingDeadLetters {
+            inner: backend,
+            topic: "conf.doomed.dlq",
+            left: std::sync::atomic::AtomicUsize::new(2),
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        crate::init_tracing();
+        let names = ["Probe::doomed".to_string()];
+        let app = App::new(config)
+            .select(move |r| names.iter().any(|n| n == r.name))
+            .service(Probe {
+                app: 1,
+                events: tx,
+                slow: Duration::ZERO,
+            })
+            .backend(flaky.clone())
+            .start()
+            .await
+            .unwrap();
+        let dead = app.record("conf.doomed.dlq").await.unwrap();
+        publish(&app, "conf.doomed", 9).await;
+        let got = events(&mut rx, 3, PATIENCE).await;
+        assert_eq!(got.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+        let letters = dead.wait_for(1, PATIENCE).await;
+        assert_eq!(letters.len(), 1, "dead-lettered once the publish worked");
+        quiet(&mut rx, Duration::from_millis(800)).await;
+        assert_eq!(dead.messages().len(), 1, "dead-lettered once");
+        assert_eq!(app.dead_letters().failed_count(), 2);
+        app.shutdown().await.unwrap();
+        run.cleanup(target).await;
+    }
+
+    /// A handler over `handler_timeout` fails its attempt and is retried.
+    pub async fn handler_timeout(target: &Target) {
+        if !target.reachable() {
+            return;
+        }
+        let run = Run::new(target);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = start(
+            run.config(target, "handler_timeout = \"300ms\""),
+            1,
+            &["hung"],
+            tx,
+            Duration::ZERO,
+        )
+        .await;
+        publish(&app, "conf.hung", 4).await;
+        let got = events(&mut rx, 2, PATIENCE).await;
+        assert_eq!(got.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1, 2]);
+        quiet(&mut rx, Duration::from_millis(500)).await;
+        app.shutdown().await.unwrap();
+        run.cleanup(target).await;
+    }
+
+    /// Shutdown finishes while the broker is down: every wait on it is bounded.
+    pub async fn shutdown_while_broker_down(target: &Target) {
+        let Some(server) = target.server else {
+            return;
+        };
+        let mut broker = match PrivateBroker::start(server) {
+            Ok(broker) => broker,
+            Err(reason) => {
+                assert!(
+                    !crate::in_ci(),
+                    "cannot start a private broker in CI: {reason}"
+                );
+                eprintln!("SKIPPED: {reason}");
+                return;
+            }
+        };
+        let run = Run::at(target, Some(broker.url()));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = start(
+            run.config(
+                target,
+                "\n[shutdown]\ndrain_timeout = \"2s\"\nclose_timeout = \"2s\"",
+            ),
+            1,
+            &["restart"],
+            tx,
+            Duration::ZERO,
+        )
+        .await;
+        publish(&app, "conf.restart", 1).await;
+        events(&mut rx, 1, PATIENCE).await;
+        broker.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let shutdown = tokio::time::timeout(Duration::from_secs(15), app.shutdown()).await;
+        assert!(
+            shutdown.is_ok(),
+            "shutdown did not finish within 15 s while the broker was down"
+        );
+    }
+
+    /// Wildcards and malformed names are refused, on publish and at startup.
+    pub async fn invalid_topics_are_refused(target: &Target) {
+        if !target.reachable() {
+            return;
+        }
+        let run = Run::new(target);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let app = start(
+            run.config(target, ""),
+            1,
+            &["basic"],
+            tx.clone(),
+            Duration::ZERO,
+        )
+        .await;
+        for bad in ["conf.bad.*", "conf.>", "conf..x", "conf x"] {
+            let error = app.publisher().publish(bad, &1u64).await.unwrap_err();
+            assert!(
+                error.to_string().contains("invalid topic"),
+                "{bad}: {error}"
+            );
+        }
+        app.shutdown().await.unwrap();
+        let config = run.config(
+            target,
+            "\n[subscribers.\"Probe::basic\"]\ndead_letter = \"{topic}.*\"",
+        );
+        let started = App::new(config)
+            .select(|r| r.name == "Probe::basic")
+            .service(Probe {
+                app: 2,
+                events: tx,
+                slow: Duration::ZERO,
+            })
+            .start()
+            .await;
+        match started {
+            Ok(_) => panic!("a wildcard dead-letter topic must not start"),
+            Err(error) => {
+                let text = error.to_string();
+                assert!(text.contains("dead-letter topic `conf.basic.*`"), "{text}");
+            }
         }
         run.cleanup(target).await;
     }

@@ -14,6 +14,9 @@ mod memory {
         late_subscriber_sees_old_messages = skip("memory: an in-process broker keeps nothing for subscribers that do not exist yet"),
         graceful_drain,
         survives_broker_restart = skip("memory: in-process, there is no broker process to restart"),
+        dead_letter_is_a_new_message, dead_letter_publish_failing, handler_timeout,
+        shutdown_while_broker_down = skip("memory: in-process, there is no broker process to lose"),
+        invalid_topics_are_refused,
     );
 }
 
@@ -26,6 +29,8 @@ mod nats {
         undecodable_payload, many_topics, large_payload, oversized_payload_is_refused,
         late_subscriber_sees_old_messages = skip("nats core: at-most-once, the server keeps nothing (use jetstream)"),
         graceful_drain, survives_broker_restart,
+        dead_letter_is_a_new_message, dead_letter_publish_failing, handler_timeout,
+        shutdown_while_broker_down, invalid_topics_are_refused,
     );
 }
 
@@ -37,6 +42,8 @@ mod jetstream {
         redelivery_after_error, no_ack_on_panic, dead_letter_after_max_attempts,
         undecodable_payload, many_topics, large_payload, oversized_payload_is_refused,
         late_subscriber_sees_old_messages, graceful_drain, survives_broker_restart,
+        dead_letter_is_a_new_message, dead_letter_publish_failing, handler_timeout,
+        shutdown_while_broker_down, invalid_topics_are_refused,
     );
 }
 
@@ -51,6 +58,8 @@ mod redis {
         undecodable_payload, many_topics, large_payload, oversized_payload_is_refused,
         late_subscriber_sees_old_messages = skip("redis pub/sub: at-most-once, the server keeps nothing (use redis-streams)"),
         graceful_drain, survives_broker_restart,
+        dead_letter_is_a_new_message, dead_letter_publish_failing, handler_timeout,
+        shutdown_while_broker_down, invalid_topics_are_refused,
     );
 }
 
@@ -62,5 +71,7 @@ mod redis_streams {
         redelivery_after_error, no_ack_on_panic, dead_letter_after_max_attempts,
         undecodable_payload, many_topics, large_payload, oversized_payload_is_refused,
         late_subscriber_sees_old_messages, graceful_drain, survives_broker_restart,
+        dead_letter_is_a_new_message, dead_letter_publish_failing, handler_timeout,
+        shutdown_while_broker_down, invalid_topics_are_refused,
     );
 }
