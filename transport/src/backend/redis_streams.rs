@@ -739,3 +739,38 @@ impl Drop for StreamAcker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn claim_settings_that_cannot_work_are_config_errors_naming_the_key() {
+        for (redis, key) in [
+            ("claim_idle = \"0s\"", "broker.redis.claim_idle"),
+            (
+                "claim_idle = \"1s\"\nclaim_interval = \"1s\"",
+                "broker.redis.claim_interval",
+            ),
+            (
+                "claim_idle = \"1s\"\nclaim_interval = \"2s\"",
+                "broker.redis.claim_interval",
+            ),
+            ("claim_interval = \"0s\"", "broker.redis.claim_interval"),
+            ("max_len = 0", "broker.redis.max_len"),
+            ("group_start = \"now\"", "broker.redis.group_start"),
+            ("key_field = \"payload\"", "broker.redis.payload_field"),
+        ] {
+            let err = Config::from_toml(&format!("[broker.redis]\n{redis}"))
+                .expect_err(&format!("`{redis}` is refused"));
+            assert!(
+                err.to_string().contains(&format!("`{key}`")),
+                "{redis}: {err}"
+            );
+        }
+        let fine = Config::from_toml("[broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"");
+        assert!(fine.is_ok(), "{fine:?}");
+        assert!(Config::default().validate().is_ok());
+    }
+}
