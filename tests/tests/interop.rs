@@ -511,3 +511,55 @@ mod slow {
             .await;
     }
 }
+
+mod pubsub {
+    use super::*;
+
+    pub struct Mixed {
+        pub brisk: UnboundedSender<u64>,
+    }
+
+    #[transport::service]
+    impl Mixed {
+        #[subscriber(topic = "interop.stuck")]
+        async fn stuck(&self, _n: u64) {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        #[subscriber(topic = "interop.brisk")]
+        async fn brisk(&self, n: u64) {
+            let _ = self.brisk.send(n);
+        }
+    }
+
+    /// Redis pub/sub is at-most-once: a subscription whose handler is stuck loses what
+    /// overflows its bounded queue, and every other subscription of the process goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_pubsub_subscriber_does_not_stall_the_others() {
+        if !reachable(6379) {
+            return;
+        }
+        init_tracing();
+        let prefix = format!("{}.", unique("interop"));
+        let config = Config::from_toml(&format!(
+            "[broker]\nkind = \"redis\"\ntopic_prefix = \"{prefix}\"\n\
+             [subscriber]\nprefetch = 4\n[shutdown]\ndrain_timeout = \"100ms\""
+        ))
+        .expect("config");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config)
+            .select_module(module_path!())
+            .service(Mixed { brisk: tx })
+            .start()
+            .await
+            .expect("app starts");
+        for n in 0..200u64 {
+            app.publisher().publish("interop.stuck", &n).await.unwrap();
+        }
+        for n in 0..50u64 {
+            app.publisher().publish("interop.brisk", &n).await.unwrap();
+        }
+        let got = receive(&mut rx, 50).await;
+        assert_eq!(got, (0..50).collect::<Vec<_>>(), "all, in order");
+        app.shutdown().await.unwrap();
+    }
+}
