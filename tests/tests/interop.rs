@@ -626,10 +626,19 @@ mod defects {
             .map(|s| s.order.id)
             .collect();
         ids.sort_unstable();
-        assert_eq!(ids, [50, 51, 52, 60, 61, 62], "the good entries are handled");
+        assert_eq!(
+            ids,
+            [50, 51, 52, 60, 61, 62],
+            "the good entries are handled"
+        );
         for dead in [&dead_orders, &dead_watch] {
             let letters = dead.wait_for(2, Duration::from_secs(10)).await;
-            assert_eq!(letters.len(), 2, "both defective entries of {}", dead.topic());
+            assert_eq!(
+                letters.len(),
+                2,
+                "both defective entries of {}",
+                dead.topic()
+            );
             for letter in &letters {
                 assert_eq!(letter.headers.get(dlq::ERROR_KIND), Some("malformed"));
             }
@@ -653,7 +662,12 @@ mod defects {
         app.shutdown().await.unwrap();
         let pending = redis_cli(&["XPENDING", &format!("{prefix}interop.orders"), "shop"]);
         assert_eq!(pending.lines().next(), Some("0"), "all settled: {pending}");
-        for topic in ["interop.orders", "interop.watch", "interop.orders.dlq", "interop.watch.dlq"] {
+        for topic in [
+            "interop.orders",
+            "interop.watch",
+            "interop.orders.dlq",
+            "interop.watch.dlq",
+        ] {
             redis_cli(&["DEL", &format!("{prefix}{topic}")]);
         }
     }
@@ -861,7 +875,10 @@ mod takeover {
                 ),
             }
         }
-        assert!(backlog < BACKLOG / 2, "taken over ahead of the backlog ({backlog} handled first)");
+        assert!(
+            backlog < BACKLOG / 2,
+            "taken over ahead of the backlog ({backlog} handled first)"
+        );
         app.shutdown().await.unwrap();
         redis_cli(&["DEL", &stream]);
     }
@@ -979,7 +996,11 @@ mod sizes {
             words[at + 1].trim_matches('"').parse().expect("a number")
         };
         let first = receive(&mut lines_rx, 1).await.remove(0);
-        assert_eq!(count_of(&first), 128, "half of prefetch 256 at first: {first}");
+        assert_eq!(
+            count_of(&first),
+            128,
+            "half of prefetch 256 at first: {first}"
+        );
         let payload = vec![7u8; 8 << 20];
         for _ in 0..3 {
             app.publisher()

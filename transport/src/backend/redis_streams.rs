@@ -192,7 +192,11 @@ fn parse_entries(value: Value, command: &'static str) -> Result<Vec<RawEntry>, R
             .filter_map(|entry| {
                 let parsed = parse_entry(entry);
                 if parsed.is_none() {
-                    tracing::debug!(backend = KIND, command, "skipping a reply item that is no entry");
+                    tracing::debug!(
+                        backend = KIND,
+                        command,
+                        "skipping a reply item that is no entry"
+                    );
                 }
                 parsed
             })
@@ -316,7 +320,10 @@ fn to_message(
                 ..Message::default()
             }
             .with_header(RAW_ENTRY_HEADER, RAW_ENTRY_ENCODING);
-            (raw, Some(format!("stream entry {id} is not a message: {reason}")))
+            (
+                raw,
+                Some(format!("stream entry {id} is not a message: {reason}")),
+            )
         }
     }
 }
@@ -497,8 +504,10 @@ impl Backend for RedisStreamsBackend {
                         .map_err(|e| operation_error(KIND, "subscribe", e))?;
                     // Where the group is now: where it is created again should it vanish
                     // before this consumer has read anything.
-                    let position =
-                        group_position(&mut connection, &spec.topic, group).await;
+                    let position = group_position(&mut connection, &spec.topic, group).await;
+                    // Unbounded in type only: each delivery's acker sends at most one
+                    // settlement, so it holds at most one op per unsettled delivery
+                    // (bounded by `saturated` and the two queues) plus `close`'s flush.
                     let (settle_tx, settle_rx) = mpsc::unbounded_channel();
                     let (claims_tx, mut claims_rx) = mpsc::channel(count);
                     let shared = Arc::new(Shared {
@@ -1034,7 +1043,10 @@ impl Shared {
             .arg(room)
             .query_async(connection)
             .await;
-        let entries = match claimed.map_err(Err).and_then(|reply| parse_autoclaim(reply).map_err(Ok)) {
+        let entries = match claimed
+            .map_err(Err)
+            .and_then(|reply| parse_autoclaim(reply).map_err(Ok))
+        {
             Ok((next, entries)) => {
                 // Go on from where this scan stopped next time (`0-0`: start over).
                 *cursor = next;
@@ -1074,7 +1086,10 @@ impl Shared {
             };
             // XAUTOCLAIM counted this delivery already.
             let attempt = counts.get(&entry.id).copied().unwrap_or(2);
-            if claims.try_send(self.delivery(&entry.id, fields, attempt)).is_err() {
+            if claims
+                .try_send(self.delivery(&entry.id, fields, attempt))
+                .is_err()
+            {
                 // No room after all (a retry took it): the dropped delivery released
                 // its entry, which stays pending and is claimed again.
                 break;
@@ -1184,7 +1199,8 @@ mod tests {
                 "{redis}: {err}"
             );
         }
-        let fine = Config::from_toml("[broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"");
+        let fine =
+            Config::from_toml("[broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"");
         assert!(fine.is_ok(), "{fine:?}");
         assert!(Config::default().validate().is_ok());
     }
@@ -1223,9 +1239,16 @@ mod tests {
         assert_eq!(good.key.as_deref(), Some("k"));
         assert_eq!(good.headers.get("trace-id"), Some("t"));
         assert_eq!(good.id.as_deref(), Some("1-0"));
-        for (i, reason) in [(1, "is not UTF-8"), (2, "no `payload` field"), (3, "two `payload` fields")] {
+        for (i, reason) in [
+            (1, "is not UTF-8"),
+            (2, "no `payload` field"),
+            (3, "two `payload` fields"),
+        ] {
             let (raw, defect) = &results[i];
-            assert!(defect.as_deref().is_some_and(|d| d.contains(reason)), "{defect:?}");
+            assert!(
+                defect.as_deref().is_some_and(|d| d.contains(reason)),
+                "{defect:?}"
+            );
             assert_eq!(raw.headers.get(RAW_ENTRY_HEADER), Some(RAW_ENTRY_ENCODING));
         }
         assert_eq!(&results[1].0.payload[..], b"5:na\xffme,1:v,7:payload,2:{},");
@@ -1239,7 +1262,11 @@ mod tests {
             ])]),
         )]);
         let entries = parse_read(reply, "XREAD").unwrap();
-        let (message, defect) = to_message(&entries[0].id, entries[0].fields.as_deref().unwrap(), &settings);
+        let (message, defect) = to_message(
+            &entries[0].id,
+            entries[0].fields.as_deref().unwrap(),
+            &settings,
+        );
         assert_eq!((&message.payload[..], defect), (&b"x"[..], None));
         assert!(parse_read(Value::Nil, "XREAD").unwrap().is_empty());
         assert!(parse_read(Value::Int(3), "XREAD").is_err());
