@@ -240,6 +240,56 @@ impl Default for RedisConfig {
     }
 }
 
+impl RedisConfig {
+    /// Checks the `[broker.redis]` values that parse but cannot work; the error names
+    /// the key.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.group_start.as_str(), "earliest" | "latest") {
+            return Err(value_error(
+                "broker.redis.group_start",
+                "must be `earliest` or `latest`",
+            ));
+        }
+        if self.payload_field.is_empty() || self.payload_field == self.key_field {
+            return Err(value_error(
+                "broker.redis.payload_field",
+                "must be non-empty and differ from `key_field`",
+            ));
+        }
+        if self.key_field.is_empty() {
+            return Err(value_error("broker.redis.key_field", "must not be empty"));
+        }
+        if self.claim_idle.is_zero() {
+            // Zero would let every consumer take over every other one's running work.
+            return Err(value_error(
+                "broker.redis.claim_idle",
+                "must be more than 0 (entries pending this long are taken over)",
+            ));
+        }
+        if self.claim_interval.is_zero() {
+            return Err(value_error(
+                "broker.redis.claim_interval",
+                "must be more than 0",
+            ));
+        }
+        if self.claim_interval >= self.claim_idle {
+            // In-flight entries are refreshed once per interval: an interval as long as
+            // claim_idle lets other consumers take over entries whose handlers still run.
+            return Err(value_error(
+                "broker.redis.claim_interval",
+                "must be shorter than `broker.redis.claim_idle`",
+            ));
+        }
+        if self.max_len == Some(0) {
+            return Err(value_error(
+                "broker.redis.max_len",
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[subscriber]`: settings every subscriber gets unless overridden.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -436,23 +486,7 @@ impl Config {
                 "must be `file` or `memory`",
             ));
         }
-        if !matches!(
-            self.broker.redis.group_start.as_str(),
-            "earliest" | "latest"
-        ) {
-            return Err(value_error(
-                "broker.redis.group_start",
-                "must be `earliest` or `latest`",
-            ));
-        }
-        if self.broker.redis.payload_field.is_empty()
-            || self.broker.redis.payload_field == self.broker.redis.key_field
-        {
-            return Err(value_error(
-                "broker.redis.payload_field",
-                "must be non-empty and differ from `key_field`",
-            ));
-        }
+        self.broker.redis.validate()?;
         if self.broker.queue_capacity == 0 {
             return Err(value_error("broker.queue_capacity", "must be at least 1"));
         }

@@ -8,13 +8,21 @@
 //!
 //! Subscriptions share one RESP3 connection managed by redis-rs's `ConnectionManager`,
 //! which reconnects with backoff and subscribes again to every channel by itself.
+//!
+//! Each subscription has a queue of its own, `prefetch` messages long. Pushed messages
+//! are handed to it without waiting: when a subscription's handlers fall behind and its
+//! queue is full, further messages for it are dropped (pub/sub is at-most-once anyway),
+//! counted, and reported in a warning at most every [`DROP_WARNING_INTERVAL`]; the other
+//! subscriptions of the process never wait for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
@@ -29,14 +37,63 @@ const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// Where Redis listens when `broker.url` is not set.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
-type Routes = Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Delivery>>>>>;
+/// Shortest time between two warnings about one subscription's dropped messages.
+pub const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+type Routes = Arc<Mutex<HashMap<String, Vec<Route>>>>;
+
+/// One local subscription of a channel: its bounded queue and what it had to drop.
+struct Route {
+    queue: mpsc::Sender<Delivery>,
+    subscriber: Arc<str>,
+    dropped: Drops,
+}
+
+/// Messages a subscription dropped because its queue was full.
+#[derive(Default)]
+struct Drops {
+    total: u64,
+    unreported: u64,
+    last_warning: Option<Instant>,
+}
+
+impl Route {
+    /// Hands `message` over without waiting; a full queue drops it (counted, warned about
+    /// at most every [`DROP_WARNING_INTERVAL`]).
+    fn offer(&mut self, channel: &str, message: Message) {
+        match self.queue.try_send(Delivery::unacknowledged(message)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let drops = &mut self.dropped;
+                drops.total += 1;
+                drops.unreported += 1;
+                let due = drops
+                    .last_warning
+                    .is_none_or(|at| at.elapsed() >= DROP_WARNING_INTERVAL);
+                if due {
+                    tracing::warn!(
+                        backend = KIND,
+                        channel,
+                        subscriber = %self.subscriber,
+                        dropped = drops.unreported,
+                        dropped_total = drops.total,
+                        capacity = self.queue.max_capacity(),
+                        "subscriber too slow: its queue is full, messages dropped (at-most-once)"
+                    );
+                    drops.unreported = 0;
+                    drops.last_warning = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
 
 /// Opens a connection manager to `config.url` (RESP3 when `resp3`), failing fast when
 /// Redis is unreachable; afterwards it reconnects by itself.
 pub(crate) async fn connect_manager(
     config: &BrokerConfig,
     kind: &'static str,
-    push: Option<mpsc::UnboundedSender<PushInfo>>,
+    push: Option<Arc<dyn AsyncPushSender>>,
 ) -> Result<(redis::Client, ConnectionManager), BackendError> {
     let url = config
         .url
@@ -100,10 +157,15 @@ impl RedisBackend {
     /// Connects to `config.url`.
     pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
         let (_, publisher) = connect_manager(config, KIND, None).await?;
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let (_, subscriber) = connect_manager(config, KIND, Some(push_tx)).await?;
         let routes: Routes = Arc::default();
-        tokio::spawn(route_pushes(push_rx, Arc::clone(&routes)));
+        let router = {
+            let routes = Arc::clone(&routes);
+            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                route_push(&routes, push);
+                Ok(())
+            }
+        };
+        let (_, subscriber) = connect_manager(config, KIND, Some(Arc::new(router))).await?;
         Ok(RedisBackend {
             publisher,
             subscriber,
@@ -112,39 +174,34 @@ impl RedisBackend {
     }
 }
 
-/// Hands each pushed message to every local subscription of its channel.
-async fn route_pushes(mut pushes: mpsc::UnboundedReceiver<PushInfo>, routes: Routes) {
-    while let Some(push) = pushes.recv().await {
-        match push.kind {
-            PushKind::Message => {
-                let mut data = push.data.into_iter();
-                let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
-                    continue;
-                };
-                let (Some(channel), Some(payload)) = (bytes_of(channel), bytes_of(payload)) else {
-                    continue;
-                };
-                let channel = String::from_utf8_lossy(&channel).into_owned();
-                let targets = routes
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(&channel)
-                    .cloned()
-                    .unwrap_or_default();
+/// Hands a pushed message to every local subscription of its channel, never waiting
+/// (this runs on the connection's own task).
+fn route_push(routes: &Routes, push: PushInfo) {
+    match push.kind {
+        PushKind::Message => {
+            let mut data = push.data.into_iter();
+            let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                return;
+            };
+            let (Some(channel), Some(payload)) = (bytes_of(channel), bytes_of(payload)) else {
+                return;
+            };
+            let channel = String::from_utf8_lossy(&channel);
+            let payload = Bytes::from(payload);
+            let mut routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(targets) = routes.get_mut(&*channel) {
                 for target in targets {
-                    let delivery = Delivery::unacknowledged(Message::new(payload.clone()));
-                    // A full subscription waits: pub/sub has no other backpressure.
-                    let _ = target.send(delivery).await;
+                    target.offer(&channel, Message::new(payload.clone()));
                 }
             }
-            PushKind::Disconnection => {
-                tracing::warn!(
-                    backend = KIND,
-                    "disconnected; reconnecting and resubscribing"
-                )
-            }
-            _ => {}
         }
+        PushKind::Disconnection => {
+            tracing::warn!(
+                backend = KIND,
+                "disconnected; reconnecting and resubscribing"
+            )
+        }
+        _ => {}
     }
 }
 
@@ -208,8 +265,12 @@ impl Backend for RedisBackend {
             let first = {
                 let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
                 let senders = routes.entry(spec.topic.clone()).or_default();
-                senders.retain(|s| !s.is_closed());
-                senders.push(tx);
+                senders.retain(|s| !s.queue.is_closed());
+                senders.push(Route {
+                    queue: tx,
+                    subscriber: spec.subscriber.as_str().into(),
+                    dropped: Drops::default(),
+                });
                 senders.len() == 1
             };
             if first {

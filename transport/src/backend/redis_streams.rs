@@ -4,24 +4,51 @@
 //! Wire format: one stream entry per message. The field `payload` (`broker.redis.
 //! payload_field`) holds the encoded body, `key` (`key_field`) the key, every other field
 //! is a header (so `redis-cli XADD orders '*' payload '{"id":1}' trace-id t1` reaches a
-//! typed subscriber). The entry id is the message id. An entry without a payload field
-//! is delivered with an empty payload, fails to decode, and is dead-lettered.
+//! typed subscriber). The entry id is the message id.
+//!
+//! Replies are parsed as raw values, entry by entry: an entry that is not a message (a
+//! field name that is not UTF-8, no payload field, two payload fields) is handed to the
+//! dispatcher as a defective delivery, which dead-letters it (kind `malformed`) and
+//! acknowledges it; the rest of its batch goes on. Its message keeps everything: the
+//! payload is the entry's raw field/value pairs as netstrings (`<len>:<bytes>,` each, in
+//! entry order), marked by the header [`RAW_ENTRY_HEADER`] = `netstrings`.
 //!
 //! Redelivery is the broker's: a failed entry stays pending and is claimed again with
 //! `XCLAIM` after the retry delay (the delivery count comes from `XPENDING`); entries a
 //! crashed consumer left pending are taken over with `XAUTOCLAIM` once idle for
-//! `claim_idle`. While a handler runs, its entry's idle time is refreshed, so slow
-//! handlers are not stolen. Acks are batched: one `XACK` for all ids ready at once.
+//! `claim_idle`. Claimed entries (retries and take-overs) have a queue of their own,
+//! served before newly read ones, so they never wait behind a backlog. While a handler
+//! runs, its entry's idle time is refreshed, so slow handlers are not stolen. Acks are
+//! batched: one `XACK` for all ids ready at once.
+//!
+//! A group that disappears (`NOGROUP`: group destroyed, stream deleted, a restart without
+//! persistence) is created again where this consumer was: before its oldest unsettled
+//! entry, else after the last entry the group gave it (or the group's position when it
+//! subscribed), never at `$`.
+//!
+//! Group-less subscribers (`XREAD`) read from the newest entry at the time they
+//! subscribe and settle nothing with Redis: at-most-once fan-out (a failed handler is
+//! retried in place; what arrives while no subscriber runs is not seen by it).
+//!
+//! Memory: a read returns at most `COUNT` entries. `COUNT` is at most the subscription's
+//! room (`prefetch`, at most 1000; half of it for group reads), and once a read has
+//! brought entries of `L` bytes, the next reads ask for at most [`READ_BUDGET_BYTES`] /
+//! `L` entries (at least one). Redis cannot tell an entry's size before it is read, so
+//! the worst case of one read stays `COUNT` x the largest entry on the stream (Redis
+//! allows 512 MB per field); set `prefetch` low for streams that hold very large entries.
+//! A subscription holds at most `prefetch` read plus `prefetch` claimed deliveries,
+//! plus those its handlers run.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{RedisError, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,6 +63,13 @@ const KIND: &str = "redis-streams";
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Most ids acknowledged by one `XACK`.
 const ACK_BATCH: usize = 1024;
+/// Most bytes one read should bring in, judged by the largest entry of earlier reads.
+pub const READ_BUDGET_BYTES: usize = 64 << 20;
+/// Header of a defective entry's message: its payload holds the entry's raw field/value
+/// pairs as netstrings (the header's value).
+pub const RAW_ENTRY_HEADER: &str = "x-transport-redis-entry";
+/// Value of [`RAW_ENTRY_HEADER`].
+pub const RAW_ENTRY_ENCODING: &str = "netstrings";
 
 /// The Redis streams backend.
 pub struct RedisStreamsBackend {
@@ -78,32 +112,263 @@ fn hostname() -> String {
         .unwrap_or_else(|| "transport".into())
 }
 
-/// An entry as a message: payload field, key field, every other field a header.
-fn to_message(entry: &StreamId, settings: &RedisConfig) -> Message {
+/// A reply that does not have the shape its command gives.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected {command} reply: {what}")]
+struct ReplyError {
+    command: &'static str,
+    what: &'static str,
+}
+
+/// One stream entry as Redis sent it.
+struct RawEntry {
+    id: String,
+    /// The field/value pairs in entry order; `None` for an entry deleted meanwhile.
+    fields: Option<Vec<(Value, Value)>>,
+}
+
+impl RawEntry {
+    /// Bytes of its fields and values.
+    fn size(&self) -> usize {
+        self.fields.as_deref().map_or(0, |fields| {
+            fields
+                .iter()
+                .map(|(name, value)| value_len(name) + value_len(value))
+                .sum()
+        })
+    }
+}
+
+fn bytes_of(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn value_len(value: &Value) -> usize {
+    bytes_of(value).map_or(0, <[u8]>::len)
+}
+
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::Int(n) => Some(n.to_string()),
+        other => bytes_of(other).map(|b| String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+/// `[id, [field, value, ...]]` (or a map of fields, RESP3); `None` for what is no entry.
+fn parse_entry(value: Value) -> Option<RawEntry> {
+    let Value::Array(parts) = value else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let id = text_of(&parts.next()?)?;
+    let fields = match parts.next() {
+        None | Some(Value::Nil) => None,
+        Some(Value::Array(flat)) => {
+            let mut pairs = Vec::with_capacity(flat.len() / 2);
+            let mut flat = flat.into_iter();
+            while let Some(name) = flat.next() {
+                // A name without a value (never sent by Redis) makes the entry defective.
+                pairs.push((name, flat.next().unwrap_or(Value::Nil)));
+            }
+            Some(pairs)
+        }
+        Some(Value::Map(pairs)) => Some(pairs),
+        Some(_) => Some(vec![(Value::Nil, Value::Nil)]),
+    };
+    Some(RawEntry { id, fields })
+}
+
+/// A list of entries (`XRANGE`, `XCLAIM`, one stream of `XREAD`).
+fn parse_entries(value: Value, command: &'static str) -> Result<Vec<RawEntry>, ReplyError> {
+    match value {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(entries) => Ok(entries
+            .into_iter()
+            .filter_map(|entry| {
+                let parsed = parse_entry(entry);
+                if parsed.is_none() {
+                    tracing::debug!(
+                        backend = KIND,
+                        command,
+                        "skipping a reply item that is no entry"
+                    );
+                }
+                parsed
+            })
+            .collect()),
+        _ => Err(ReplyError {
+            command,
+            what: "not a list of entries",
+        }),
+    }
+}
+
+/// `XREAD` / `XREADGROUP`: nil, or per stream its name and entries (array or map).
+fn parse_read(value: Value, command: &'static str) -> Result<Vec<RawEntry>, ReplyError> {
+    let streams: Vec<(Value, Value)> = match value {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(streams) => streams,
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(pair) if pair.len() == 2 => {
+                    let mut pair = pair.into_iter();
+                    match (pair.next(), pair.next()) {
+                        (Some(name), Some(entries)) => Ok((name, entries)),
+                        _ => Err(ReplyError {
+                            command,
+                            what: "a stream without entries",
+                        }),
+                    }
+                }
+                _ => Err(ReplyError {
+                    command,
+                    what: "a stream that is not [name, entries]",
+                }),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ReplyError {
+                command,
+                what: "neither nil nor a list of streams",
+            });
+        }
+    };
+    let mut all = Vec::new();
+    for (_, entries) in streams {
+        all.extend(parse_entries(entries, command)?);
+    }
+    Ok(all)
+}
+
+/// `XAUTOCLAIM`: the cursor to go on from, the claimed entries (and, from Redis 7, the
+/// ids of deleted entries, which Redis itself dropped from the pending list).
+fn parse_autoclaim(value: Value) -> Result<(String, Vec<RawEntry>), ReplyError> {
+    const COMMAND: &str = "XAUTOCLAIM";
+    let Value::Array(parts) = value else {
+        return Err(ReplyError {
+            command: COMMAND,
+            what: "not a list",
+        });
+    };
+    let mut parts = parts.into_iter();
+    let cursor = parts.next().as_ref().and_then(text_of).ok_or(ReplyError {
+        command: COMMAND,
+        what: "no cursor",
+    })?;
+    let entries = parse_entries(parts.next().unwrap_or(Value::Nil), COMMAND)?;
+    Ok((cursor, entries))
+}
+
+/// An entry as a message: payload field, key field, every other field a header. When
+/// the entry is not a message, the second value says why, and the message carries the
+/// raw entry (see the module docs).
+fn to_message(
+    id: &str,
+    fields: &[(Value, Value)],
+    settings: &RedisConfig,
+) -> (Message, Option<String>) {
     let mut message = Message {
-        id: Some(entry.id.clone()),
+        id: Some(id.to_string()),
         ..Message::default()
     };
     let mut headers = Headers::new();
-    let mut fields: Vec<(&String, &Value)> = entry.map.iter().collect();
-    fields.sort_by(|a, b| a.0.cmp(b.0));
-    for (field, value) in fields {
-        let bytes = match value {
-            Value::BulkString(bytes) => Bytes::copy_from_slice(bytes),
-            Value::SimpleString(text) => Bytes::copy_from_slice(text.as_bytes()),
-            Value::Int(n) => Bytes::from(n.to_string()),
-            _ => continue,
+    let mut payload: Option<Bytes> = None;
+    let mut defect: Option<String> = None;
+    for (name, value) in fields {
+        let (Some(name), Some(value)) = (bytes_of(name), bytes_of(value)) else {
+            defect = Some("a field name or value that is not a string".into());
+            break;
         };
-        if *field == settings.payload_field {
-            message.payload = bytes;
-        } else if *field == settings.key_field {
-            message.key = Some(String::from_utf8_lossy(&bytes).into_owned());
+        let Ok(name) = std::str::from_utf8(name) else {
+            defect = Some(format!(
+                "field name {:?} is not UTF-8",
+                String::from_utf8_lossy(name)
+            ));
+            break;
+        };
+        if name == settings.payload_field {
+            if payload.is_some() {
+                defect = Some(format!("two `{name}` fields"));
+                break;
+            }
+            payload = Some(Bytes::copy_from_slice(value));
+        } else if name == settings.key_field {
+            message.key = Some(String::from_utf8_lossy(value).into_owned());
         } else {
-            headers.insert(field.as_str(), String::from_utf8_lossy(&bytes));
+            headers.insert(name, String::from_utf8_lossy(value));
         }
     }
-    message.headers = headers;
-    message
+    if defect.is_none() && payload.is_none() {
+        defect = Some(format!("no `{}` field", settings.payload_field));
+    }
+    match defect {
+        None => {
+            message.payload = payload.unwrap_or_default();
+            message.headers = headers;
+            (message, None)
+        }
+        Some(reason) => {
+            let raw = Message {
+                payload: Bytes::from(netstrings(fields)),
+                id: Some(id.to_string()),
+                ..Message::default()
+            }
+            .with_header(RAW_ENTRY_HEADER, RAW_ENTRY_ENCODING);
+            (
+                raw,
+                Some(format!("stream entry {id} is not a message: {reason}")),
+            )
+        }
+    }
+}
+
+/// Every field name and value as a netstring (`<decimal length>:<bytes>,`), in order.
+fn netstrings(fields: &[(Value, Value)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for value in fields.iter().flat_map(|(name, value)| [name, value]) {
+        let text;
+        let bytes = match bytes_of(value) {
+            Some(bytes) => bytes,
+            None => {
+                text = text_of(value).unwrap_or_default();
+                text.as_bytes()
+            }
+        };
+        out.extend_from_slice(bytes.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(bytes);
+        out.push(b',');
+    }
+    out
+}
+
+/// A stream id as `(milliseconds, sequence)`.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The id just before `id` (`None` before `0-0`).
+fn predecessor((ms, seq): (u64, u64)) -> Option<(u64, u64)> {
+    if seq > 0 {
+        Some((ms, seq - 1))
+    } else if ms > 0 {
+        Some((ms - 1, u64::MAX))
+    } else {
+        None
+    }
+}
+
+/// How many entries the next read may ask for: at most `count`, and few enough that
+/// entries as large as the `largest` seen so far stay near [`READ_BUDGET_BYTES`].
+fn read_count(count: usize, largest: usize) -> usize {
+    count.min(READ_BUDGET_BYTES / largest.max(1)).max(1)
 }
 
 fn is_no_group(error: &RedisError) -> bool {
@@ -204,7 +469,7 @@ impl Backend for RedisStreamsBackend {
             match &spec.group {
                 None => {
                     let mut connection = self.commands.clone();
-                    let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+                    let newest: Value = redis::cmd("XREVRANGE")
                         .arg(&spec.topic)
                         .arg("+")
                         .arg("-")
@@ -213,10 +478,11 @@ impl Backend for RedisStreamsBackend {
                         .query_async(&mut connection)
                         .await
                         .map_err(|e| operation_error(KIND, "subscribe", e))?;
-                    let start = newest
-                        .ids
-                        .first()
-                        .map_or_else(|| "0-0".to_string(), |e| e.id.clone());
+                    let start = parse_entries(newest, "XREVRANGE")
+                        .map_err(|e| operation_error(KIND, "subscribe", e))?
+                        .into_iter()
+                        .next()
+                        .map_or_else(|| "0-0".to_string(), |e| e.id);
                     let fan_out = FanOut {
                         reader,
                         stream: spec.topic.clone(),
@@ -224,6 +490,7 @@ impl Backend for RedisStreamsBackend {
                         count,
                     };
                     tokio::spawn(fan_out.run(start, tx));
+                    Ok(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
                 }
                 Some(group) => {
                     let start = if self.settings().group_start == "latest" {
@@ -235,7 +502,14 @@ impl Backend for RedisStreamsBackend {
                     create_group(&mut connection, &spec.topic, group, start)
                         .await
                         .map_err(|e| operation_error(KIND, "subscribe", e))?;
+                    // Where the group is now: where it is created again should it vanish
+                    // before this consumer has read anything.
+                    let position = group_position(&mut connection, &spec.topic, group).await;
+                    // Unbounded in type only: each delivery's acker sends at most one
+                    // settlement, so it holds at most one op per unsettled delivery
+                    // (bounded by `saturated` and the two queues) plus `close`'s flush.
                     let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+                    let (claims_tx, mut claims_rx) = mpsc::channel(count);
                     let shared = Arc::new(Shared {
                         stream: spec.topic.clone(),
                         group: group.clone(),
@@ -243,6 +517,8 @@ impl Backend for RedisStreamsBackend {
                         group_start: start,
                         settings: self.settings().clone(),
                         in_flight: Mutex::new(HashSet::new()),
+                        position: Mutex::new(position),
+                        largest_entry: AtomicUsize::new(0),
                         settle: settle_tx.clone(),
                         commands: self.commands.clone(),
                         count,
@@ -251,11 +527,24 @@ impl Backend for RedisStreamsBackend {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .push(settle_tx);
-                    tokio::spawn(Arc::clone(&shared).read(reader, tx.clone()));
-                    tokio::spawn(shared.settle(self.commands.clone(), settle_rx, tx));
+                    tokio::spawn(Arc::clone(&shared).read(reader, tx));
+                    tokio::spawn(shared.settle(self.commands.clone(), settle_rx, claims_tx));
+                    // Claimed entries (retries, take-overs) first: they must not wait
+                    // behind a backlog of new ones.
+                    let mut claims_open = true;
+                    Ok(futures_util::stream::poll_fn(move |cx| {
+                        if claims_open {
+                            match claims_rx.poll_recv(cx) {
+                                Poll::Ready(Some(delivery)) => return Poll::Ready(Some(delivery)),
+                                Poll::Ready(None) => claims_open = false,
+                                Poll::Pending => {}
+                            }
+                        }
+                        rx.poll_recv(cx)
+                    })
+                    .boxed())
                 }
             }
-            Ok(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
         }
         .boxed()
     }
@@ -280,6 +569,42 @@ impl Backend for RedisStreamsBackend {
     }
 }
 
+/// The group's `last-delivered-id`, from `XINFO GROUPS`.
+async fn group_position(
+    connection: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> Option<String> {
+    let groups: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(connection)
+        .await
+        .ok()?;
+    let Value::Array(groups) = groups else {
+        return None;
+    };
+    groups.into_iter().find_map(|info| {
+        let pairs: Vec<(Value, Value)> = match info {
+            Value::Map(pairs) => pairs,
+            Value::Array(flat) => {
+                let mut flat = flat.into_iter();
+                std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
+            }
+            _ => return None,
+        };
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| bytes_of(key) == Some(name.as_bytes()))
+                .and_then(|(_, value)| text_of(value))
+        };
+        (field("name")? == group)
+            .then(|| field("last-delivered-id"))
+            .flatten()
+    })
+}
+
 /// A subscriber without a group: reads new entries, acknowledges nothing.
 struct FanOut {
     reader: ConnectionManager,
@@ -291,10 +616,11 @@ struct FanOut {
 impl FanOut {
     async fn run(mut self, mut last: String, tx: mpsc::Sender<Delivery>) {
         let mut backoff = Duration::from_millis(100);
+        let mut largest = 0;
         while !tx.is_closed() {
-            let read: Result<Option<StreamReadReply>, RedisError> = redis::cmd("XREAD")
+            let read: Result<Value, RedisError> = redis::cmd("XREAD")
                 .arg("COUNT")
-                .arg(self.count)
+                .arg(read_count(self.count, largest))
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
@@ -302,12 +628,23 @@ impl FanOut {
                 .arg(&last)
                 .query_async(&mut self.reader)
                 .await;
-            match read {
-                Ok(reply) => {
+            let entries = read
+                .map_err(|e| e.to_string())
+                .and_then(|reply| parse_read(reply, "XREAD").map_err(|e| e.to_string()));
+            match entries {
+                Ok(entries) => {
                     backoff = Duration::from_millis(100);
-                    for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-                        last = entry.id.clone();
-                        let delivery = Delivery::unacknowledged(to_message(&entry, &self.settings));
+                    if let Some(size) = entries.iter().map(RawEntry::size).max() {
+                        largest = size;
+                    }
+                    for entry in entries {
+                        last = entry.id;
+                        let Some(fields) = entry.fields else { continue };
+                        let (message, defect) = to_message(&last, &fields, &self.settings);
+                        let mut delivery = Delivery::unacknowledged(message);
+                        if let Some(defect) = defect {
+                            delivery = delivery.with_defect(defect);
+                        }
                         if tx.send(delivery).await.is_err() {
                             return;
                         }
@@ -340,10 +677,16 @@ struct Shared {
     stream: String,
     group: String,
     consumer: String,
+    /// `0` or `$`: where the group starts when nothing better is known.
     group_start: &'static str,
     settings: RedisConfig,
     /// Entries handed to the runtime and not yet settled (or waiting for a retry).
     in_flight: Mutex<HashSet<String>>,
+    /// The last entry the group gave this consumer (or the group's position when it
+    /// subscribed): where the group is created again should it vanish.
+    position: Mutex<Option<String>>,
+    /// The largest entry read so far, in bytes (bounds how many are read at once).
+    largest_entry: AtomicUsize,
     settle: mpsc::UnboundedSender<Settle>,
     commands: ConnectionManager,
     count: usize,
@@ -362,24 +705,63 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn delivery(&self, entry: &StreamId, attempt: u32) -> Delivery {
-        self.in_flight().insert(entry.id.clone());
-        Delivery::new(
-            to_message(entry, &self.settings),
+    fn note_sizes(&self, entries: &[RawEntry]) {
+        if let Some(size) = entries.iter().map(RawEntry::size).max() {
+            self.largest_entry.store(size, Ordering::Relaxed);
+        }
+    }
+
+    fn read_count(&self, room: usize) -> usize {
+        read_count(room, self.largest_entry.load(Ordering::Relaxed))
+    }
+
+    fn delivery(&self, id: &str, fields: &[(Value, Value)], attempt: u32) -> Delivery {
+        self.in_flight().insert(id.to_string());
+        let (message, defect) = to_message(id, fields, &self.settings);
+        let delivery = Delivery::new(
+            message,
             attempt,
             Box::new(StreamAcker {
-                id: Some(entry.id.clone()),
+                id: Some(id.to_string()),
                 attempt,
                 settle: self.settle.clone(),
             }),
+        );
+        match defect {
+            Some(defect) => delivery.with_defect(defect),
+            None => delivery,
+        }
+    }
+
+    /// Where a vanished group starts again: just before the oldest entry this consumer
+    /// has not settled, else after the last one the group gave it, else `group_start`.
+    fn resume_position(&self) -> String {
+        let oldest_unsettled = self
+            .in_flight()
+            .iter()
+            .filter_map(|id| parse_id(id))
+            .min()
+            .map(|oldest| predecessor(oldest).unwrap_or((0, 0)));
+        let position = self
+            .position
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_deref()
+            .and_then(parse_id);
+        let resume = match (oldest_unsettled, position) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        resume.map_or_else(
+            || self.group_start.to_string(),
+            |(ms, seq)| format!("{ms}-{seq}"),
         )
     }
 
     async fn recreate_group(&self, connection: &mut ConnectionManager) {
-        tracing::warn!(backend = KIND, stream = %self.stream, group = %self.group, "group missing (server restarted?); creating it again");
-        if let Err(error) =
-            create_group(connection, &self.stream, &self.group, self.group_start).await
-        {
+        let start = self.resume_position();
+        tracing::warn!(backend = KIND, stream = %self.stream, group = %self.group, %start, "group missing (deleted, or server restarted?); creating it again where this consumer was");
+        if let Err(error) = create_group(connection, &self.stream, &self.group, &start).await {
             tracing::warn!(backend = KIND, %error, "cannot create group");
         }
     }
@@ -396,12 +778,12 @@ impl Shared {
             }
             // Read in batches of at least half the subscription's room: waiting for one
             // free slot at a time would cost a round trip per message.
-            let batch = (tx.max_capacity() / 2).clamp(1, self.count);
+            let batch = self.read_count((tx.max_capacity() / 2).clamp(1, self.count));
             let permits = match tx.reserve_many(batch).await {
                 Ok(permits) => permits,
                 Err(_) => return,
             };
-            let read: Result<Option<StreamReadReply>, RedisError> = redis::cmd("XREADGROUP")
+            let read: Result<Value, RedisError> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(&self.group)
                 .arg(&self.consumer)
@@ -422,10 +804,28 @@ impl Shared {
                         // (no handler will see them here; they are claimed elsewhere).
                         return;
                     }
-                    let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+                    let entries = match parse_read(reply, "XREADGROUP") {
+                        Ok(entries) => entries,
+                        Err(error) => {
+                            // Left pending: taken over after claim_idle.
+                            tracing::warn!(backend = KIND, stream = %self.stream, %error, "unreadable reply; its entries will be claimed again");
+                            continue;
+                        }
+                    };
+                    if let Some(last) = entries.last() {
+                        *self.position.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(last.id.clone());
+                    }
+                    self.note_sizes(&entries);
                     // COUNT = batch, so every entry has its permit.
                     for (permit, entry) in permits.zip(entries) {
-                        permit.send(self.delivery(&entry, 1));
+                        match &entry.fields {
+                            Some(fields) => permit.send(self.delivery(&entry.id, fields, 1)),
+                            // Deleted before it was read: nothing to hand over.
+                            None => {
+                                let _ = self.settle.send(Settle::Ack(entry.id));
+                            }
+                        }
                     }
                 }
                 Err(error) => {
@@ -442,13 +842,14 @@ impl Shared {
         }
     }
 
-    /// Acks in batches, claims entries for retries and from dead consumers, keeps this
-    /// consumer's in-flight entries fresh.
+    /// Acks in batches, claims entries for retries and from dead consumers (into
+    /// `claims`, the subscription's queue served first), keeps this consumer's in-flight
+    /// entries fresh.
     async fn settle(
         self: Arc<Self>,
         mut connection: ConnectionManager,
         mut ops: mpsc::UnboundedReceiver<Settle>,
-        tx: mpsc::Sender<Delivery>,
+        claims: mpsc::Sender<Delivery>,
     ) {
         let mut tick =
             tokio::time::interval(self.settings.claim_interval.max(Duration::from_millis(10)));
@@ -460,10 +861,10 @@ impl Shared {
             tokio::select! {
                 op = ops.recv() => {
                     let Some(op) = op else { return };
-                    self.take(op, &mut acks, &mut flushes, &tx);
+                    self.take(op, &mut acks, &mut flushes, &claims);
                     while acks.len() < ACK_BATCH {
                         match ops.try_recv() {
-                            Ok(op) => self.take(op, &mut acks, &mut flushes, &tx),
+                            Ok(op) => self.take(op, &mut acks, &mut flushes, &claims),
                             Err(_) => break,
                         }
                     }
@@ -475,10 +876,10 @@ impl Shared {
                     }
                 }
                 _ = tick.tick() => {
-                    if tx.is_closed() {
+                    if claims.is_closed() {
                         // The subscription ended: settle what is queued, then stop.
                         while let Ok(op) = ops.try_recv() {
-                            self.take(op, &mut acks, &mut flushes, &tx);
+                            self.take(op, &mut acks, &mut flushes, &claims);
                         }
                         self.ack(&mut connection, &mut acks).await;
                         for flush in flushes.drain(..) {
@@ -492,7 +893,7 @@ impl Shared {
                         continue;
                     }
                     self.refresh(&mut connection).await;
-                    self.claim_abandoned(&mut connection, &tx, &mut cursor).await;
+                    self.claim_abandoned(&mut connection, &claims, &mut cursor).await;
                 }
             }
         }
@@ -503,7 +904,7 @@ impl Shared {
         op: Settle,
         acks: &mut Vec<String>,
         flushes: &mut Vec<oneshot::Sender<()>>,
-        tx: &mpsc::Sender<Delivery>,
+        claims: &mpsc::Sender<Delivery>,
     ) {
         match op {
             Settle::Ack(id) => acks.push(id),
@@ -513,10 +914,10 @@ impl Shared {
             Settle::Flush(done) => flushes.push(done),
             Settle::Retry { id, attempt, delay } => {
                 let this = Arc::clone(self);
-                let tx = tx.clone();
+                let claims = claims.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    this.redeliver(id, attempt, tx).await;
+                    this.redeliver(id, attempt, claims).await;
                 });
             }
         }
@@ -532,30 +933,67 @@ impl Shared {
             .arg(&ids[..])
             .query_async(connection)
             .await;
-        match acked {
-            Ok(_) => {
-                let mut in_flight = self.in_flight();
-                for id in ids.drain(..) {
-                    in_flight.remove(&id);
-                }
-            }
-            Err(error) => {
-                // Left pending: the entries come back through XAUTOCLAIM.
-                tracing::warn!(backend = KIND, stream = %self.stream, %error, count = ids.len(), "XACK failed; entries will be redelivered");
-                let mut in_flight = self.in_flight();
-                for id in ids.drain(..) {
-                    in_flight.remove(&id);
-                }
-            }
+        if let Err(error) = acked {
+            // Left pending: the entries come back through XAUTOCLAIM.
+            tracing::warn!(backend = KIND, stream = %self.stream, %error, count = ids.len(), "XACK failed; entries will be redelivered");
+        }
+        let mut in_flight = self.in_flight();
+        for id in ids.drain(..) {
+            in_flight.remove(&id);
         }
     }
 
-    /// Claims one entry back to this consumer after a failed attempt and delivers it
-    /// again with the broker's delivery count.
-    async fn redeliver(&self, id: String, attempt: u32, tx: mpsc::Sender<Delivery>) {
+    /// Claims one entry back to this consumer after a failed attempt (`XCLAIM`, min idle
+    /// 0, which counts one more delivery) and delivers it again, ahead of new entries.
+    async fn redeliver(&self, id: String, attempt: u32, claims: mpsc::Sender<Delivery>) {
         let mut connection = self.commands.clone();
-        self.claim_and_send(&mut connection, &id, attempt, &tx, true)
+        let claimed: Result<Value, RedisError> = redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&id)
+            .query_async(&mut connection)
             .await;
+        let entry = match claimed {
+            Ok(reply) => match parse_entries(reply, "XCLAIM") {
+                Ok(entries) => entries.into_iter().next(),
+                Err(error) => {
+                    tracing::warn!(backend = KIND, %error, id, "unreadable XCLAIM reply; the entry stays pending");
+                    self.in_flight().remove(&id);
+                    return;
+                }
+            },
+            Err(error) => {
+                if is_no_group(&error) {
+                    self.recreate_group(&mut connection).await;
+                }
+                tracing::warn!(backend = KIND, %error, id, "XCLAIM failed; the entry stays pending");
+                self.in_flight().remove(&id);
+                return;
+            }
+        };
+        match entry {
+            Some(RawEntry {
+                id,
+                fields: Some(fields),
+            }) => {
+                // A closed subscription drops the delivery, which releases the entry: it
+                // stays pending and is claimed again (here or by another consumer).
+                let _ = claims.send(self.delivery(&id, &fields, attempt)).await;
+            }
+            _ => {
+                // Trimmed or deleted meanwhile, or no longer pending (a recreated group
+                // delivers it afresh): nothing left to deliver here.
+                self.in_flight().remove(&id);
+                let _ = redis::cmd("XACK")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(&id)
+                    .query_async::<i64>(&mut connection)
+                    .await;
+            }
+        }
     }
 
     /// Resets the idle time of this consumer's in-flight entries, so no other consumer
@@ -580,21 +1018,22 @@ impl Shared {
         }
     }
 
-    /// Takes over entries that other (crashed) consumers left pending for `claim_idle`.
+    /// Takes over entries that other (crashed) consumers left pending for `claim_idle`
+    /// (`XAUTOCLAIM`, which counts one more delivery), as many as the claims queue has
+    /// room for: this task never waits on the handlers (acks and refreshes would stall
+    /// behind it), and never behind the reader's backlog.
     async fn claim_abandoned(
         &self,
         connection: &mut ConnectionManager,
-        tx: &mpsc::Sender<Delivery>,
+        claims: &mpsc::Sender<Delivery>,
         cursor: &mut String,
     ) {
-        // Claim only what the subscription has room for: this task must never wait on
-        // the handlers (acks and refreshes would stall behind it).
-        let room = tx.capacity().min(self.count);
-        if room == 0 || self.saturated() {
+        let room = self.read_count(claims.capacity().min(self.count));
+        if claims.capacity() == 0 {
             return;
         }
         let idle = self.settings.claim_idle.as_millis() as u64;
-        let claimed: Result<StreamAutoClaimReply, RedisError> = redis::cmd("XAUTOCLAIM")
+        let claimed: Result<Value, RedisError> = redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
             .arg(&self.group)
             .arg(&self.consumer)
@@ -602,16 +1041,18 @@ impl Shared {
             .arg(cursor.as_str())
             .arg("COUNT")
             .arg(room)
-            .arg("JUSTID")
             .query_async(connection)
             .await;
-        let ids = match claimed {
-            Ok(reply) => {
+        let entries = match claimed
+            .map_err(Err)
+            .and_then(|reply| parse_autoclaim(reply).map_err(Ok))
+        {
+            Ok((next, entries)) => {
                 // Go on from where this scan stopped next time (`0-0`: start over).
-                *cursor = reply.next_stream_id;
-                reply.claimed.into_iter().map(|e| e.id)
+                *cursor = next;
+                entries
             }
-            Err(error) => {
+            Err(Err(error)) => {
                 if is_no_group(&error) {
                     self.recreate_group(connection).await;
                 } else {
@@ -619,91 +1060,80 @@ impl Shared {
                 }
                 return;
             }
+            Err(Ok(error)) => {
+                tracing::warn!(backend = KIND, %error, "unreadable XAUTOCLAIM reply");
+                *cursor = "0-0".to_string();
+                return;
+            }
         };
-        let fresh: Vec<String> = {
+        self.note_sizes(&entries);
+        let fresh: Vec<RawEntry> = {
             let in_flight = self.in_flight();
-            ids.filter(|id| !in_flight.contains(id)).collect()
+            entries
+                .into_iter()
+                .filter(|entry| !in_flight.contains(&entry.id))
+                .collect()
         };
-        for id in fresh {
-            let attempt = self.delivery_count(connection, &id).await.unwrap_or(1) + 1;
-            self.claim_and_send(connection, &id, attempt, tx, false)
-                .await;
+        if fresh.is_empty() {
+            return;
         }
-    }
-
-    async fn delivery_count(&self, connection: &mut ConnectionManager, id: &str) -> Option<u32> {
-        let pending: Value = redis::cmd("XPENDING")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(id)
-            .arg(id)
-            .arg(1)
-            .query_async(connection)
-            .await
-            .ok()?;
-        // [[id, consumer, idle, deliveries]]
-        let Value::Array(rows) = pending else {
-            return None;
-        };
-        let Some(Value::Array(row)) = rows.into_iter().next() else {
-            return None;
-        };
-        match row.get(3) {
-            Some(Value::Int(n)) => u32::try_from(*n).ok(),
-            _ => None,
-        }
-    }
-
-    /// `XCLAIM` (min idle 0) returns the entry and counts one more delivery. With `wait`
-    /// the delivery waits for room in the subscription; without, a full subscription
-    /// leaves the entry pending (it is claimed again later).
-    async fn claim_and_send(
-        &self,
-        connection: &mut ConnectionManager,
-        id: &str,
-        attempt: u32,
-        tx: &mpsc::Sender<Delivery>,
-        wait: bool,
-    ) {
-        let claimed: Result<redis::streams::StreamClaimReply, RedisError> = redis::cmd("XCLAIM")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(0)
-            .arg(id)
-            .query_async(connection)
-            .await;
-        match claimed {
-            Ok(reply) => match reply.ids.into_iter().next() {
-                Some(entry) => {
-                    let delivery = self.delivery(&entry, attempt);
-                    let sent = if wait {
-                        tx.send(delivery).await.is_ok()
-                    } else {
-                        tx.try_send(delivery).is_ok()
-                    };
-                    if !sent {
-                        // The dropped delivery released its entry: it stays pending and
-                        // is claimed again (here or by another consumer).
-                        self.in_flight().remove(id);
-                    }
-                }
-                None => {
-                    // Trimmed or deleted meanwhile: nothing left to deliver.
-                    self.in_flight().remove(id);
-                    let _ = redis::cmd("XACK")
-                        .arg(&self.stream)
-                        .arg(&self.group)
-                        .arg(id)
-                        .query_async::<i64>(connection)
-                        .await;
-                }
-            },
-            Err(error) => {
-                tracing::warn!(backend = KIND, %error, id, "XCLAIM failed; the entry stays pending");
-                self.in_flight().remove(id);
+        let counts = self.delivery_counts(connection, &fresh).await;
+        for entry in fresh {
+            let Some(fields) = &entry.fields else {
+                // Deleted (Redis 6.2 still lists it): nothing to deliver.
+                let _ = self.settle.send(Settle::Ack(entry.id));
+                continue;
+            };
+            // XAUTOCLAIM counted this delivery already.
+            let attempt = counts.get(&entry.id).copied().unwrap_or(2);
+            if claims
+                .try_send(self.delivery(&entry.id, fields, attempt))
+                .is_err()
+            {
+                // No room after all (a retry took it): the dropped delivery released
+                // its entry, which stays pending and is claimed again.
+                break;
             }
         }
+    }
+
+    /// The delivery counts of `entries` (now pending with this consumer), from one
+    /// `XPENDING` over their id range.
+    async fn delivery_counts(
+        &self,
+        connection: &mut ConnectionManager,
+        entries: &[RawEntry],
+    ) -> HashMap<String, u32> {
+        let ids: Vec<(u64, u64)> = entries.iter().filter_map(|e| parse_id(&e.id)).collect();
+        let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
+            return HashMap::new();
+        };
+        // Entries of this consumer in that range: the claimed ones, and at most every
+        // unsettled one of its own.
+        let limit = entries.len() + self.in_flight().len();
+        let pending: Result<Value, RedisError> = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(format!("{}-{}", first.0, first.1))
+            .arg(format!("{}-{}", last.0, last.1))
+            .arg(limit)
+            .arg(&self.consumer)
+            .query_async(connection)
+            .await;
+        let Ok(Value::Array(rows)) = pending else {
+            return HashMap::new();
+        };
+        // [[id, consumer, idle, deliveries], ...]
+        rows.into_iter()
+            .filter_map(|row| {
+                let Value::Array(row) = row else { return None };
+                let id = text_of(row.first()?)?;
+                let Value::Int(count) = row.get(3)? else {
+                    return None;
+                };
+                Some((id, u32::try_from(*count).ok()?))
+            })
+            .collect()
     }
 }
 
@@ -737,5 +1167,121 @@ impl Drop for StreamAcker {
         if let Some(id) = self.id.take() {
             let _ = self.settle.send(Settle::Release(id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn claim_settings_that_cannot_work_are_config_errors_naming_the_key() {
+        for (redis, key) in [
+            ("claim_idle = \"0s\"", "broker.redis.claim_idle"),
+            (
+                "claim_idle = \"1s\"\nclaim_interval = \"1s\"",
+                "broker.redis.claim_interval",
+            ),
+            (
+                "claim_idle = \"1s\"\nclaim_interval = \"2s\"",
+                "broker.redis.claim_interval",
+            ),
+            ("claim_interval = \"0s\"", "broker.redis.claim_interval"),
+            ("max_len = 0", "broker.redis.max_len"),
+            ("group_start = \"now\"", "broker.redis.group_start"),
+            ("key_field = \"payload\"", "broker.redis.payload_field"),
+        ] {
+            let err = Config::from_toml(&format!("[broker.redis]\n{redis}"))
+                .expect_err(&format!("`{redis}` is refused"));
+            assert!(
+                err.to_string().contains(&format!("`{key}`")),
+                "{redis}: {err}"
+            );
+        }
+        let fine =
+            Config::from_toml("[broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"");
+        assert!(fine.is_ok(), "{fine:?}");
+        assert!(Config::default().validate().is_ok());
+    }
+
+    fn bulk(bytes: &[u8]) -> Value {
+        Value::BulkString(bytes.to_vec())
+    }
+
+    fn entry(id: &str, fields: &[&[u8]]) -> Value {
+        Value::Array(vec![
+            bulk(id.as_bytes()),
+            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+        ])
+    }
+
+    #[test]
+    fn a_read_reply_is_parsed_entry_by_entry_and_defects_keep_the_raw_fields() {
+        let settings = RedisConfig::default();
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk(b"orders"),
+            Value::Array(vec![
+                entry("1-0", &[b"payload", b"{}", b"key", b"k", b"trace-id", b"t"]),
+                entry("2-0", &[b"na\xffme", b"v", b"payload", b"{}"]),
+                entry("3-0", &[b"trace-id", b"t"]),
+                entry("4-0", &[b"payload", b"a", b"payload", b"b"]),
+            ]),
+        ])]);
+        let entries = parse_read(reply, "XREADGROUP").unwrap();
+        let results: Vec<(Message, Option<String>)> = entries
+            .iter()
+            .map(|e| to_message(&e.id, e.fields.as_deref().unwrap(), &settings))
+            .collect();
+        let (good, defect) = &results[0];
+        assert_eq!(defect, &None);
+        assert_eq!(&good.payload[..], b"{}");
+        assert_eq!(good.key.as_deref(), Some("k"));
+        assert_eq!(good.headers.get("trace-id"), Some("t"));
+        assert_eq!(good.id.as_deref(), Some("1-0"));
+        for (i, reason) in [
+            (1, "is not UTF-8"),
+            (2, "no `payload` field"),
+            (3, "two `payload` fields"),
+        ] {
+            let (raw, defect) = &results[i];
+            assert!(
+                defect.as_deref().is_some_and(|d| d.contains(reason)),
+                "{defect:?}"
+            );
+            assert_eq!(raw.headers.get(RAW_ENTRY_HEADER), Some(RAW_ENTRY_ENCODING));
+        }
+        assert_eq!(&results[1].0.payload[..], b"5:na\xffme,1:v,7:payload,2:{},");
+        assert_eq!(results[1].0.id.as_deref(), Some("2-0"));
+        // RESP3 shapes: streams and fields as maps.
+        let reply = Value::Map(vec![(
+            bulk(b"orders"),
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"5-1"),
+                Value::Map(vec![(bulk(b"payload"), bulk(b"x"))]),
+            ])]),
+        )]);
+        let entries = parse_read(reply, "XREAD").unwrap();
+        let (message, defect) = to_message(
+            &entries[0].id,
+            entries[0].fields.as_deref().unwrap(),
+            &settings,
+        );
+        assert_eq!((&message.payload[..], defect), (&b"x"[..], None));
+        assert!(parse_read(Value::Nil, "XREAD").unwrap().is_empty());
+        assert!(parse_read(Value::Int(3), "XREAD").is_err());
+    }
+
+    #[test]
+    fn ids_step_back_and_reads_shrink_for_large_entries() {
+        assert_eq!(parse_id("1700-3"), Some((1700, 3)));
+        assert_eq!(parse_id("$"), None);
+        assert_eq!(predecessor((1700, 3)), Some((1700, 2)));
+        assert_eq!(predecessor((1700, 0)), Some((1699, u64::MAX)));
+        assert_eq!(predecessor((0, 0)), None);
+        assert_eq!(read_count(128, 0), 128);
+        assert_eq!(read_count(128, 100), 128);
+        assert_eq!(read_count(128, 8 << 20), 8);
+        assert_eq!(read_count(128, 512 << 20), 1);
     }
 }
