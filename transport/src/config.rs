@@ -827,6 +827,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail error type
     fn stray_environment_variables_are_ignored() {
         figment::Jail::expect_with(|jail| {
             // what Kubernetes injects for a Service called `transport`
@@ -842,6 +843,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail error type
     fn unknown_keys_in_the_file_stay_errors() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("transport.toml", "[broker]\nkinde = \"nats\"")?;
@@ -852,6 +854,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail error type
     fn per_subscriber_settings_from_the_environment() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
