@@ -386,9 +386,13 @@ mod topic_names {
 
     pub struct Wild;
 
+    /// A literal `"dl.orders.*"` is a compile error (ui-tests `wildcard_topic`); a name
+    /// from a constant is checked at startup.
+    pub const ALL_ORDERS: Topic<u32> = Topic::new("dl.orders.*");
+
     #[transport::service]
     impl Wild {
-        #[subscriber(topic = "dl.orders.*")]
+        #[subscriber(topic = ALL_ORDERS)]
         async fn all(&self, _n: u32) {}
     }
 

@@ -188,6 +188,24 @@ fn topic_value(value: &Expr, key: &str, errors: &mut Errors) -> Option<TopicArg>
             );
             return None;
         }
+        // the runtime's portable topic rule (`transport::backend::check_topic`), caught
+        // here for literals so the mistake is a compile error on the user's token
+        if let Some(c) = name.chars().find(|c| matches!(c, '*' | '>' | '#' | '+')) {
+            errors.spanned(
+                lit.span(),
+                format!(
+                    "`{key}` must not contain `{c}`: it is a wildcard on some brokers, and wildcard subscriptions are not supported"
+                ),
+            );
+            return None;
+        }
+        if name.split('.').any(str::is_empty) {
+            errors.spanned(
+                lit.span(),
+                format!("`{key}` must not have an empty `.`-separated segment (`a..b`, `.a`, `a.`)"),
+            );
+            return None;
+        }
         return Some(TopicArg::Name(lit.clone()));
     }
     if let Expr::Path(path) = value

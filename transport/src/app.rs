@@ -273,7 +273,9 @@ impl App {
                 topic: registration.topic.to_string(),
                 group: group.clone(),
                 subscriber: registration.name.to_string(),
-                prefetch: settings.prefetch,
+                // a backend may cap queued + running deliveries at `prefetch`: never
+                // below what the handlers can take at once
+                prefetch: settings.prefetch.max(settings.concurrency),
                 max_attempts: settings.retry.max_attempts,
                 consumer: settings.consumer.clone(),
             };
