@@ -49,6 +49,8 @@ pub struct Target {
     pub server: Option<Server>,
     /// Largest payload the broker takes by default.
     pub max_payload: usize,
+    /// `broker.jetstream.storage` of the streams the backend creates.
+    pub storage: &'static str,
 }
 
 impl Target {
@@ -59,6 +61,7 @@ impl Target {
             port: 0,
             server: None,
             max_payload: 16 << 20,
+            storage: "file",
         }
     }
     /// NATS core on 4222.
@@ -68,6 +71,7 @@ impl Target {
             port: 4222,
             server: Some(Server::Nats),
             max_payload: 1 << 20,
+            storage: "file",
         }
     }
     /// JetStream on 4222.
@@ -77,6 +81,14 @@ impl Target {
             port: 4222,
             server: Some(Server::Nats),
             max_payload: 1 << 20,
+            storage: "file",
+        }
+    }
+    /// JetStream on 4222, with streams in memory: a server restart loses them.
+    pub fn jetstream_memory() -> Self {
+        Target {
+            storage: "memory",
+            ..Self::jetstream()
         }
     }
     /// Redis pub/sub on 6379.
@@ -86,6 +98,7 @@ impl Target {
             port: 6379,
             server: Some(Server::Redis),
             max_payload: 16 << 20,
+            storage: "file",
         }
     }
     /// Redis streams on 6379.
@@ -95,6 +108,7 @@ impl Target {
             port: 6379,
             server: Some(Server::Redis),
             max_payload: 16 << 20,
+            storage: "file",
         }
     }
 
@@ -144,13 +158,14 @@ impl Run {
             .unwrap_or_default();
         let text = format!(
             "[broker]\nkind = \"{kind}\"\n{url}name = \"{name}\"\ntopic_prefix = \"{prefix}\"\n\
-             [broker.jetstream]\nack_wait = \"2s\"\n\
+             [broker.jetstream]\nack_wait = \"2s\"\nstorage = \"{storage}\"\n\
              [broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"\n\
              [shutdown]\ndrain_timeout = \"10s\"\n\
              [subscriber]\nbackoff = \"20ms\"\nbackoff_max = \"200ms\"\nmax_attempts = 3\n{extra}",
             kind = target.kind,
             name = self.broker_name,
             prefix = self.prefix,
+            storage = target.storage,
         );
         match Config::from_toml(&text) {
             Ok(config) => config,
