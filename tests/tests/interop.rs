@@ -628,6 +628,23 @@ mod nats_hardening {
         app.shutdown().await.unwrap();
     }
 
+    /// Credentials in `broker.url` never reach an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_credentials_in_the_url_never_reach_an_error() {
+        for kind in ["nats", "jetstream"] {
+            let config = Config::from_toml(&format!(
+                "[broker]\nkind = \"{kind}\"\nurl = \"nats://alice:s3cret@127.0.0.1:1\"\nconnect_timeout = \"1s\""
+            ))
+            .expect("config");
+            let error = match App::new(config).select(|_| false).start().await {
+                Ok(_) => panic!("nothing listens on port 1"),
+                Err(error) => error.to_string(),
+            };
+            assert!(!error.contains("s3cret"), "{kind}: {error}");
+            assert!(error.contains("127.0.0.1:1"), "{kind}: {error}");
+        }
+    }
+
     pub struct Refuser(pub UnboundedSender<u32>);
 
     #[transport::service]

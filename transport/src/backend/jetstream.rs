@@ -101,10 +101,9 @@ impl JetStreamBackend {
             .await
             .map_err(|reason| BackendError::Connect {
                 backend: KIND,
-                url: config
-                    .url
-                    .clone()
-                    .unwrap_or_else(|| super::nats::DEFAULT_URL.into()),
+                url: super::nats::redacted_url(
+                    config.url.as_deref().unwrap_or(super::nats::DEFAULT_URL),
+                ),
                 reason: format!("JetStream is not available: {reason}"),
             })?;
         let (acks, ack_rx) = mpsc::channel(ACK_QUEUE);
@@ -770,6 +769,13 @@ async fn bind_consumer(
         .unwrap_or_default();
     if named {
         match stream.consumer_info(name).await {
+            Ok(info) if info.config.deliver_subject.is_some() => {
+                return Err(operation_error(
+                    "subscribe",
+                    KIND,
+                    format!("consumer `{name}` is a push consumer; a pull consumer is needed"),
+                ));
+            }
             Ok(info) => return Ok(info),
             Err(error)
                 if matches!(
@@ -865,10 +871,13 @@ impl Pump {
     /// One inbox and the pull requests sent to it, until an error or the stop.
     async fn session(&mut self, tx: &mpsc::Sender<Delivery>, backoff: &mut Duration) -> Ended {
         let inbox = self.client.new_inbox();
-        let mut inbox_sub = match self.client.subscribe(inbox.clone()).await {
-            Ok(subscriber) => subscriber,
-            Err(error) => return Ended::Lost(error.to_string()),
-        };
+        let mut inbox_sub =
+            match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.subscribe(inbox.clone())).await
+            {
+                Ok(Ok(subscriber)) => subscriber,
+                Ok(Err(error)) => return Ended::Lost(error.to_string()),
+                Err(_) => return Ended::Lost("cannot subscribe to an inbox in time".into()),
+            };
         let pull_subject = format!(
             "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
             self.stream_name, self.consumer_name
@@ -957,8 +966,9 @@ impl Pump {
 
     /// At a stop: unsubscribes, and naks everything still on its way to this inbox.
     async fn hand_back(&self, mut inbox_sub: async_nats::Subscriber) {
-        if inbox_sub.drain().await.is_err() {
-            return;
+        match tokio::time::timeout(STOP_DRAIN, inbox_sub.drain()).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
         let deadline = Instant::now() + STOP_DRAIN;
         while let Ok(Some(message)) = tokio::time::timeout_at(deadline, inbox_sub.next()).await {

@@ -44,6 +44,19 @@ pub fn is_nats_header(name: &str) -> bool {
         .is_some_and(|start| start.eq_ignore_ascii_case("nats-"))
 }
 
+/// `url` without its credentials (`nats://user:pass@host` -> `nats://***@host`), for
+/// errors and logs.
+pub(crate) fn redacted_url(url: &str) -> String {
+    let rest_at = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[rest_at..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| rest_at + i);
+    match url[rest_at..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..rest_at], &url[rest_at + at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Flushes the client's buffer, giving up after [`CLOSE_TIMEOUT`] (the server is down).
 pub(crate) async fn bounded_flush(
     client: &async_nats::Client,
@@ -72,8 +85,8 @@ pub(crate) async fn connect_client(
         .unwrap_or_else(|| DEFAULT_URL.to_string());
     let connect_error = |reason: String| BackendError::Connect {
         backend: kind,
-        url: url.clone(),
-        reason,
+        url: redacted_url(&url),
+        reason: reason.replace(url.as_str(), &redacted_url(&url)),
     };
     // Fail fast at startup when the server is unreachable; once connected, async-nats
     // reconnects (with backoff) and resubscribes by itself, without limit.
@@ -310,6 +323,17 @@ impl Backend for NatsBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_reach_an_error() {
+        assert_eq!(
+            redacted_url("nats://alice:s3cret@example.com:4222"),
+            "nats://***@example.com:4222"
+        );
+        assert_eq!(redacted_url("nats://tok@h/x@y"), "nats://***@h/x@y");
+        assert_eq!(redacted_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redacted_url("user:pw@host"), "***@host");
+    }
 
     #[test]
     fn nats_headers_are_the_brokers() {
