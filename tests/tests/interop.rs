@@ -843,6 +843,37 @@ mod nats_hardening {
         shutdown_returns_while_the_server_is_down("jetstream").await;
     }
 
+    /// A subscription idle for longer than a pull request waits on the server keeps
+    /// working (the expired request is renewed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_an_idle_subscription_keeps_working() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config(&prefix, "jetstream", ""))
+            .select(|r| r.name == "Shop::order")
+            .service(Shop(tx))
+            .start()
+            .await
+            .expect("starts");
+        tokio::time::sleep(Duration::from_secs(13)).await;
+        let order = Order {
+            id: 5,
+            item: "figs".into(),
+        };
+        app.publisher()
+            .publish("interop.orders", &order)
+            .await
+            .unwrap();
+        assert_eq!(receive(&mut rx, 1).await[0].order, order);
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
     pub struct Backlog(pub UnboundedSender<(u64, u32)>);
 
     #[transport::service]

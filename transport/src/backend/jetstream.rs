@@ -452,6 +452,8 @@ struct InFlightState {
 struct InFlight {
     state: Arc<std::sync::Mutex<InFlightState>>,
     settled: Arc<Notify>,
+    /// Stream sequences kept for the resume position, at most; 0 when the position is not
+    /// kept (a durable resumes where the server says).
     max_unacked: usize,
 }
 
@@ -460,7 +462,7 @@ impl InFlight {
         InFlight {
             state: Arc::default(),
             settled: Arc::new(Notify::new()),
-            max_unacked: max_unacked.max(1),
+            max_unacked,
         }
     }
 
@@ -475,7 +477,7 @@ impl InFlight {
         let id = state.next;
         state.next += 1;
         state.entries.insert(id, subject);
-        if sequence > 0 {
+        if sequence > 0 && self.max_unacked > 0 {
             state.unacked.insert(sequence);
             state.last_sequence = state.last_sequence.max(sequence);
             while state.unacked.len() > self.max_unacked {
@@ -489,7 +491,7 @@ impl InFlight {
         {
             let mut state = self.state();
             state.entries.remove(&id);
-            if acknowledged {
+            if acknowledged && self.max_unacked > 0 {
                 state.unacked.remove(&sequence);
             }
         }
@@ -665,9 +667,14 @@ impl Backend for JetStreamBackend {
             let info = bind_consumer(&stream, &config, named).await?;
             let prefetch = spec.prefetch.max(1);
             let (tx, rx) = mpsc::channel(prefetch);
-            let in_flight = InFlight::new(
-                usize::try_from(self.settings.max_ack_pending).unwrap_or(usize::MAX),
-            );
+            // Only a group-less consumer resumes from a position of its own.
+            let in_flight = InFlight::new(if config.durable_name.is_none() {
+                usize::try_from(self.settings.max_ack_pending)
+                    .unwrap_or(usize::MAX)
+                    .max(1)
+            } else {
+                0
+            });
             in_flight.set_position(info.delivered.stream_sequence);
             tokio::spawn(keep_in_progress(
                 in_flight.clone(),
