@@ -581,7 +581,11 @@ mod nats_hardening {
             .await
             .expect("starts");
         let backend = app.backend();
-        for owned in ["Nats-Msg-Id", "nats-expected-stream", "NATS-EXPECTED-LAST-SEQUENCE"] {
+        for owned in [
+            "Nats-Msg-Id",
+            "nats-expected-stream",
+            "NATS-EXPECTED-LAST-SEQUENCE",
+        ] {
             assert!(backend.owns_header(owned), "{owned} is the broker's");
         }
         assert!(!backend.owns_header("trace-id"));
@@ -745,9 +749,15 @@ mod nats_hardening {
             .start()
             .await
             .expect("starts");
-        app.publisher().publish("interop.watch", &1u64).await.unwrap();
+        app.publisher()
+            .publish("interop.watch", &1u64)
+            .await
+            .unwrap();
         assert_eq!(receive(&mut rx, 1).await, [(1, 1)]);
-        app.publisher().publish("interop.watch", &2u64).await.unwrap();
+        app.publisher()
+            .publish("interop.watch", &2u64)
+            .await
+            .unwrap();
         assert_eq!(receive(&mut rx, 1).await, [(2, 1)]);
         // The server loses the consumer while message 1 waits for its redelivery.
         let js = js().await;
@@ -1047,9 +1057,10 @@ mod nats_hardening {
             return;
         }
         let subject = format!("{}.ask", unique("interop"));
-        let backend = transport::backend::nats::NatsBackend::connect(&config("", "nats", "").broker)
-            .await
-            .expect("connects");
+        let backend =
+            transport::backend::nats::NatsBackend::connect(&config("", "nats", "").broker)
+                .await
+                .expect("connects");
         let mut deliveries = transport::backend::Backend::subscribe(
             &backend,
             &SubscriptionSpec {
@@ -1276,7 +1287,7 @@ mod nats_hardening {
         assert_eq!(got, [1, 2]);
         assert_eq!(
             consumer_names(&js, &format!("LEGACY_{id}")).await,
-            [durable.clone()],
+            std::slice::from_ref(&durable),
             "no durable of our own naming"
         );
         app.shutdown().await.unwrap();

@@ -335,9 +335,9 @@ fn durable_name(group: &str, topic: &str) -> String {
 /// What JetStream accepts as a stream or consumer name.
 fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
-        && !name
-            .chars()
-            .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
+        && !name.chars().any(|c| {
+            matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
+        })
 }
 
 /// Maps `name` onto what stream and consumer names may hold, reversibly: ASCII letters,
@@ -409,7 +409,10 @@ async fn settle_acks(client: async_nats::Client, mut ops: mpsc::Receiver<AckOp>)
                         tracing::warn!(backend = KIND, %error, "ack not sent; the server will redeliver")
                     }
                     Err(_) => {
-                        tracing::warn!(backend = KIND, "ack not sent in time; the server will redeliver")
+                        tracing::warn!(
+                            backend = KIND,
+                            "ack not sent in time; the server will redeliver"
+                        )
                     }
                 }
             }
@@ -1127,8 +1130,7 @@ mod tests {
 
     #[test]
     fn jetstream_config_values_are_checked() {
-        let error =
-            crate::Config::from_toml("[broker.jetstream]\nack_wait = \"0s\"").unwrap_err();
+        let error = crate::Config::from_toml("[broker.jetstream]\nack_wait = \"0s\"").unwrap_err();
         assert!(
             error.to_string().contains("broker.jetstream.ack_wait"),
             "{error}"
@@ -1138,12 +1140,13 @@ mod tests {
                 crate::Config::from_toml(&format!("[broker.jetstream]\nmax_ack_pending = {bad}"))
                     .unwrap_err();
             assert!(
-                error.to_string().contains("broker.jetstream.max_ack_pending"),
+                error
+                    .to_string()
+                    .contains("broker.jetstream.max_ack_pending"),
                 "{error}"
             );
         }
-        let error =
-            crate::Config::from_toml("[broker.jetstream]\nstorage = \"disk\"").unwrap_err();
+        let error = crate::Config::from_toml("[broker.jetstream]\nstorage = \"disk\"").unwrap_err();
         assert!(
             error.to_string().contains("broker.jetstream.storage"),
             "{error}"

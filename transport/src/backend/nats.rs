@@ -331,7 +331,10 @@ mod tests {
             "nats://***@example.com:4222"
         );
         assert_eq!(redacted_url("nats://tok@h/x@y"), "nats://***@h/x@y");
-        assert_eq!(redacted_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redacted_url("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
         assert_eq!(redacted_url("user:pw@host"), "***@host");
     }
 
@@ -347,7 +350,13 @@ mod tests {
         ] {
             assert!(is_nats_header(name), "{name}");
         }
-        for name in ["trace-id", "content-type", "nats", "x-nats-msg-id", "ñats-x"] {
+        for name in [
+            "trace-id",
+            "content-type",
+            "nats",
+            "x-nats-msg-id",
+            "ñats-x",
+        ] {
             assert!(!is_nats_header(name), "{name}");
         }
     }
