@@ -884,6 +884,47 @@ mod nats_hardening {
         cleanup(&id).await;
     }
 
+    /// Item 4: a stream an operator deletes is created again; publishing and the
+    /// group's subscription carry on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_deleted_stream_is_created_again() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config(&prefix, "jetstream", ""))
+            .select(|r| r.name == "Shop::order")
+            .service(Shop(tx))
+            .start()
+            .await
+            .expect("starts");
+        let order = |id| Order {
+            id,
+            item: "kale".into(),
+        };
+        app.publisher()
+            .publish("interop.orders", &order(1))
+            .await
+            .unwrap();
+        assert_eq!(receive(&mut rx, 1).await[0].order.id, 1);
+        let js = js().await;
+        let name = js
+            .stream_by_subject(format!("{prefix}interop.orders"))
+            .await
+            .expect("stream");
+        js.delete_stream(&name).await.expect("deleted");
+        app.publisher()
+            .publish("interop.orders", &order(2))
+            .await
+            .expect("the stream is created again");
+        assert_eq!(receive(&mut rx, 1).await[0].order.id, 2);
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
     pub struct Backlog(pub UnboundedSender<(u64, u32)>);
 
     #[transport::service]
