@@ -649,10 +649,10 @@ mod nats_hardening {
         }
     }
 
-    pub struct Refuser(pub UnboundedSender<u32>);
+    pub struct JsRefuser(pub UnboundedSender<u32>);
 
     #[transport::service]
-    impl Refuser {
+    impl JsRefuser {
         #[subscriber(topic = "orders.x", group = "refuser")]
         async fn refuse(&self, _n: u64, ctx: &Context) -> Result<(), Error> {
             let _ = self.0.send(ctx.attempt());
@@ -680,8 +680,8 @@ mod nats_hardening {
         );
         let (tx, mut rx) = mpsc::unbounded_channel();
         let app = App::new(config)
-            .select(|r| r.name == "Refuser::refuse")
-            .service(Refuser(tx))
+            .select(|r| r.module_path == module_path!() && r.name == "JsRefuser::refuse")
+            .service(JsRefuser(tx))
             .start()
             .await
             .expect("starts");
@@ -702,13 +702,13 @@ mod nats_hardening {
         cleanup(&id).await;
     }
 
-    pub struct Watcher {
+    pub struct JsWatcher {
         seen: UnboundedSender<(u64, u32)>,
         failed: Mutex<HashSet<u64>>,
     }
 
     #[transport::service]
-    impl Watcher {
+    impl JsWatcher {
         #[subscriber(topic = "interop.watch")]
         async fn watch(&self, n: u64, ctx: &Context) -> Result<(), Error> {
             let _ = self.seen.send((n, ctx.attempt()));
@@ -741,8 +741,8 @@ mod nats_hardening {
         );
         let (tx, mut rx) = mpsc::unbounded_channel();
         let app = App::new(config)
-            .select(|r| r.name == "Watcher::watch")
-            .service(Watcher {
+            .select(|r| r.module_path == module_path!() && r.name == "JsWatcher::watch")
+            .service(JsWatcher {
                 seen: tx,
                 failed: Mutex::new(HashSet::new()),
             })
@@ -925,10 +925,10 @@ mod nats_hardening {
         cleanup(&id).await;
     }
 
-    pub struct Backlog(pub UnboundedSender<(u64, u32)>);
+    pub struct JsBacklog(pub UnboundedSender<(u64, u32)>);
 
     #[transport::service]
-    impl Backlog {
+    impl JsBacklog {
         #[subscriber(topic = "interop.prefetched", group = "backlog")]
         async fn work(&self, n: u64, ctx: &Context) {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -953,8 +953,8 @@ mod nats_hardening {
         );
         let (tx, mut rx) = mpsc::unbounded_channel();
         let app = App::new(config)
-            .select(|r| r.name == "Backlog::work")
-            .service(Backlog(tx))
+            .select(|r| r.module_path == module_path!() && r.name == "JsBacklog::work")
+            .service(JsBacklog(tx))
             .start()
             .await
             .expect("starts");
@@ -1024,10 +1024,10 @@ mod nats_hardening {
         cleanup(&id).await;
     }
 
-    pub struct Names(pub UnboundedSender<(&'static str, u64)>);
+    pub struct JsNames(pub UnboundedSender<(&'static str, u64)>);
 
     #[transport::service]
-    impl Names {
+    impl JsNames {
         #[subscriber(topic = "names.a.b", group = "names")]
         async fn dotted(&self, n: u64) {
             let _ = self.0.send(("names.a.b", n));
@@ -1049,8 +1049,8 @@ mod nats_hardening {
         let prefix = format!("{id}.");
         let (tx, mut rx) = mpsc::unbounded_channel();
         let app = App::new(config(&prefix, "jetstream", ""))
-            .select(|r| r.name.starts_with("Names::"))
-            .service(Names(tx))
+            .select(|r| r.module_path == module_path!() && r.name.starts_with("JsNames::"))
+            .service(JsNames(tx))
             .start()
             .await
             .expect("starts");
@@ -1131,10 +1131,10 @@ mod nats_hardening {
         assert_eq!(&reply.payload[..], b"42");
     }
 
-    pub struct Answerer;
+    pub struct NatsAnswerer;
 
     #[transport::service]
-    impl Answerer {
+    impl NatsAnswerer {
         #[subscriber(topic = "interop.ask", reply = "interop.answers")]
         async fn answer(&self, n: u64) -> Result<u64, Error> {
             Ok(n + 1)
@@ -1150,8 +1150,8 @@ mod nats_hardening {
         }
         let prefix = format!("{}.", unique("interop"));
         let app = App::new(config(&prefix, "nats", ""))
-            .select(|r| r.name == "Answerer::answer")
-            .service(Answerer)
+            .select(|r| r.module_path == module_path!() && r.name == "NatsAnswerer::answer")
+            .service(NatsAnswerer)
             .start()
             .await
             .expect("starts");
@@ -1167,10 +1167,10 @@ mod nats_hardening {
         app.shutdown().await.unwrap();
     }
 
-    pub struct Stopper(pub UnboundedSender<u64>);
+    pub struct JsStopper(pub UnboundedSender<u64>);
 
     #[transport::service]
-    impl Stopper {
+    impl JsStopper {
         #[subscriber(topic = "interop.stop", group = "stopper")]
         async fn work(&self, n: u64) {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1198,8 +1198,8 @@ mod nats_hardening {
         const N: u64 = 40;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let first = App::new(config())
-            .select(|r| r.name == "Stopper::work")
-            .service(Stopper(tx.clone()))
+            .select(|r| r.module_path == module_path!() && r.name == "JsStopper::work")
+            .service(JsStopper(tx.clone()))
             .start()
             .await
             .expect("starts");
@@ -1212,8 +1212,8 @@ mod nats_hardening {
             done.insert(n);
         }
         let second = App::new(config())
-            .select(|r| r.name == "Stopper::work")
-            .service(Stopper(tx))
+            .select(|r| r.module_path == module_path!() && r.name == "JsStopper::work")
+            .service(JsStopper(tx))
             .start()
             .await
             .expect("starts");
@@ -1266,10 +1266,10 @@ mod nats_hardening {
         cleanup(&id).await;
     }
 
-    pub struct Legacy(pub UnboundedSender<u64>);
+    pub struct JsLegacy(pub UnboundedSender<u64>);
 
     #[transport::service]
-    impl Legacy {
+    impl JsLegacy {
         #[subscriber(topic = "legacy.orders", group = "legacy")]
         async fn take(&self, n: u64) {
             let _ = self.0.send(n);
@@ -1316,10 +1316,10 @@ mod nats_hardening {
         let app = App::new(config(
             &prefix,
             "jetstream",
-            &format!("[subscribers.\"Legacy::take\"]\nconsumer = \"{durable}\""),
+            &format!("[subscribers.\"JsLegacy::take\"]\nconsumer = \"{durable}\""),
         ))
-        .select(|r| r.name == "Legacy::take")
-        .service(Legacy(tx))
+        .select(|r| r.module_path == module_path!() && r.name == "JsLegacy::take")
+        .service(JsLegacy(tx))
         .start()
         .await
         .expect("starts");
