@@ -54,6 +54,8 @@ pub struct Target {
     pub server: Option<Server>,
     /// Largest payload the broker takes by default.
     pub max_payload: usize,
+    /// `broker.jetstream.storage` of the streams the backend creates.
+    pub storage: &'static str,
 }
 
 impl Target {
@@ -64,6 +66,7 @@ impl Target {
             port: 0,
             server: None,
             max_payload: 16 << 20,
+            storage: "file",
         }
     }
     /// NATS core on 4222.
@@ -73,6 +76,7 @@ impl Target {
             port: 4222,
             server: Some(Server::Nats),
             max_payload: 1 << 20,
+            storage: "file",
         }
     }
     /// JetStream on 4222.
@@ -82,6 +86,14 @@ impl Target {
             port: 4222,
             server: Some(Server::Nats),
             max_payload: 1 << 20,
+            storage: "file",
+        }
+    }
+    /// JetStream on 4222, with streams in memory: a server restart loses them.
+    pub fn jetstream_memory() -> Self {
+        Target {
+            storage: "memory",
+            ..Self::jetstream()
         }
     }
     /// Redis pub/sub on 6379.
@@ -91,6 +103,7 @@ impl Target {
             port: 6379,
             server: Some(Server::Redis),
             max_payload: 16 << 20,
+            storage: "file",
         }
     }
     /// Redis streams on 6379.
@@ -100,6 +113,7 @@ impl Target {
             port: 6379,
             server: Some(Server::Redis),
             max_payload: 16 << 20,
+            storage: "file",
         }
     }
 
@@ -151,13 +165,14 @@ impl Run {
             .unwrap_or_default();
         let base = format!(
             "[broker]\nkind = \"{kind}\"\n{url}name = \"{name}\"\ntopic_prefix = \"{prefix}\"\n\
-             [broker.jetstream]\nack_wait = \"2s\"\n\
+             [broker.jetstream]\nack_wait = \"2s\"\nstorage = \"{storage}\"\n\
              [broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"\n\
              [shutdown]\ndrain_timeout = \"10s\"\n\
              [subscriber]\nbackoff = \"20ms\"\nbackoff_max = \"200ms\"\nmax_attempts = 3\n",
             kind = target.kind,
             name = self.broker_name,
             prefix = self.prefix,
+            storage = target.storage,
         );
         let parse = |text: &str| match text.parse::<toml::Table>() {
             Ok(table) => table,

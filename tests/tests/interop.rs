@@ -1032,3 +1032,827 @@ mod sizes {
         let _ = monitor.wait();
     }
 }
+
+/// The hardening of the NATS and JetStream backends, against a real nats-server and a
+/// plain async-nats client.
+mod nats_hardening {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use async_nats::jetstream;
+    use transport::backend::SubscriptionSpec;
+    use transport_tests::broker::{PrivateBroker, Server};
+
+    use super::*;
+
+    const NATS: &str = "nats://127.0.0.1:4222";
+
+    fn config(prefix: &str, kind: &str, extra: &str) -> Config {
+        let text = format!("[broker]\nkind = \"{kind}\"\ntopic_prefix = \"{prefix}\"\n{extra}");
+        match Config::from_toml(&text) {
+            Ok(config) => config,
+            Err(error) => panic!("config: {error}\n{text}"),
+        }
+    }
+
+    async fn js() -> jetstream::Context {
+        jetstream::new(async_nats::connect(NATS).await.expect("nats"))
+    }
+
+    /// Deletes every stream whose name holds `id`.
+    async fn cleanup(id: &str) {
+        let js = js().await;
+        let mut names = js.stream_names();
+        let mut doomed = Vec::new();
+        while let Some(Ok(name)) = names.next().await {
+            if name.contains(id) {
+                doomed.push(name);
+            }
+        }
+        for name in doomed {
+            let _ = js.delete_stream(&name).await;
+        }
+    }
+
+    async fn consumer_names(js: &jetstream::Context, stream: &str) -> Vec<String> {
+        let stream = js.get_stream(stream).await.expect("stream");
+        let mut names: Vec<String> = stream
+            .consumer_names()
+            .filter_map(|name| async move { name.ok() })
+            .collect()
+            .await;
+        names.sort();
+        names
+    }
+
+    /// Item 1: a publish JetStream reports as a duplicate is an error, not a success;
+    /// `Nats-*` headers are the broker's; the size limit is the server's `max_payload`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_duplicate_publish_is_an_error() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let app = App::new(config(&prefix, "jetstream", ""))
+            .select(|_| false)
+            .start()
+            .await
+            .expect("starts");
+        let backend = app.backend();
+        for owned in [
+            "Nats-Msg-Id",
+            "nats-expected-stream",
+            "NATS-EXPECTED-LAST-SEQUENCE",
+        ] {
+            assert!(backend.owns_header(owned), "{owned} is the broker's");
+        }
+        assert!(!backend.owns_header("trace-id"));
+        let client = async_nats::connect(NATS).await.unwrap();
+        assert_eq!(
+            backend.max_message_size(),
+            Some(client.server_info().max_payload)
+        );
+        app.publisher()
+            .to("dup")
+            .id("order-1")
+            .send(&1u64)
+            .await
+            .expect("the first publish");
+        let error = app
+            .publisher()
+            .to("dup")
+            .id("order-1")
+            .send(&1u64)
+            .await
+            .expect_err("a message the stream drops as a duplicate is not published");
+        assert!(error.to_string().contains("duplicate"), "{error}");
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_owns_its_headers_and_knows_its_size_limit() {
+        if !reachable(4222) {
+            return;
+        }
+        let app = App::new(config("", "nats", ""))
+            .select(|_| false)
+            .start()
+            .await
+            .expect("starts");
+        assert!(app.backend().owns_header("nats-msg-id"));
+        assert!(!app.backend().owns_header("content-type"));
+        let client = async_nats::connect(NATS).await.unwrap();
+        assert_eq!(
+            app.backend().max_message_size(),
+            Some(client.server_info().max_payload)
+        );
+        app.shutdown().await.unwrap();
+    }
+
+    /// Credentials in `broker.url` never reach an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_credentials_in_the_url_never_reach_an_error() {
+        for kind in ["nats", "jetstream"] {
+            let config = Config::from_toml(&format!(
+                "[broker]\nkind = \"{kind}\"\nurl = \"nats://alice:s3cret@127.0.0.1:1\"\nconnect_timeout = \"1s\""
+            ))
+            .expect("config");
+            let error = match App::new(config).select(|_| false).start().await {
+                Ok(_) => panic!("nothing listens on port 1"),
+                Err(error) => error.to_string(),
+            };
+            assert!(!error.contains("s3cret"), "{kind}: {error}");
+            assert!(error.contains("127.0.0.1:1"), "{kind}: {error}");
+        }
+    }
+
+    pub struct JsRefuser(pub UnboundedSender<u32>);
+
+    #[transport::service]
+    impl JsRefuser {
+        #[subscriber(topic = "orders.x", group = "refuser")]
+        async fn refuse(&self, _n: u64, ctx: &Context) -> Result<(), Error> {
+            let _ = self.0.send(ctx.attempt());
+            Err(Error::msg("always fails"))
+        }
+    }
+
+    /// Item 1: the dead letter of a message that carried a `Nats-Msg-Id`, into a stream
+    /// that captures the dead-letter subject too, is a new message (not a duplicate).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_the_dead_letter_of_a_message_with_a_msg_id_arrives() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let config = config(
+            &prefix,
+            "jetstream",
+            &format!(
+                "[broker.jetstream]\nstreams = [{{ name = \"ORDERS_{id}\", subjects = [\"{prefix}orders.>\"] }}]\n\
+                 [subscriber]\nmax_attempts = 2\nbackoff = \"10ms\"\nbackoff_max = \"50ms\""
+            ),
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config)
+            .select(|r| r.module_path == module_path!() && r.name == "JsRefuser::refuse")
+            .service(JsRefuser(tx))
+            .start()
+            .await
+            .expect("starts");
+        let dead = app.record("orders.x.dlq").await.unwrap();
+        let js = js().await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "m-1");
+        js.publish_with_headers(format!("{prefix}orders.x"), headers, "5".into())
+            .await
+            .unwrap()
+            .await
+            .expect("stored");
+        receive(&mut rx, 2).await;
+        let letters = dead.wait_for(1, Duration::from_secs(10)).await;
+        assert_eq!(letters.len(), 1, "the dead letter arrived");
+        assert_eq!(&letters[0].payload[..], b"5");
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    pub struct JsWatcher {
+        seen: UnboundedSender<(u64, u32)>,
+        failed: Mutex<HashSet<u64>>,
+    }
+
+    #[transport::service]
+    impl JsWatcher {
+        #[subscriber(topic = "interop.watch")]
+        async fn watch(&self, n: u64, ctx: &Context) -> Result<(), Error> {
+            let _ = self.seen.send((n, ctx.attempt()));
+            let first = self
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(n);
+            if n == 1 && first {
+                return Err(Error::msg("the first try fails"));
+            }
+            Ok(())
+        }
+    }
+
+    /// Item 3: a group-less consumer lost on the server resumes at what it had not yet
+    /// settled (a nak'd message), not after the last message it was handed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_groupless_consumer_resumes_at_what_it_had_nakd() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let config = config(
+            &prefix,
+            "jetstream",
+            "[subscriber]\nmax_attempts = 5\nbackoff = \"4s\"\nbackoff_max = \"4s\"",
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config)
+            .select(|r| r.module_path == module_path!() && r.name == "JsWatcher::watch")
+            .service(JsWatcher {
+                seen: tx,
+                failed: Mutex::new(HashSet::new()),
+            })
+            .start()
+            .await
+            .expect("starts");
+        app.publisher()
+            .publish("interop.watch", &1u64)
+            .await
+            .unwrap();
+        assert_eq!(receive(&mut rx, 1).await, [(1, 1)]);
+        app.publisher()
+            .publish("interop.watch", &2u64)
+            .await
+            .unwrap();
+        assert_eq!(receive(&mut rx, 1).await, [(2, 1)]);
+        // The server loses the consumer while message 1 waits for its redelivery.
+        let js = js().await;
+        let stream = js
+            .stream_by_subject(format!("{prefix}interop.watch"))
+            .await
+            .expect("the stream");
+        for name in consumer_names(&js, &stream).await {
+            js.get_stream(&stream)
+                .await
+                .unwrap()
+                .delete_consumer(&name)
+                .await
+                .unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((1, _))) => break,
+                Ok(Some(_)) => {}
+                _ => panic!("message 1, nak'd before the consumer was lost, never came back"),
+            }
+        }
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    async fn shutdown_returns_while_the_server_is_down(kind: &str) {
+        init_tracing();
+        let mut broker = match PrivateBroker::start(Server::Nats) {
+            Ok(broker) => broker,
+            Err(reason) => {
+                assert!(!transport_tests::in_ci(), "{reason}");
+                eprintln!("SKIPPED: {reason}");
+                return;
+            }
+        };
+        let config = Config::from_toml(&format!(
+            "[broker]\nkind = \"{kind}\"\nurl = \"{}\"\n",
+            broker.url()
+        ))
+        .expect("config");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config)
+            .select(|r| r.name == "Shop::order")
+            .service(Shop(tx))
+            .start()
+            .await
+            .expect("starts");
+        app.publisher()
+            .publish(
+                "interop.orders",
+                &Order {
+                    id: 1,
+                    item: "tea".into(),
+                },
+            )
+            .await
+            .unwrap();
+        receive(&mut rx, 1).await;
+        broker.kill();
+        // Something left to send while the server is gone.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(3),
+            app.publisher().publish(
+                "interop.orders",
+                &Order {
+                    id: 2,
+                    item: "jam".into(),
+                },
+            ),
+        )
+        .await;
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(30), app.shutdown()).await;
+        assert!(result.is_ok(), "{kind}: shutdown hangs while NATS is down");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{kind}: shutdown took {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Item 6: the backends' own close is bounded while the server is down.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_shutdown_returns_while_the_server_is_down() {
+        shutdown_returns_while_the_server_is_down("nats").await;
+    }
+
+    /// Item 6, JetStream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_shutdown_returns_while_the_server_is_down() {
+        shutdown_returns_while_the_server_is_down("jetstream").await;
+    }
+
+    /// A subscription idle for longer than a pull request waits on the server keeps
+    /// working (the expired request is renewed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_an_idle_subscription_keeps_working() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config(&prefix, "jetstream", ""))
+            .select(|r| r.name == "Shop::order")
+            .service(Shop(tx))
+            .start()
+            .await
+            .expect("starts");
+        tokio::time::sleep(Duration::from_secs(13)).await;
+        let order = Order {
+            id: 5,
+            item: "figs".into(),
+        };
+        app.publisher()
+            .publish("interop.orders", &order)
+            .await
+            .unwrap();
+        assert_eq!(receive(&mut rx, 1).await[0].order, order);
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    /// Item 4: a stream an operator deletes is created again; publishing and the
+    /// group's subscription carry on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_deleted_stream_is_created_again() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config(&prefix, "jetstream", ""))
+            .select(|r| r.name == "Shop::order")
+            .service(Shop(tx))
+            .start()
+            .await
+            .expect("starts");
+        let order = |id| Order {
+            id,
+            item: "kale".into(),
+        };
+        app.publisher()
+            .publish("interop.orders", &order(1))
+            .await
+            .unwrap();
+        assert_eq!(receive(&mut rx, 1).await[0].order.id, 1);
+        let js = js().await;
+        let name = js
+            .stream_by_subject(format!("{prefix}interop.orders"))
+            .await
+            .expect("stream");
+        js.delete_stream(&name).await.expect("deleted");
+        app.publisher()
+            .publish("interop.orders", &order(2))
+            .await
+            .expect("the stream is created again");
+        assert_eq!(receive(&mut rx, 1).await[0].order.id, 2);
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    pub struct JsBacklog(pub UnboundedSender<(u64, u32)>);
+
+    #[transport::service]
+    impl JsBacklog {
+        #[subscriber(topic = "interop.prefetched", group = "backlog")]
+        async fn work(&self, n: u64, ctx: &Context) {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let _ = self.0.send((n, ctx.attempt()));
+        }
+    }
+
+    /// Item 7: with a small prefetch, what the client pulled ahead is reported in
+    /// progress too: a backlog far longer than `ack_wait` is handled exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_backlog_with_a_small_prefetch_is_handled_exactly_once() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let config = config(
+            &prefix,
+            "jetstream",
+            "[broker.jetstream]\nack_wait = \"1s\"\n[subscriber]\nprefetch = 10\nconcurrency = 1",
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config)
+            .select(|r| r.module_path == module_path!() && r.name == "JsBacklog::work")
+            .service(JsBacklog(tx))
+            .start()
+            .await
+            .expect("starts");
+        const N: u64 = 60;
+        for n in 0..N {
+            app.publisher()
+                .publish("interop.prefetched", &n)
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        while seen.len() < N as usize {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(event)) => seen.push(event),
+                _ => panic!("only {} of {N} handled", seen.len()),
+            }
+        }
+        if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(2500), rx.recv()).await
+        {
+            panic!("handled twice: {extra:?}");
+        }
+        let again: Vec<_> = seen.iter().filter(|(_, attempt)| *attempt > 1).collect();
+        assert!(again.is_empty(), "redelivered: {again:?}");
+        let distinct: HashSet<u64> = seen.iter().map(|(n, _)| *n).collect();
+        assert_eq!(distinct.len(), N as usize);
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    /// Item 11: a changed consumer setting is applied to the existing durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_changed_consumer_setting_is_applied_on_redeploy() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        for (ack_wait, max_ack_pending) in [(1, 100), (3, 50)] {
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let app = App::new(config(
+                &prefix,
+                "jetstream",
+                &format!(
+                    "[broker.jetstream]\nack_wait = \"{ack_wait}s\"\nmax_ack_pending = {max_ack_pending}"
+                ),
+            ))
+            .select(|r| r.name == "Shop::order")
+            .service(Shop(tx))
+            .start()
+            .await
+            .expect("starts");
+            let js = js().await;
+            let stream_name = js
+                .stream_by_subject(format!("{prefix}interop.orders"))
+                .await
+                .expect("stream");
+            let stream = js.get_stream(&stream_name).await.unwrap();
+            let names = consumer_names(&js, &stream_name).await;
+            assert_eq!(names.len(), 1, "{names:?}");
+            let info = stream.consumer_info(&names[0]).await.unwrap();
+            assert_eq!(info.config.ack_wait, Duration::from_secs(ack_wait));
+            assert_eq!(info.config.max_ack_pending, max_ack_pending);
+            app.shutdown().await.unwrap();
+        }
+        cleanup(&id).await;
+    }
+
+    pub struct JsNames(pub UnboundedSender<(&'static str, u64)>);
+
+    #[transport::service]
+    impl JsNames {
+        #[subscriber(topic = "names.a.b", group = "names")]
+        async fn dotted(&self, n: u64) {
+            let _ = self.0.send(("names.a.b", n));
+        }
+        #[subscriber(topic = "names.a_b", group = "names")]
+        async fn underscored(&self, n: u64) {
+            let _ = self.0.send(("names.a_b", n));
+        }
+    }
+
+    /// Item 12: `names.a.b` and `names.a_b` get a stream and a durable each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_topics_differing_in_dot_and_underscore_do_not_collide() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config(&prefix, "jetstream", ""))
+            .select(|r| r.module_path == module_path!() && r.name.starts_with("JsNames::"))
+            .service(JsNames(tx))
+            .start()
+            .await
+            .expect("starts");
+        app.publisher().publish("names.a.b", &1u64).await.unwrap();
+        app.publisher().publish("names.a_b", &2u64).await.unwrap();
+        let mut got = receive(&mut rx, 2).await;
+        got.sort();
+        assert_eq!(got, [("names.a.b", 1), ("names.a_b", 2)]);
+        transport_tests::assert_quiet(&mut rx, Duration::from_millis(500)).await;
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    /// Item 13: a stream the framework creates is bounded (7 days, 1 GiB by default).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_created_streams_are_bounded_by_default() {
+        if !reachable(4222) {
+            return;
+        }
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let app = App::new(config(&prefix, "jetstream", ""))
+            .select(|_| false)
+            .start()
+            .await
+            .expect("starts");
+        app.publisher().publish("bounded", &1u64).await.unwrap();
+        let js = js().await;
+        let name = js
+            .stream_by_subject(format!("{prefix}bounded"))
+            .await
+            .expect("stream");
+        let mut stream = js.get_stream(&name).await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.max_age, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(info.config.max_bytes, 1 << 30);
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    /// Item 24: a NATS core message's reply subject reaches the runtime as `reply_to`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_a_request_carries_its_reply_subject() {
+        if !reachable(4222) {
+            return;
+        }
+        let subject = format!("{}.ask", unique("interop"));
+        let backend =
+            transport::backend::nats::NatsBackend::connect(&config("", "nats", "").broker)
+                .await
+                .expect("connects");
+        let mut deliveries = transport::backend::Backend::subscribe(
+            &backend,
+            &SubscriptionSpec {
+                topic: subject.clone(),
+                group: None,
+                subscriber: "test".into(),
+                prefetch: 1,
+                max_attempts: 1,
+                consumer: None,
+            },
+        )
+        .await
+        .expect("subscribes");
+        let client = async_nats::connect(NATS).await.unwrap();
+        let request = tokio::spawn({
+            let client = client.clone();
+            let subject = subject.clone();
+            async move { client.request(subject, "41".into()).await }
+        });
+        let delivery = tokio::time::timeout(Duration::from_secs(5), deliveries.next())
+            .await
+            .expect("delivered in time")
+            .expect("open");
+        let reply_to = delivery.message.reply_to.clone().expect("a reply subject");
+        client.publish(reply_to, "42".into()).await.unwrap();
+        let reply = request.await.unwrap().expect("the requester got the reply");
+        assert_eq!(&reply.payload[..], b"42");
+    }
+
+    pub struct NatsAnswerer;
+
+    #[transport::service]
+    impl NatsAnswerer {
+        #[subscriber(topic = "interop.ask", reply = "interop.answers")]
+        async fn answer(&self, n: u64) -> Result<u64, Error> {
+            Ok(n + 1)
+        }
+    }
+
+    /// Item 24: a plain `nats req` gets the subscriber's reply (needs the dispatcher
+    /// to publish replies to `reply_to`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_a_plain_request_gets_the_reply() {
+        if !reachable(4222) {
+            return;
+        }
+        let prefix = format!("{}.", unique("interop"));
+        let app = App::new(config(&prefix, "nats", ""))
+            .select(|r| r.module_path == module_path!() && r.name == "NatsAnswerer::answer")
+            .service(NatsAnswerer)
+            .start()
+            .await
+            .expect("starts");
+        let client = async_nats::connect(NATS).await.unwrap();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.request(format!("{prefix}interop.ask"), "41".into()),
+        )
+        .await
+        .expect("in time")
+        .expect("a reply");
+        assert_eq!(&reply.payload[..], b"42");
+        app.shutdown().await.unwrap();
+    }
+
+    pub struct JsStopper(pub UnboundedSender<u64>);
+
+    #[transport::service]
+    impl JsStopper {
+        #[subscriber(topic = "interop.stop", group = "stopper")]
+        async fn work(&self, n: u64) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = self.0.send(n);
+        }
+    }
+
+    /// Item 28: at a graceful stop nothing pulled is left unsettled: the next member of
+    /// the group gets the rest at once, not after `ack_wait`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_graceful_stop_hands_back_everything_it_pulled() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let config = || {
+            config(
+                &prefix,
+                "jetstream",
+                "[broker.jetstream]\nack_wait = \"30s\"\n[subscriber]\nprefetch = 4\nconcurrency = 1\n[shutdown]\ndrain_timeout = \"5s\"",
+            )
+        };
+        const N: u64 = 40;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let first = App::new(config())
+            .select(|r| r.module_path == module_path!() && r.name == "JsStopper::work")
+            .service(JsStopper(tx.clone()))
+            .start()
+            .await
+            .expect("starts");
+        for n in 0..N {
+            first.publisher().publish("interop.stop", &n).await.unwrap();
+        }
+        let mut done: HashSet<u64> = receive(&mut rx, 5).await.into_iter().collect();
+        first.shutdown().await.unwrap();
+        while let Ok(n) = rx.try_recv() {
+            done.insert(n);
+        }
+        let second = App::new(config())
+            .select(|r| r.module_path == module_path!() && r.name == "JsStopper::work")
+            .service(JsStopper(tx))
+            .start()
+            .await
+            .expect("starts");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while done.len() < N as usize {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(n)) => {
+                    done.insert(n);
+                }
+                _ => {
+                    let missing: Vec<u64> = (0..N).filter(|n| !done.contains(n)).collect();
+                    panic!("not handed back at the stop (they wait for ack_wait): {missing:?}");
+                }
+            }
+        }
+        second.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    /// Item 30: a topic an existing stream captures is published there (no stream of
+    /// our own, no "subjects overlap").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_topic_an_existing_stream_captures_is_published_there() {
+        if !reachable(4222) {
+            return;
+        }
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let js = js().await;
+        js.create_stream(jetstream::stream::Config {
+            name: format!("OPS_{id}"),
+            subjects: vec![format!("{prefix}ops.>")],
+            storage: jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .expect("the operator's stream");
+        let app = App::new(config(&prefix, "jetstream", ""))
+            .select(|_| false)
+            .start()
+            .await
+            .expect("starts");
+        app.publisher()
+            .publish("ops.orders.dlq", &1u64)
+            .await
+            .expect("published into the operator's stream");
+        let mut stream = js.get_stream(format!("OPS_{id}")).await.unwrap();
+        assert_eq!(stream.info().await.unwrap().state.messages, 1);
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    pub struct JsLegacy(pub UnboundedSender<u64>);
+
+    #[transport::service]
+    impl JsLegacy {
+        #[subscriber(topic = "legacy.orders", group = "legacy")]
+        async fn take(&self, n: u64) {
+            let _ = self.0.send(n);
+        }
+    }
+
+    /// Item 30: `[subscribers."..."] consumer` names the durable to use.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_subscriber_uses_the_consumer_it_names() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let js = js().await;
+        let stream = js
+            .create_stream(jetstream::stream::Config {
+                name: format!("LEGACY_{id}"),
+                subjects: vec![format!("{prefix}legacy.>")],
+                storage: jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await
+            .expect("the operator's stream");
+        let durable = format!("billing-{id}");
+        stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: format!("{prefix}legacy.orders"),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .expect("the operator's durable");
+        for n in [1u64, 2] {
+            js.publish(format!("{prefix}legacy.orders"), n.to_string().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config(
+            &prefix,
+            "jetstream",
+            &format!("[subscribers.\"JsLegacy::take\"]\nconsumer = \"{durable}\""),
+        ))
+        .select(|r| r.module_path == module_path!() && r.name == "JsLegacy::take")
+        .service(JsLegacy(tx))
+        .start()
+        .await
+        .expect("starts");
+        let mut got = receive(&mut rx, 2).await;
+        got.sort_unstable();
+        assert_eq!(got, [1, 2]);
+        assert_eq!(
+            consumer_names(&js, &format!("LEGACY_{id}")).await,
+            std::slice::from_ref(&durable),
+            "no durable of our own naming"
+        );
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+}

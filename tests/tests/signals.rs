@@ -24,9 +24,10 @@ fn second_signal_exits_at_once(signal: &str) {
         .recv_timeout(Duration::from_secs(20))
         .expect("the handler started");
     assert_eq!(line, "handling");
+    let pid = child.id().to_string();
     let kill = |signal: &str| {
         let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
+            .args([signal, &pid])
             .status()
             .expect("kill");
         assert!(status.success());

@@ -202,7 +202,9 @@ fn topic_value(value: &Expr, key: &str, errors: &mut Errors) -> Option<TopicArg>
         if name.split('.').any(str::is_empty) {
             errors.spanned(
                 lit.span(),
-                format!("`{key}` must not have an empty `.`-separated segment (`a..b`, `.a`, `a.`)"),
+                format!(
+                    "`{key}` must not have an empty `.`-separated segment (`a..b`, `.a`, `a.`)"
+                ),
             );
             return None;
         }

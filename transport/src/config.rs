@@ -165,16 +165,20 @@ impl Default for BrokerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JetStreamConfig {
-    /// Streams to bind (created when missing). A topic no listed stream covers gets a
-    /// stream of its own, named `stream_prefix` + the topic (`.` -> `_`).
+    /// Streams to bind (created when missing). A topic no listed stream covers is
+    /// published into the stream the server finds capturing it, or else gets a stream of
+    /// its own, named `stream_prefix` + the topic (`.` -> `_`, other characters escaped).
     pub streams: Vec<StreamBinding>,
     /// Prefix of the streams created per topic.
     pub stream_prefix: String,
     /// `file` or `memory`, for streams created here.
     pub storage: String,
-    /// How long messages are kept in created streams (0 = no limit).
+    /// How long messages are kept in streams created here (0 = no limit).
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// How many bytes a stream created here keeps at most; the oldest messages go first
+    /// (0 = no limit).
+    pub max_bytes: u64,
     /// How long the server waits for an ack before redelivering (after a crash, work
     /// comes back this soon).
     #[serde(with = "humantime_serde")]
@@ -189,10 +193,66 @@ impl Default for JetStreamConfig {
             streams: Vec::new(),
             stream_prefix: "TRANSPORT_".into(),
             storage: "file".into(),
-            max_age: Duration::ZERO,
+            max_age: JetStreamConfig::DEFAULT_MAX_AGE,
+            max_bytes: JetStreamConfig::DEFAULT_MAX_BYTES,
             ack_wait: Duration::from_secs(10),
             max_ack_pending: 10_000,
         }
+    }
+}
+
+impl JetStreamConfig {
+    /// How long streams the JetStream backend creates keep messages by default: 7 days.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// How many bytes a stream the JetStream backend creates keeps by default: 1 GiB.
+    pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
+    /// Checks `[broker.jetstream]`: every error names its key.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.storage.as_str(), "file" | "memory") {
+            return Err(value_error(
+                "broker.jetstream.storage",
+                "must be `file` or `memory`",
+            ));
+        }
+        if self.ack_wait.is_zero() {
+            return Err(value_error(
+                "broker.jetstream.ack_wait",
+                "must be longer than 0 (the server would redeliver at once)",
+            ));
+        }
+        if self.max_ack_pending <= 0 {
+            return Err(value_error(
+                "broker.jetstream.max_ack_pending",
+                "must be at least 1",
+            ));
+        }
+        if i64::try_from(self.max_bytes).is_err() {
+            return Err(value_error(
+                "broker.jetstream.max_bytes",
+                "must be at most 2^63 - 1",
+            ));
+        }
+        for (index, binding) in self.streams.iter().enumerate() {
+            if binding.name.is_empty()
+                || binding
+                    .name
+                    .chars()
+                    .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace())
+            {
+                return Err(value_error(
+                    &format!("broker.jetstream.streams[{index}].name"),
+                    "must be non-empty, without `.`, `*`, `>`, `/`, `\\` or whitespace",
+                ));
+            }
+            if binding.subjects.is_empty() || binding.subjects.iter().any(String::is_empty) {
+                return Err(value_error(
+                    &format!("broker.jetstream.streams[{index}].subjects"),
+                    "must list at least one non-empty subject",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -480,12 +540,7 @@ impl Config {
                 known: SerdeCodec::NAMES.join(", "),
             });
         }
-        if !matches!(self.broker.jetstream.storage.as_str(), "file" | "memory") {
-            return Err(value_error(
-                "broker.jetstream.storage",
-                "must be `file` or `memory`",
-            ));
-        }
+        self.broker.jetstream.validate()?;
         self.broker.redis.validate()?;
         if self.broker.queue_capacity == 0 {
             return Err(value_error("broker.queue_capacity", "must be at least 1"));

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use transport::prelude::*;
 use transport::{App, Config};
 
 /// Handles `slow.drain` by sleeping for an hour.

@@ -1,32 +1,76 @@
 //! NATS JetStream (`kind = "jetstream"`): a topic is a subject captured by a stream, a
 //! group is a durable pull consumer, delivery is at-least-once with ack / nak-with-delay.
 //!
-//! Streams are bound from `[broker.jetstream] streams` or created per topic
-//! (`TRANSPORT_<topic>`). A group's durable consumer starts at the beginning of the stream
-//! the first time it is created; a subscriber without a group gets an ephemeral consumer
-//! that sees only new messages. The runtime enforces the attempt limit with the server's
-//! delivery count, so consumers are created with unlimited `max_deliver` and nothing is
-//! ever stranded by the server.
+//! **Streams.** A topic's stream is, in this order: the one `[broker.jetstream] streams`
+//! binds it to (created when missing); the stream the server finds capturing the subject
+//! (`STREAM.NAMES` with a subject filter: an operator's stream is used, never shadowed);
+//! or a stream of its own, `stream_prefix` + the escaped topic, created with the limits
+//! of `[broker.jetstream]` (`max_age` 7 days and `max_bytes` 1 GiB by default). A stream
+//! that disappears (a memory stream after a server restart, an operator's delete) is
+//! created again by the next publish or pull.
+//!
+//! **Consumers.** A group's durable is `{group}__{topic}` (escaped), or the existing
+//! consumer `[subscribers."Name"] consumer` names (used as the operator configured it).
+//! A durable the backend derives is updated on startup when `ack_wait` or
+//! `max_ack_pending` changed; a change the server refuses is a startup error naming both
+//! values. A durable starts at the beginning of the stream the first time it is created;
+//! a subscriber without a group gets a consumer of its own that sees only new messages,
+//! and that, lost on the server, resumes at the oldest message it has not acknowledged.
+//! The runtime enforces the attempt limit with the server's delivery count, so consumers
+//! are created with unlimited `max_deliver` and nothing is ever stranded by the server.
+//!
+//! **Pulling.** A subscription pulls only what it has room for (`prefetch` less the
+//! deliveries queued or running), so everything pulled is in its in-flight table and
+//! reported in progress (`+WPI`) every third of `ack_wait`. At a stop, what was pulled
+//! and not handled is nak'ed at once, so another member takes it without waiting for
+//! `ack_wait`.
+//!
+//! Names: stream and consumer names keep ASCII letters, digits and `-`, turn `.` into
+//! `_` and escape every other byte as `+XX`, so two topics never share a name.
 //!
 //! Wire format as for NATS core (see `nats.rs`): body = payload, NATS headers, key in
-//! `x-transport-key`, id in `Nats-Msg-Id` (which JetStream also deduplicates on).
+//! `x-transport-key`, id in `Nats-Msg-Id` (which JetStream also deduplicates on: a
+//! publish the stream reports as a duplicate is an error, not a success).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::StatusCode;
+use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::nats::{check_payload, connect_client, from_nats, operation_error, to_nats_headers};
+use super::nats::{
+    PUBLISH_TIMEOUT, bounded_flush, check_payload, connect_client, from_nats, is_nats_header,
+    operation_error, to_nats_headers,
+};
 use super::{Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::config::{BrokerConfig, JetStreamConfig};
 use crate::error::BackendError;
 use crate::message::Message;
 
 const KIND: &str = "jetstream";
+/// Settlements (acks, naks, progress reports) waiting to be sent, at most. A settlement
+/// that finds the queue full is dropped with a warning: the server redelivers.
+const ACK_QUEUE: usize = 65_536;
+/// Topics whose stream is remembered, at most (the table is emptied when full).
+const KNOWN_STREAMS: usize = 4_096;
+/// How long one pull request waits on the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// How often the server shows it is alive while a pull request waits.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a stopping subscription waits for messages already on their way to it (it
+/// nak's them).
+const STOP_DRAIN: Duration = Duration::from_secs(2);
+/// Longest stream or consumer name made here; longer ones are cut and hashed.
+const MAX_NAME: usize = 200;
 
 enum AckOp {
     /// An ack kind for the delivery whose ack subject this is.
@@ -39,9 +83,12 @@ pub struct JetStreamBackend {
     client: async_nats::Client,
     context: jetstream::Context,
     settings: JetStreamConfig,
-    /// topic -> stream name, for topics whose stream is known to exist.
-    streams: Mutex<HashMap<String, String>>,
-    acks: mpsc::UnboundedSender<AckOp>,
+    streams: Arc<Streams>,
+    acks: mpsc::Sender<AckOp>,
+    /// Cancelled by `close`: every subscription hands back what it pulled and ends.
+    closing: CancellationToken,
+    /// The pull tasks, awaited (bounded) by `close`.
+    pumps: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl JetStreamBackend {
@@ -54,62 +101,34 @@ impl JetStreamBackend {
             .await
             .map_err(|reason| BackendError::Connect {
                 backend: KIND,
-                url: config
-                    .url
-                    .clone()
-                    .unwrap_or_else(|| super::nats::DEFAULT_URL.into()),
+                url: super::nats::redacted_url(
+                    config.url.as_deref().unwrap_or(super::nats::DEFAULT_URL),
+                ),
                 reason: format!("JetStream is not available: {reason}"),
             })?;
-        let (acks, ack_rx) = mpsc::unbounded_channel();
+        let (acks, ack_rx) = mpsc::channel(ACK_QUEUE);
         tokio::spawn(settle_acks(client.clone(), ack_rx));
         Ok(JetStreamBackend {
+            streams: Arc::new(Streams {
+                context: context.clone(),
+                settings: config.jetstream.clone(),
+                known: std::sync::Mutex::new(HashMap::new()),
+            }),
             client,
             context,
             settings: config.jetstream.clone(),
-            streams: Mutex::new(HashMap::new()),
             acks,
+            closing: CancellationToken::new(),
+            pumps: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    /// The stream capturing `topic`, created if needed.
-    async fn stream_for(&self, topic: &str) -> Result<String, BackendError> {
-        if let Some(name) = self.streams.lock().await.get(topic) {
-            return Ok(name.clone());
-        }
-        let (name, subjects) = match self.settings.streams.iter().find(|s| {
-            s.subjects
-                .iter()
-                .any(|pattern| subject_matches(pattern, topic))
-        }) {
-            Some(binding) => (binding.name.clone(), binding.subjects.clone()),
-            None => (
-                format!("{}{}", self.settings.stream_prefix, sanitize(topic)),
-                vec![topic.to_string()],
-            ),
-        };
-        let config = stream::Config {
-            name: name.clone(),
-            subjects,
-            max_age: self.settings.max_age,
-            storage: if self.settings.storage == "memory" {
-                stream::StorageType::Memory
-            } else {
-                stream::StorageType::File
-            },
-            ..Default::default()
-        };
-        self.context
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| operation_error("create stream", KIND, format!("stream `{name}`: {e}")))?;
-        self.streams
-            .lock()
-            .await
-            .insert(topic.to_string(), name.clone());
-        Ok(name)
-    }
-
-    fn consumer_config(&self, spec: &SubscriptionSpec) -> consumer::pull::Config {
+    /// The consumer configuration of `spec`, and whether the consumer is one the
+    /// configuration names (used as it exists).
+    fn consumer_config(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<(consumer::pull::Config, bool), BackendError> {
         let base = consumer::pull::Config {
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.settings.ack_wait,
@@ -118,24 +137,88 @@ impl JetStreamBackend {
             max_ack_pending: self.settings.max_ack_pending,
             ..Default::default()
         };
-        match &spec.group {
-            Some(group) => consumer::pull::Config {
-                durable_name: Some(sanitize(&format!("{group}__{}", spec.topic))),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..base
-            },
+        if let Some(name) = &spec.consumer {
+            if !is_valid_name(name) {
+                return Err(operation_error(
+                    "subscribe",
+                    KIND,
+                    format!(
+                        "consumer name `{}` of `{}` is not a JetStream name (no `.`, `*`, `>`, `/`, `\\` or whitespace)",
+                        name.escape_debug(),
+                        spec.subscriber
+                    ),
+                ));
+            }
+            return Ok((
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..base
+                },
+                true,
+            ));
+        }
+        Ok(match &spec.group {
+            Some(group) => (
+                consumer::pull::Config {
+                    durable_name: Some(durable_name(group, &spec.topic)),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..base
+                },
+                false,
+            ),
             // Named, so that after a pull error the same consumer (and its position) is
             // bound again; the server removes it once nobody pulls for a while.
-            None => consumer::pull::Config {
-                name: Some(sanitize(&format!(
-                    "fanout_{}_{}",
-                    spec.subscriber,
-                    self.client.new_inbox()
-                ))),
-                deliver_policy: consumer::DeliverPolicy::New,
-                inactive_threshold: Duration::from_secs(60),
-                ..base
-            },
+            None => (
+                consumer::pull::Config {
+                    name: Some(sanitize(&format!(
+                        "fanout.{}.{}",
+                        spec.subscriber,
+                        self.client.new_inbox()
+                    ))),
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    inactive_threshold: Duration::from_secs(60),
+                    ..base
+                },
+                false,
+            ),
+        })
+    }
+
+    async fn publish_once(
+        &self,
+        topic: &str,
+        headers: async_nats::HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Result<jetstream::publish::PublishAck, PublishFailure> {
+        let confirmed = async {
+            let ack = self
+                .context
+                .publish_with_headers(topic.to_string(), headers, payload)
+                .await
+                .map_err(PublishFailure::from)?;
+            ack.await.map_err(PublishFailure::from)
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, confirmed).await {
+            Ok(result) => result,
+            Err(_) => Err(PublishFailure::Other(format!(
+                "not confirmed within {PUBLISH_TIMEOUT:?}"
+            ))),
+        }
+    }
+}
+
+enum PublishFailure {
+    /// No stream captures the subject (any more).
+    NoStream,
+    Other(String),
+}
+
+impl From<jetstream::context::PublishError> for PublishFailure {
+    fn from(error: jetstream::context::PublishError) -> Self {
+        match error.kind() {
+            jetstream::context::PublishErrorKind::StreamNotFound => PublishFailure::NoStream,
+            _ => PublishFailure::Other(error.to_string()),
         }
     }
 }
@@ -155,15 +238,132 @@ async fn check_available(client: &async_nats::Client) -> Result<(), String> {
     }
 }
 
-/// Stream and consumer names may not hold `.`, `*`, `>`, whitespace or path separators.
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| match c {
-            '.' | '*' | '>' | '/' | '\\' => '_',
-            c if c.is_whitespace() || c.is_control() => '_',
-            c => c,
+/// Which stream captures a topic: bound, found on the server, or created.
+struct Streams {
+    context: jetstream::Context,
+    settings: JetStreamConfig,
+    /// topic -> stream name, for topics whose stream is known to exist.
+    known: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Streams {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The stream capturing `topic`, created if there is none.
+    async fn for_topic(&self, topic: &str) -> Result<String, BackendError> {
+        if let Some(name) = self.known().get(topic) {
+            return Ok(name.clone());
+        }
+        let name = self.resolve(topic).await?;
+        let mut known = self.known();
+        if known.len() >= KNOWN_STREAMS {
+            known.clear();
+        }
+        known.insert(topic.to_string(), name.clone());
+        Ok(name)
+    }
+
+    /// Forgets `topic`'s stream (it is gone): the next use looks again.
+    fn forget(&self, topic: &str) {
+        self.known().remove(topic);
+    }
+
+    async fn resolve(&self, topic: &str) -> Result<String, BackendError> {
+        if let Some(binding) = self.settings.streams.iter().find(|s| {
+            s.subjects
+                .iter()
+                .any(|pattern| subject_matches(pattern, topic))
+        }) {
+            self.ensure(&binding.name, binding.subjects.clone()).await?;
+            return Ok(binding.name.clone());
+        }
+        match self.context.stream_by_subject(topic).await {
+            Ok(name) => return Ok(name),
+            Err(error) if matches!(error.kind(), GetStreamByNameErrorKind::NotFound) => {}
+            Err(error) => {
+                return Err(operation_error(
+                    "find stream",
+                    KIND,
+                    format!("the stream capturing `{topic}`: {error}"),
+                ));
+            }
+        }
+        let name = stream_name(&self.settings.stream_prefix, topic);
+        self.ensure(&name, vec![topic.to_string()]).await?;
+        Ok(name)
+    }
+
+    /// Creates stream `name` with the configured limits unless it exists.
+    async fn ensure(&self, name: &str, subjects: Vec<String>) -> Result<(), BackendError> {
+        let config = stream::Config {
+            name: name.to_string(),
+            subjects,
+            max_age: self.settings.max_age,
+            max_bytes: match self.settings.max_bytes {
+                0 => -1,
+                bytes => i64::try_from(bytes).unwrap_or(i64::MAX),
+            },
+            storage: if self.settings.storage == "memory" {
+                stream::StorageType::Memory
+            } else {
+                stream::StorageType::File
+            },
+            ..Default::default()
+        };
+        self.context
+            .get_or_create_stream(config)
+            .await
+            .map(drop)
+            .map_err(|e| operation_error("create stream", KIND, format!("stream `{name}`: {e}")))
+    }
+}
+
+/// The stream created for `topic`.
+fn stream_name(prefix: &str, topic: &str) -> String {
+    format!("{prefix}{}", sanitize(topic))
+}
+
+/// The durable consumer of `group` on `topic`.
+fn durable_name(group: &str, topic: &str) -> String {
+    format!("{}__{}", sanitize(group), sanitize(topic))
+}
+
+/// What JetStream accepts as a stream or consumer name.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.chars().any(|c| {
+            matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
         })
-        .collect()
+}
+
+/// Maps `name` onto what stream and consumer names may hold, reversibly: ASCII letters,
+/// digits and `-` stay, `.` becomes `_`, every other byte (`_` and `+` included) becomes
+/// `+XX` (hex). Names longer than [`MAX_NAME`] are cut and end in `++` and a hash of the
+/// whole name (`++` never occurs otherwise).
+fn sanitize(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        match byte {
+            b'.' => out.push('_'),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' => out.push(char::from(byte)),
+            other => {
+                let _ = write!(out, "+{other:02X}");
+            }
+        }
+    }
+    if out.len() > MAX_NAME {
+        // FNV-1a: stable across builds and platforms.
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        out.truncate(MAX_NAME - 18);
+        let _ = write!(out, "++{hash:016x}");
+    }
+    out
 }
 
 /// NATS subject matching: `*` matches one token, a trailing `>` one or more.
@@ -181,14 +381,39 @@ fn subject_matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// The delivery count and stream sequence in a JetStream ack subject
+/// (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
+/// or with domain and account hash after `$JS.ACK`).
+fn parse_ack_subject(subject: &str) -> Option<(u64, u64)> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    if tokens.len() < 9 || tokens[0] != "$JS" || tokens[1] != "ACK" {
+        return None;
+    }
+    let first = if tokens.len() == 9 { 4 } else { 6 };
+    let delivered = tokens.get(first)?.parse().ok()?;
+    let sequence = tokens.get(first + 1)?.parse().ok()?;
+    Some((delivered, sequence))
+}
+
 /// Sends acks in order, without waiting for the server per message: an ack is a plain
-/// publish to the delivery's ack subject.
-async fn settle_acks(client: async_nats::Client, mut ops: mpsc::UnboundedReceiver<AckOp>) {
+/// publish to the delivery's ack subject (bounded while the server is unreachable).
+async fn settle_acks(client: async_nats::Client, mut ops: mpsc::Receiver<AckOp>) {
     while let Some(op) = ops.recv().await {
         match op {
             AckOp::Settle(subject, kind) => {
-                if let Err(error) = client.publish(subject, kind.into()).await {
-                    tracing::warn!(backend = KIND, %error, "ack not sent; the server will redeliver");
+                match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(subject, kind.into()))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(backend = KIND, %error, "ack not sent; the server will redeliver")
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            backend = KIND,
+                            "ack not sent in time; the server will redeliver"
+                        )
+                    }
                 }
             }
             AckOp::Flush(done) => {
@@ -198,16 +423,106 @@ async fn settle_acks(client: async_nats::Client, mut ops: mpsc::UnboundedReceive
     }
 }
 
-/// Deliveries handed out and not yet settled (queued for a handler or running), by
-/// stream sequence, with their ack subjects.
-#[derive(Clone, Default)]
-struct Unsettled(Arc<std::sync::Mutex<HashMap<u64, async_nats::Subject>>>);
+fn queue_settlement(acks: &mpsc::Sender<AckOp>, subject: async_nats::Subject, kind: AckKind) {
+    match acks.try_send(AckOp::Settle(subject, kind)) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!(
+                backend = KIND,
+                "settlement queue full; this one is dropped and the server redelivers"
+            );
+        }
+    }
+}
 
-impl Unsettled {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, async_nats::Subject>> {
-        self.0
+#[derive(Default)]
+struct InFlightState {
+    /// Deliveries handed out and not yet settled (queued for a handler or running), by a
+    /// number of their own (a redelivered copy gets another), with their ack subjects.
+    entries: HashMap<u64, async_nats::Subject>,
+    next: u64,
+    /// Stream sequences handed out and not acknowledged (nak'ed ones stay until a copy is
+    /// acknowledged): where a lost group-less consumer resumes.
+    unacked: BTreeSet<u64>,
+    /// The highest stream sequence handed out, or the stream's last when the consumer was
+    /// created.
+    last_sequence: u64,
+}
+
+/// One subscription's in-flight table (bounded by `prefetch`) and resume position
+/// (bounded by `max_ack_pending`, oldest dropped beyond it).
+#[derive(Clone)]
+struct InFlight {
+    state: Arc<std::sync::Mutex<InFlightState>>,
+    settled: Arc<Notify>,
+    /// Stream sequences kept for the resume position, at most; 0 when the position is not
+    /// kept (a durable resumes where the server says).
+    max_unacked: usize,
+}
+
+impl InFlight {
+    fn new(max_unacked: usize) -> Self {
+        InFlight {
+            state: Arc::default(),
+            settled: Arc::new(Notify::new()),
+            max_unacked,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, InFlightState> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self, subject: async_nats::Subject, sequence: u64) -> u64 {
+        let mut state = self.state();
+        let id = state.next;
+        state.next += 1;
+        state.entries.insert(id, subject);
+        if sequence > 0 && self.max_unacked > 0 {
+            state.unacked.insert(sequence);
+            state.last_sequence = state.last_sequence.max(sequence);
+            while state.unacked.len() > self.max_unacked {
+                state.unacked.pop_first();
+            }
+        }
+        id
+    }
+
+    fn settle(&self, id: u64, sequence: u64, acknowledged: bool) {
+        {
+            let mut state = self.state();
+            state.entries.remove(&id);
+            if acknowledged && self.max_unacked > 0 {
+                state.unacked.remove(&sequence);
+            }
+        }
+        self.settled.notify_one();
+    }
+
+    fn len(&self) -> usize {
+        self.state().entries.len()
+    }
+
+    fn subjects(&self) -> Vec<async_nats::Subject> {
+        self.state().entries.values().cloned().collect()
+    }
+
+    /// The oldest stream sequence not acknowledged, else the one after the last seen.
+    fn resume_point(&self) -> u64 {
+        let state = self.state();
+        state
+            .unacked
+            .first()
+            .copied()
+            .unwrap_or(state.last_sequence + 1)
+    }
+
+    fn set_position(&self, last_sequence: u64) {
+        let mut state = self.state();
+        state.unacked.clear();
+        state.last_sequence = last_sequence;
     }
 }
 
@@ -215,42 +530,42 @@ impl Unsettled {
 /// worked on (`+WPI`), so a backlog waiting locally or a slow handler is not redelivered
 /// elsewhere meanwhile. Ends once the subscription is gone and nothing is left unsettled.
 async fn keep_in_progress(
-    unsettled: Unsettled,
-    acks: mpsc::UnboundedSender<AckOp>,
+    in_flight: InFlight,
+    acks: mpsc::Sender<AckOp>,
     ack_wait: Duration,
     subscription: mpsc::Sender<Delivery>,
 ) {
     let period = (ack_wait / 3).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(period).await;
-        let subjects: Vec<async_nats::Subject> = unsettled.map().values().cloned().collect();
+        let subjects = in_flight.subjects();
         if subjects.is_empty() && subscription.is_closed() {
             return;
         }
+        if acks.is_closed() {
+            return;
+        }
         for subject in subjects {
-            if acks
-                .send(AckOp::Settle(subject, AckKind::Progress))
-                .is_err()
-            {
-                return;
-            }
+            // A report that finds the queue full is skipped; the next one comes soon.
+            let _ = acks.try_send(AckOp::Settle(subject, AckKind::Progress));
         }
     }
 }
 
 struct JetStreamAcker {
     subject: Option<async_nats::Subject>,
+    id: u64,
     sequence: u64,
-    unsettled: Unsettled,
-    acks: mpsc::UnboundedSender<AckOp>,
+    in_flight: InFlight,
+    acks: mpsc::Sender<AckOp>,
 }
 
 impl JetStreamAcker {
     fn settle(&mut self, kind: AckKind) {
         if let Some(subject) = self.subject.take() {
-            self.unsettled.map().remove(&self.sequence);
-            // Closed only after the backend is closed; the server redelivers then.
-            let _ = self.acks.send(AckOp::Settle(subject, kind));
+            self.in_flight
+                .settle(self.id, self.sequence, matches!(kind, AckKind::Ack));
+            queue_settlement(&self.acks, subject, kind);
         }
     }
 }
@@ -296,16 +611,46 @@ impl Backend for JetStreamBackend {
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         async move {
             check_payload(&self.client, KIND, &message)?;
-            self.stream_for(topic).await?;
             let headers = to_nats_headers(&message, KIND)?;
-            let ack = self
-                .context
-                .publish_with_headers(topic.to_string(), headers, message.payload)
-                .await
-                .map_err(|e| operation_error("publish", KIND, e))?;
-            ack.await
-                .map(drop)
-                .map_err(|e| operation_error("publish", KIND, e))
+            self.streams.for_topic(topic).await?;
+            let mut looked_again = false;
+            let ack = loop {
+                match self
+                    .publish_once(topic, headers.clone(), message.payload.clone())
+                    .await
+                {
+                    Ok(ack) => break ack,
+                    // The stream is gone (a memory stream after a restart, an operator's
+                    // delete): find or create it again, once.
+                    Err(PublishFailure::NoStream) if !looked_again => {
+                        looked_again = true;
+                        self.streams.forget(topic);
+                        self.streams.for_topic(topic).await?;
+                    }
+                    Err(PublishFailure::NoStream) => {
+                        return Err(operation_error(
+                            "publish",
+                            KIND,
+                            format!("no stream captures `{topic}`"),
+                        ));
+                    }
+                    Err(PublishFailure::Other(reason)) => {
+                        return Err(operation_error("publish", KIND, reason));
+                    }
+                }
+            };
+            if ack.duplicate {
+                return Err(operation_error(
+                    "publish",
+                    KIND,
+                    format!(
+                        "stream `{}` dropped the message as a duplicate: a message with id `{}` (Nats-Msg-Id) is already stored",
+                        ack.stream,
+                        message.id.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            Ok(())
         }
         .boxed()
     }
@@ -315,35 +660,54 @@ impl Backend for JetStreamBackend {
         spec: &'a SubscriptionSpec,
     ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
         async move {
-            let stream_name = self.stream_for(&spec.topic).await?;
-            let config = self.consumer_config(spec);
+            let stream_name = self.streams.for_topic(&spec.topic).await?;
+            let (config, named) = self.consumer_config(spec)?;
             let stream = self
                 .context
                 .get_stream(&stream_name)
                 .await
                 .map_err(|e| operation_error("subscribe", KIND, e))?;
-            let consumer = create_consumer(&stream, &config)
-                .await
-                .map_err(|e| operation_error("subscribe", KIND, e))?;
-            let (tx, rx) = mpsc::channel(spec.prefetch.max(1));
-            let unsettled = Unsettled::default();
+            let info = bind_consumer(&stream, &config, named).await?;
+            let prefetch = spec.prefetch.max(1);
+            let (tx, rx) = mpsc::channel(prefetch);
+            // Only a group-less consumer resumes from a position of its own.
+            let in_flight = InFlight::new(if config.durable_name.is_none() {
+                usize::try_from(self.settings.max_ack_pending)
+                    .unwrap_or(usize::MAX)
+                    .max(1)
+            } else {
+                0
+            });
+            in_flight.set_position(info.delivered.stream_sequence);
             tokio::spawn(keep_in_progress(
-                unsettled.clone(),
+                in_flight.clone(),
                 self.acks.clone(),
                 self.settings.ack_wait,
                 tx.clone(),
             ));
+            let consumer_name = info.name.clone();
             let pump = Pump {
+                client: self.client.clone(),
                 context: self.context.clone(),
+                streams: Arc::clone(&self.streams),
+                topic: spec.topic.clone(),
                 stream_name,
+                stream_created: Some(stream.cached_info().created),
+                consumer_name,
                 config,
-                prefetch: spec.prefetch.max(1),
+                prefetch,
                 acks: self.acks.clone(),
                 subscriber: spec.subscriber.clone(),
-                unsettled,
-                last_sequence: 0,
+                in_flight,
+                closing: self.closing.child_token(),
             };
-            tokio::spawn(pump.run(consumer, tx));
+            let handle = tokio::spawn(pump.run(tx));
+            let mut pumps = self
+                .pumps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            pumps.retain(|pump| !pump.is_finished());
+            pumps.push(handle);
             Ok(tokio_stream_from(rx))
         }
         .boxed()
@@ -351,26 +715,113 @@ impl Backend for JetStreamBackend {
 
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         async move {
-            let (done, flushed) = oneshot::channel();
-            if self.acks.send(AckOp::Flush(done)).is_ok() {
-                let _ = flushed.await;
+            // Every subscription hands back what it pulled (naks), then the acks go out.
+            self.closing.cancel();
+            let pumps: Vec<JoinHandle<()>> = std::mem::take(
+                &mut *self
+                    .pumps
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            let stopped = tokio::time::timeout(
+                STOP_DRAIN + Duration::from_millis(500),
+                futures_util::future::join_all(pumps),
+            )
+            .await;
+            if stopped.is_err() {
+                tracing::warn!(
+                    backend = KIND,
+                    "subscriptions did not stop in time; what they pulled comes back after ack_wait"
+                );
             }
-            self.client
-                .flush()
-                .await
-                .map_err(|e| operation_error("flush", KIND, e))
+            let (done, flushed) = oneshot::channel();
+            let queued = tokio::time::timeout(
+                super::nats::CLOSE_TIMEOUT,
+                async {
+                    if self.acks.send(AckOp::Flush(done)).await.is_ok() {
+                        let _ = flushed.await;
+                    }
+                },
+            )
+            .await;
+            if queued.is_err() {
+                tracing::warn!(
+                    backend = KIND,
+                    "acknowledgements not all sent (server unreachable?); the server redelivers those"
+                );
+            }
+            bounded_flush(&self.client, KIND).await
         }
         .boxed()
     }
+
+    fn owns_header(&self, name: &str) -> bool {
+        is_nats_header(name)
+    }
+
+    fn max_message_size(&self) -> Option<usize> {
+        Some(self.client.server_info().max_payload)
+    }
 }
 
-async fn create_consumer(
+/// Binds the consumer `config` describes: an existing consumer the configuration names
+/// is used as it is; otherwise the consumer is created, or updated to `config` (a change
+/// the server refuses is an error naming both values).
+async fn bind_consumer(
     stream: &stream::Stream,
     config: &consumer::pull::Config,
-) -> Result<consumer::PullConsumer, async_nats::Error> {
-    match config.durable_name.as_ref().or(config.name.as_ref()) {
-        Some(name) => Ok(stream.get_or_create_consumer(name, config.clone()).await?),
-        None => Ok(stream.create_consumer(config.clone()).await?),
+    named: bool,
+) -> Result<consumer::Info, BackendError> {
+    let name = config
+        .durable_name
+        .as_deref()
+        .or(config.name.as_deref())
+        .unwrap_or_default();
+    if named {
+        match stream.consumer_info(name).await {
+            Ok(info) if info.config.deliver_subject.is_some() => {
+                return Err(operation_error(
+                    "subscribe",
+                    KIND,
+                    format!("consumer `{name}` is a push consumer; a pull consumer is needed"),
+                ));
+            }
+            Ok(info) => return Ok(info),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    jetstream::context::ConsumerInfoErrorKind::NotFound
+                ) => {}
+            Err(error) => {
+                return Err(operation_error(
+                    "subscribe",
+                    KIND,
+                    format!("consumer `{name}`: {error}"),
+                ));
+            }
+        }
+    }
+    match stream.create_consumer(config.clone()).await {
+        Ok(consumer) => Ok(consumer.cached_info().clone()),
+        Err(error) => {
+            let reason = match stream.consumer_info(name).await {
+                Ok(existing) => format!(
+                    "consumer `{name}` exists with ack_wait {:?}, max_ack_pending {}, max_deliver {}, filter `{}`; \
+                     configured: ack_wait {:?}, max_ack_pending {}, max_deliver {}, filter `{}`; \
+                     the server refused the update ({error}): change the configuration back or delete the consumer",
+                    existing.config.ack_wait,
+                    existing.config.max_ack_pending,
+                    existing.config.max_deliver,
+                    existing.config.filter_subject,
+                    config.ack_wait,
+                    config.max_ack_pending,
+                    config.max_deliver,
+                    config.filter_subject,
+                ),
+                Err(_) => format!("consumer `{name}`: {error}"),
+            };
+            Err(operation_error("subscribe", KIND, reason))
+        }
     }
 }
 
@@ -378,102 +829,246 @@ fn tokio_stream_from(mut rx: mpsc::Receiver<Delivery>) -> Subscription {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
-/// Pulls from one consumer into the subscription's channel; recreates the consumer and
-/// its pull stream after errors (server restarts, missed heartbeats).
+/// How a pull session ended.
+enum Ended {
+    /// The subscription was dropped or the backend closed.
+    Stopped,
+    /// The consumer, the stream or the connection is gone: bind again.
+    Lost(String),
+}
+
+/// Pulls from one consumer into the subscription's channel, only as much as there is room
+/// for; binds the consumer (and its stream) again after errors (server restarts, deleted
+/// streams or consumers, missed heartbeats).
 struct Pump {
+    client: async_nats::Client,
     context: jetstream::Context,
+    streams: Arc<Streams>,
+    topic: String,
     stream_name: String,
+    stream_created: Option<async_nats::datetime::DateTime>,
+    consumer_name: String,
     config: consumer::pull::Config,
     prefetch: usize,
-    acks: mpsc::UnboundedSender<AckOp>,
+    acks: mpsc::Sender<AckOp>,
     subscriber: String,
-    unsettled: Unsettled,
-    /// The stream sequence of the last message handed out (to resume a lost consumer).
-    last_sequence: u64,
+    in_flight: InFlight,
+    closing: CancellationToken,
 }
 
 impl Pump {
-    async fn run(mut self, mut consumer: consumer::PullConsumer, tx: mpsc::Sender<Delivery>) {
+    async fn run(mut self, tx: mpsc::Sender<Delivery>) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match consumer
-                .stream()
-                .max_messages_per_batch(self.prefetch)
-                .heartbeat(Duration::from_secs(2))
-                .expires(Duration::from_secs(10))
-                .messages()
-                .await
-            {
-                Ok(mut messages) => loop {
-                    // Stop pulling the moment the subscription is dropped, so the server
-                    // hands what is left to the other members at once.
-                    let item = tokio::select! {
-                        _ = tx.closed() => return,
-                        item = messages.next() => item,
-                    };
-                    match item {
-                        Some(Ok(message)) => {
-                            backoff = Duration::from_millis(100);
-                            let (attempt, sequence) = message.info().map_or((1, 0), |info| {
-                                (
-                                    u32::try_from(info.delivered).unwrap_or(u32::MAX),
-                                    info.stream_sequence,
-                                )
-                            });
-                            self.last_sequence = self.last_sequence.max(sequence);
-                            let jetstream::Message { message, .. } = message;
-                            if let Some(subject) = &message.reply {
-                                self.unsettled.map().insert(sequence, subject.clone());
-                            }
-                            let delivery = Delivery::new(
-                                from_nats(message.payload, message.headers.as_ref()),
-                                attempt,
-                                Box::new(JetStreamAcker {
-                                    subject: message.reply,
-                                    sequence,
-                                    unsettled: self.unsettled.clone(),
-                                    acks: self.acks.clone(),
-                                }),
-                            );
-                            if tx.send(delivery).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(Err(error)) => {
-                            tracing::warn!(backend = KIND, subscriber = %self.subscriber, %error, "pull failed; resubscribing");
-                            break;
-                        }
-                        None => break,
-                    }
-                },
-                Err(error) => {
-                    tracing::warn!(backend = KIND, subscriber = %self.subscriber, %error, "cannot pull; retrying");
+            match self.session(&tx, &mut backoff).await {
+                Ended::Stopped => return,
+                Ended::Lost(reason) => {
+                    tracing::warn!(backend = KIND, subscriber = %self.subscriber, %reason, "pull interrupted; binding the consumer again");
                 }
             }
-            if tx.is_closed() {
-                return;
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = self.closing.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
             }
-            tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
-            // A group-less consumer the server removed meanwhile resumes after the last
-            // message handed out, not at "new messages only".
-            if self.config.durable_name.is_none() && self.last_sequence > 0 {
-                self.config.deliver_policy = consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: self.last_sequence + 1,
-                };
-            }
-            match self.context.get_stream(&self.stream_name).await {
-                Ok(stream) => match create_consumer(&stream, &self.config).await {
-                    Ok(fresh) => consumer = fresh,
-                    Err(error) => {
-                        tracing::warn!(backend = KIND, subscriber = %self.subscriber, %error, "cannot recreate consumer")
-                    }
-                },
-                Err(error) => {
-                    tracing::warn!(backend = KIND, subscriber = %self.subscriber, %error, "stream unavailable")
-                }
+            if let Err(reason) = self.recover().await {
+                tracing::warn!(backend = KIND, subscriber = %self.subscriber, %reason, "cannot bind the consumer; retrying");
             }
         }
+    }
+
+    /// One inbox and the pull requests sent to it, until an error or the stop.
+    async fn session(&mut self, tx: &mpsc::Sender<Delivery>, backoff: &mut Duration) -> Ended {
+        let inbox = self.client.new_inbox();
+        let mut inbox_sub =
+            match tokio::time::timeout(PUBLISH_TIMEOUT, self.client.subscribe(inbox.clone())).await
+            {
+                Ok(Ok(subscriber)) => subscriber,
+                Ok(Err(error)) => return Ended::Lost(error.to_string()),
+                Err(_) => return Ended::Lost("cannot subscribe to an inbox in time".into()),
+            };
+        let pull_subject = format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            self.stream_name, self.consumer_name
+        );
+        // Messages asked for and not arrived yet (one request at a time).
+        let mut outstanding = 0usize;
+        let mut request_deadline = Instant::now();
+        let mut last_heard = Instant::now();
+        let threshold = self.prefetch.div_ceil(2);
+        let ended = loop {
+            if outstanding == 0 {
+                let room = self.prefetch.saturating_sub(self.in_flight.len());
+                if room >= threshold {
+                    let request = serde_json::json!({
+                        "batch": room,
+                        "expires": PULL_EXPIRES.as_nanos() as u64,
+                        "idle_heartbeat": PULL_HEARTBEAT.as_nanos() as u64,
+                    });
+                    let sent = tokio::time::timeout(
+                        PUBLISH_TIMEOUT,
+                        self.client.publish_with_reply(
+                            pull_subject.clone(),
+                            inbox.clone(),
+                            request.to_string().into(),
+                        ),
+                    )
+                    .await;
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => break Ended::Lost(error.to_string()),
+                        Err(_) => break Ended::Lost("pull request not sent in time".into()),
+                    }
+                    outstanding = room;
+                    last_heard = Instant::now();
+                    request_deadline = last_heard + PULL_EXPIRES + PULL_HEARTBEAT;
+                }
+            }
+            let watchdog = request_deadline.min(last_heard + PULL_HEARTBEAT * 3);
+            tokio::select! {
+                biased;
+                _ = tx.closed() => break Ended::Stopped,
+                _ = self.closing.cancelled() => break Ended::Stopped,
+                _ = self.in_flight.settled.notified(), if outstanding == 0 => {}
+                _ = tokio::time::sleep_until(watchdog), if outstanding > 0 => {
+                    break Ended::Lost("no heartbeat from the server".into());
+                }
+                message = inbox_sub.next() => {
+                    let Some(message) = message else {
+                        break Ended::Lost("the inbox subscription ended".into());
+                    };
+                    last_heard = Instant::now();
+                    match message.status {
+                        None => {
+                            outstanding = outstanding.saturating_sub(1);
+                            *backoff = Duration::from_millis(100);
+                            let Some(delivery) = self.delivery(message) else { continue };
+                            tokio::select! {
+                                // (the delivery is dropped: its acker naks it)
+                                _ = self.closing.cancelled() => break Ended::Stopped,
+                                sent = tx.send(delivery) => if sent.is_err() {
+                                    break Ended::Stopped;
+                                },
+                            }
+                        }
+                        Some(StatusCode::IDLE_HEARTBEAT) => {}
+                        // The request expired (or found nothing): ask again.
+                        Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => outstanding = 0,
+                        Some(StatusCode::NO_RESPONDERS) => {
+                            break Ended::Lost("the consumer is gone".into());
+                        }
+                        Some(status) => {
+                            break Ended::Lost(format!(
+                                "{status}: {}",
+                                message.description.as_deref().unwrap_or("")
+                            ));
+                        }
+                    }
+                }
+            }
+        };
+        if matches!(ended, Ended::Stopped) {
+            self.hand_back(inbox_sub).await;
+        }
+        ended
+    }
+
+    /// At a stop: unsubscribes, and naks everything still on its way to this inbox.
+    async fn hand_back(&self, mut inbox_sub: async_nats::Subscriber) {
+        match tokio::time::timeout(STOP_DRAIN, inbox_sub.drain()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        let deadline = Instant::now() + STOP_DRAIN;
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, inbox_sub.next()).await {
+            if message.status.is_none()
+                && let Some(subject) = message.reply
+            {
+                queue_settlement(&self.acks, subject, AckKind::Nak(None));
+            }
+        }
+    }
+
+    /// A pulled message as a delivery, entered in the in-flight table.
+    fn delivery(&self, message: async_nats::Message) -> Option<Delivery> {
+        let subject = message.reply?;
+        let (delivered, sequence) = parse_ack_subject(subject.as_str()).unwrap_or((1, 0));
+        let id = self.in_flight.add(subject.clone(), sequence);
+        // The reply subject is the ack subject, not a reply address: no `reply_to`.
+        Some(Delivery::new(
+            from_nats(message.payload, message.headers.as_ref(), None),
+            u32::try_from(delivered).unwrap_or(u32::MAX),
+            Box::new(JetStreamAcker {
+                subject: Some(subject),
+                id,
+                sequence,
+                in_flight: self.in_flight.clone(),
+                acks: self.acks.clone(),
+            }),
+        ))
+    }
+
+    /// Binds the consumer again, creating the stream and the consumer when they are gone.
+    /// A group-less consumer resumes at the oldest message it has not acknowledged (all
+    /// of a stream that was created anew).
+    async fn recover(&mut self) -> Result<(), String> {
+        let stream = match self.context.get_stream(&self.stream_name).await {
+            Ok(stream) => stream,
+            Err(error) if is_stream_not_found(&error) => {
+                self.streams.forget(&self.topic);
+                self.stream_name = self
+                    .streams
+                    .for_topic(&self.topic)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.context
+                    .get_stream(&self.stream_name)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        let created = stream.cached_info().created;
+        let fresh_stream = self.stream_created != Some(created);
+        if fresh_stream {
+            // Positions in a stream that was created anew mean nothing.
+            self.in_flight.set_position(0);
+            self.stream_created = Some(created);
+        }
+        match stream.consumer_info(&self.consumer_name).await {
+            Ok(_) => return Ok(()),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    jetstream::context::ConsumerInfoErrorKind::NotFound
+                ) => {}
+            Err(error) => return Err(error.to_string()),
+        }
+        let mut config = self.config.clone();
+        if config.durable_name.is_none() {
+            config.deliver_policy = if fresh_stream {
+                consumer::DeliverPolicy::All
+            } else {
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: self.in_flight.resume_point(),
+                }
+            };
+        }
+        stream
+            .create_consumer(config)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn is_stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
+    match error.kind() {
+        jetstream::context::GetStreamErrorKind::JetStream(error) => {
+            error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+        }
+        _ => false,
     }
 }
 
@@ -494,6 +1089,67 @@ mod tests {
     #[test]
     fn names_are_sanitized() {
         assert_eq!(sanitize("sensor.readings"), "sensor_readings");
-        assert_eq!(sanitize("a b>*/"), "a_b___");
+    }
+
+    #[test]
+    fn names_do_not_collide() {
+        let names: std::collections::HashSet<String> = [
+            "orders.a.b",
+            "orders.a_b",
+            "orders_a.b",
+            "orders.a/b",
+            "orders.a\\b",
+        ]
+        .iter()
+        .map(|topic| sanitize(topic))
+        .collect();
+        assert_eq!(names.len(), 5, "{names:?}");
+    }
+
+    #[test]
+    fn long_names_are_cut_and_hashed() {
+        let a = sanitize(&format!("{}.a", "x".repeat(300)));
+        let b = sanitize(&format!("{}.b", "x".repeat(300)));
+        assert!(a.len() <= MAX_NAME && b.len() <= MAX_NAME);
+        assert_ne!(a, b);
+        assert!(is_valid_name(&a));
+    }
+
+    #[test]
+    fn ack_subjects_are_parsed() {
+        assert_eq!(
+            parse_ack_subject("$JS.ACK.ORDERS.shop.3.42.17.1700000000.5"),
+            Some((3, 42))
+        );
+        assert_eq!(
+            parse_ack_subject("$JS.ACK.hub.ACCHASH.ORDERS.shop.2.7.9.1700000000.0.tok"),
+            Some((2, 7))
+        );
+        assert_eq!(parse_ack_subject("_INBOX.abc"), None);
+    }
+
+    #[test]
+    fn jetstream_config_values_are_checked() {
+        let error = crate::Config::from_toml("[broker.jetstream]\nack_wait = \"0s\"").unwrap_err();
+        assert!(
+            error.to_string().contains("broker.jetstream.ack_wait"),
+            "{error}"
+        );
+        for bad in ["0", "-1"] {
+            let error =
+                crate::Config::from_toml(&format!("[broker.jetstream]\nmax_ack_pending = {bad}"))
+                    .unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains("broker.jetstream.max_ack_pending"),
+                "{error}"
+            );
+        }
+        let error = crate::Config::from_toml("[broker.jetstream]\nstorage = \"disk\"").unwrap_err();
+        assert!(
+            error.to_string().contains("broker.jetstream.storage"),
+            "{error}"
+        );
     }
 }

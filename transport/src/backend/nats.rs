@@ -5,8 +5,14 @@
 //! headers; the key travels in the `x-transport-key` header and the message id in
 //! `Nats-Msg-Id`. A plain NATS client publishing a JSON body reaches a typed subscriber.
 //!
+//! A message that carries a reply subject (a `nats req`, another framework's request)
+//! reaches the runtime with it as `Message::reply_to`.
+//!
 //! async-nats reconnects with backoff and resubscribes by itself; publishes made while
-//! disconnected are buffered by the client.
+//! disconnected are buffered by the client. Every wait on the network is bounded: connect
+//! by `broker.connect_timeout`, a publish by [`PUBLISH_TIMEOUT`], the flush of `close` by
+//! [`CLOSE_TIMEOUT`] (a shutdown while the server is down ends, reporting what was not
+//! flushed).
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -24,6 +30,49 @@ pub const KEY_HEADER: &str = "x-transport-key";
 pub const ID_HEADER: &str = "Nats-Msg-Id";
 /// Where NATS listens when `broker.url` is not set.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+/// How long a publish may wait for room in the client's buffer (while the server is
+/// unreachable) or, on JetStream, for the stream's confirmation.
+pub const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long `close` waits for what is buffered to reach the server.
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `name` is a header NATS or JetStream acts on (`Nats-Msg-Id`,
+/// `Nats-Expected-Stream`, `Nats-Expected-Last-Sequence`, ...; any `Nats-*` header,
+/// compared case-insensitively): never copied into a new message such as a dead letter.
+pub fn is_nats_header(name: &str) -> bool {
+    name.get(..5)
+        .is_some_and(|start| start.eq_ignore_ascii_case("nats-"))
+}
+
+/// `url` without its credentials (`nats://user:pass@host` -> `nats://***@host`), for
+/// errors and logs.
+pub(crate) fn redacted_url(url: &str) -> String {
+    let rest_at = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[rest_at..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| rest_at + i);
+    match url[rest_at..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..rest_at], &url[rest_at + at..]),
+        None => url.to_string(),
+    }
+}
+
+/// Flushes the client's buffer, giving up after [`CLOSE_TIMEOUT`] (the server is down).
+pub(crate) async fn bounded_flush(
+    client: &async_nats::Client,
+    kind: &'static str,
+) -> Result<(), BackendError> {
+    match tokio::time::timeout(CLOSE_TIMEOUT, client.flush()).await {
+        Ok(result) => result.map_err(|e| operation_error("flush", kind, e)),
+        Err(_) => Err(operation_error(
+            "flush",
+            kind,
+            format!(
+                "the server did not take the buffered messages within {CLOSE_TIMEOUT:?} (unreachable?)"
+            ),
+        )),
+    }
+}
 
 /// Connects a NATS client as `config` says; fails fast when the server is unreachable.
 pub(crate) async fn connect_client(
@@ -36,8 +85,8 @@ pub(crate) async fn connect_client(
         .unwrap_or_else(|| DEFAULT_URL.to_string());
     let connect_error = |reason: String| BackendError::Connect {
         backend: kind,
-        url: url.clone(),
-        reason,
+        url: redacted_url(&url),
+        reason: reason.replace(url.as_str(), &redacted_url(&url)),
     };
     // Fail fast at startup when the server is unreachable; once connected, async-nats
     // reconnects (with backoff) and resubscribes by itself, without limit.
@@ -100,9 +149,16 @@ pub(crate) fn to_nats_headers(
     Ok(headers)
 }
 
-/// A NATS message as ours: key and id come out of their headers.
-pub(crate) fn from_nats(payload: Bytes, headers: Option<&async_nats::HeaderMap>) -> Message {
+/// A NATS message as ours: key and id come out of their headers; `reply_to` is the
+/// message's reply subject (pass `None` where the reply subject is not a reply address,
+/// such as a JetStream ack subject).
+pub(crate) fn from_nats(
+    payload: Bytes,
+    headers: Option<&async_nats::HeaderMap>,
+    reply_to: Option<&async_nats::Subject>,
+) -> Message {
     let mut message = Message::new(payload);
+    message.reply_to = reply_to.map(|subject| subject.as_str().to_string());
     let Some(nats_headers) = headers else {
         return message;
     };
@@ -204,10 +260,19 @@ impl Backend for NatsBackend {
         async move {
             check_payload(&self.client, KIND, &message)?;
             let headers = to_nats_headers(&message, KIND)?;
-            self.client
-                .publish_with_headers(topic.to_string(), headers, message.payload)
-                .await
-                .map_err(|e| operation_error("publish", KIND, e))
+            let publish =
+                self.client
+                    .publish_with_headers(topic.to_string(), headers, message.payload);
+            match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+                Ok(result) => result.map_err(|e| operation_error("publish", KIND, e)),
+                Err(_) => Err(operation_error(
+                    "publish",
+                    KIND,
+                    format!(
+                        "the client's buffer stayed full for {PUBLISH_TIMEOUT:?} (server unreachable?)"
+                    ),
+                )),
+            }
         }
         .boxed()
     }
@@ -231,7 +296,11 @@ impl Backend for NatsBackend {
                 .await
                 .map_err(|e| operation_error("subscribe", KIND, e))?;
             let stream = subscriber.map(|message| {
-                Delivery::unacknowledged(from_nats(message.payload, message.headers.as_ref()))
+                Delivery::unacknowledged(from_nats(
+                    message.payload,
+                    message.headers.as_ref(),
+                    message.reply.as_ref(),
+                ))
             });
             Ok(stream.boxed())
         }
@@ -239,12 +308,56 @@ impl Backend for NatsBackend {
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        async move {
-            self.client
-                .flush()
-                .await
-                .map_err(|e| operation_error("flush", KIND, e))
+        async move { bounded_flush(&self.client, KIND).await }.boxed()
+    }
+
+    fn owns_header(&self, name: &str) -> bool {
+        is_nats_header(name)
+    }
+
+    fn max_message_size(&self) -> Option<usize> {
+        Some(self.client.server_info().max_payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_an_error() {
+        assert_eq!(
+            redacted_url("nats://alice:s3cret@example.com:4222"),
+            "nats://***@example.com:4222"
+        );
+        assert_eq!(redacted_url("nats://tok@h/x@y"), "nats://***@h/x@y");
+        assert_eq!(
+            redacted_url("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(redacted_url("user:pw@host"), "***@host");
+    }
+
+    #[test]
+    fn nats_headers_are_the_brokers() {
+        for name in [
+            "Nats-Msg-Id",
+            "nats-msg-id",
+            "NATS-EXPECTED-STREAM",
+            "Nats-Expected-Last-Sequence",
+            "Nats-Expected-Last-Subject-Sequence",
+            "Nats-Rollup",
+        ] {
+            assert!(is_nats_header(name), "{name}");
         }
-        .boxed()
+        for name in [
+            "trace-id",
+            "content-type",
+            "nats",
+            "x-nats-msg-id",
+            "ñats-x",
+        ] {
+            assert!(!is_nats_header(name), "{name}");
+        }
     }
 }
