@@ -737,6 +737,16 @@ async fn a_recreated_redis_group_resumes_where_it_was_not_at_the_newest_entry() 
         .await
         .unwrap();
     assert_eq!(receive(&mut rx, 1).await[0].order.id, 1);
+    // Its (batched) XACK reached Redis: otherwise it is rightly delivered again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while redis_cli(&["XPENDING", &stream, "shop"])
+        .lines()
+        .next()
+        .is_none_or(|count| count.trim() != "0")
+    {
+        assert!(std::time::Instant::now() < deadline, "entry 1 never acked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Atomically: the group goes away and two entries arrive before anyone can
     // recreate it.
