@@ -41,6 +41,7 @@ pub const CASES: &[&str] = &[
     "handler_timeout",
     "shutdown_while_broker_down",
     "invalid_topics_are_refused",
+    "malformed_entry",
 ];
 
 /// A backend under test.
@@ -122,6 +123,29 @@ impl Target {
             Some(Server::Nats) => Some(format!("nats://127.0.0.1:{port}")),
             Some(Server::Redis) => Some(format!("redis://127.0.0.1:{port}")),
             None => None,
+        }
+    }
+
+    /// Writes, as a foreign producer could, an entry on `topic` that cannot be turned
+    /// into a message; `None` where every entry the broker holds is a message.
+    pub async fn write_malformed(&self, run: &Run, topic: &str) -> Option<()> {
+        match self.kind {
+            "redis-streams" => {
+                let url = run.url.as_deref()?;
+                let client = redis::Client::open(url).ok()?;
+                let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+                // a field name that is not UTF-8, and no payload field
+                let _: String = redis::cmd("XADD")
+                    .arg(format!("{}{topic}", run.prefix))
+                    .arg("*")
+                    .arg(&b"bad\xff\xfename"[..])
+                    .arg(&b"v\x00\xff"[..])
+                    .query_async(&mut connection)
+                    .await
+                    .ok()?;
+                Some(())
+            }
+            _ => None,
         }
     }
 
@@ -1249,6 +1273,40 @@ pub mod cases {
                 assert!(text.contains("dead-letter topic `conf.basic.*`"), "{text}");
             }
         }
+        run.cleanup(target).await;
+    }
+
+    /// A broker entry that cannot be turned into a message (written by a foreign
+    /// producer) is dead-lettered as malformed, without running the handler, and the
+    /// entries after it are handled. Each backend whose broker can hold such an entry
+    /// says how to write one ([`Target::write_malformed`]).
+    pub async fn malformed_entry(target: &Target) {
+        if !target.reachable() {
+            return;
+        }
+        let run = Run::new(target);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = start(run.config(target, ""), 1, &["typed"], tx, Duration::ZERO).await;
+        let dead = app.record("conf.typed.dlq").await.unwrap();
+        target
+            .write_malformed(&run, "conf.typed")
+            .await
+            .expect("this backend can hold a malformed entry");
+        app.publisher()
+            .publish("conf.typed", &Reading { celsius: 3.0 })
+            .await
+            .unwrap();
+        let got = events(&mut rx, 1, PATIENCE).await;
+        assert_eq!(got[0].n, 3, "the entry after it is handled");
+        let letters = dead.wait_for(1, PATIENCE).await;
+        assert_eq!(letters.len(), 1, "dead-lettered");
+        assert_eq!(
+            letters[0].headers.get(dlq::ERROR_KIND),
+            Some("malformed"),
+            "{letters:?}"
+        );
+        quiet(&mut rx, Duration::from_millis(300)).await;
+        app.shutdown().await.unwrap();
         run.cleanup(target).await;
     }
 

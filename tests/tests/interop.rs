@@ -1866,3 +1866,29 @@ mod nats_hardening {
         cleanup(&id).await;
     }
 }
+
+/// Passwords in a Redis URL never reach an error (its text or its `Debug`), nor a log line.
+#[tokio::test]
+async fn redis_credentials_in_the_url_never_reach_an_error() {
+    init_tracing();
+    for kind in ["redis", "redis-streams"] {
+        for url in [
+            "redis://:hunter2@127.0.0.1:1",
+            "redis://admin:hunter2@127.0.0.1:1/0",
+        ] {
+            let config = Config::from_toml(&format!(
+                "[broker]\nkind = \"{kind}\"\nurl = \"{url}\"\nconnect_timeout = \"1s\""
+            ))
+            .expect("config");
+            assert!(!format!("{config:?}").contains("hunter2"));
+            let error = match App::new(config).select(|_| false).start().await {
+                Ok(_) => panic!("nothing listens on port 1"),
+                Err(error) => error,
+            };
+            for text in [error.to_string(), format!("{error:?}")] {
+                assert!(!text.contains("hunter2"), "{kind}: {text}");
+                assert!(text.contains("127.0.0.1:1"), "{kind}: {text}");
+            }
+        }
+    }
+}

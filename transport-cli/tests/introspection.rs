@@ -355,3 +355,11 @@ fn check_names_every_problem_and_fails() {
     // `check` is what `start` checks first
     assert!(app.check().is_err());
 }
+
+#[test]
+fn asyncapi_takes_the_service_crates_version_unless_given() {
+    // the subscribers are declared in this crate: its version is the service's
+    let document = asyncapi(&quickstart_app());
+    assert_eq!(document["info"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_ne!(document["info"]["version"], "0.0.0");
+}
