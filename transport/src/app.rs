@@ -361,20 +361,9 @@ impl App {
         if self.run_command_from_args()? {
             return Ok(());
         }
-        let mut signals = TerminationSignals::install();
+        let signals = TerminationSignals::install();
         let running = self.start().await?;
-        let handle = running.shutdown_handle();
-        tokio::select! {
-            _ = signals.received() => tracing::info!("signal received; shutting down (a second signal exits at once)"),
-            _ = handle.0.cancelled() => tracing::info!("shutdown requested; shutting down"),
-        }
-        tokio::select! {
-            result = running.shutdown() => result,
-            _ = signals.received() => {
-                tracing::warn!("second signal: exiting now, without finishing the drain");
-                std::process::exit(130)
-            }
-        }
+        running.run_with(signals).await
     }
 }
 
@@ -457,6 +446,40 @@ impl ShutdownHandle {
 }
 
 impl Running {
+    /// Runs until SIGINT / SIGTERM (or [`ShutdownHandle::shutdown`]), then shuts down
+    /// gracefully; a second signal exits the process at once (status 130). The rest of
+    /// [`App::run`], for a `main` that starts the App itself to keep its publisher:
+    ///
+    /// ```no_run
+    /// # async fn demo(app: transport::App) -> Result<(), transport::Error> {
+    /// if app.run_command_from_args()? {
+    ///     return Ok(());
+    /// }
+    /// let running = app.start().await?;
+    /// let publisher = running.publisher().clone();
+    /// tokio::spawn(async move { publisher.publish("heartbeat", &"up").await });
+    /// running.run().await
+    /// # }
+    /// ```
+    pub async fn run(self) -> Result<(), Error> {
+        self.run_with(TerminationSignals::install()).await
+    }
+
+    async fn run_with(self, mut signals: TerminationSignals) -> Result<(), Error> {
+        let handle = self.shutdown_handle();
+        tokio::select! {
+            _ = signals.received() => tracing::info!("signal received; shutting down (a second signal exits at once)"),
+            _ = handle.0.cancelled() => tracing::info!("shutdown requested; shutting down"),
+        }
+        tokio::select! {
+            result = self.shutdown() => result,
+            _ = signals.received() => {
+                tracing::warn!("second signal: exiting now, without finishing the drain");
+                std::process::exit(130)
+            }
+        }
+    }
+
     /// Publishes through the App's backend.
     pub fn publisher(&self) -> &Publisher {
         &self.publisher

@@ -146,18 +146,9 @@ fn fit(message: &mut Message, limit: usize) {
     }
 }
 
-/// A fresh message id: unique within the process and, with the time and pid in it,
-/// across processes.
+/// A dead letter's own id.
 fn new_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "dlq-{nanos:x}-{:x}-{:x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("dlq-{}", crate::message::message_id())
 }
 
 /// An error message as a header value: one line (CR/LF and other control characters

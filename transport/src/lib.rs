@@ -45,7 +45,7 @@ pub use error::{
     BackendError, CodecError, ConfigError, Error, HandlerError, IntrospectError, PublishError,
     StartupError,
 };
-pub use message::{CONTENT_TYPE, Headers, Message};
+pub use message::{CONTENT_TYPE, Headers, Message, message_id};
 pub use publisher::{CORRELATION_ID, Destination, Outgoing, Publisher, TypedOutgoing};
 pub use topic::Topic;
 pub use transport_macros::{service, subscriber};

@@ -81,6 +81,28 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     }
 }
 
+/// A new message id: a prefix made once per process (start time and pid, so ids of
+/// different processes differ) and a counter. What the publisher gives every message
+/// published without an id, so replies and dead letters can always name their original.
+///
+/// ```
+/// let (a, b) = (transport::message_id(), transport::message_id());
+/// assert_ne!(a, b);
+/// ```
+pub fn message_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{nanos:x}-{:x}", std::process::id())
+    });
+    format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// One message: what a backend publishes and delivers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {

@@ -102,10 +102,18 @@ impl Publisher {
         }
     }
 
-    /// Publishes an already encoded message as it is. A payload over
+    /// Publishes an already encoded message as it is (given an id by
+    /// [`message_id`](crate::message_id) if it has none). A payload over
     /// `broker.max_message_bytes`, or a topic the backend cannot use, is refused before
     /// it reaches the broker.
-    pub async fn publish_message(&self, topic: &str, message: Message) -> Result<(), PublishError> {
+    pub async fn publish_message(
+        &self,
+        topic: &str,
+        mut message: Message,
+    ) -> Result<(), PublishError> {
+        if message.id.is_none() {
+            message.id = Some(crate::message::message_id());
+        }
         if let Err(source) = self.backend.validate_topic(topic) {
             return Err(PublishError::Backend {
                 topic: topic.to_string(),
@@ -357,14 +365,17 @@ pub(crate) async fn publish_reply<C: Encoder<T> + Codec, T: ?Sized>(
         message.headers.insert(CONTENT_TYPE, C::CONTENT_TYPE);
     }
     match &request.reply_to {
-        Some(address) => publisher
-            .backend
-            .reply(address, message)
-            .await
-            .map_err(|source| PublishError::Backend {
-                topic: address.clone(),
-                source,
-            }),
+        Some(address) => {
+            message.id = Some(crate::message::message_id());
+            publisher
+                .backend
+                .reply(address, message)
+                .await
+                .map_err(|source| PublishError::Backend {
+                    topic: address.clone(),
+                    source,
+                })
+        }
         None => publisher.publish_message(topic, message).await,
     }
 }

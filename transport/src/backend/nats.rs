@@ -88,9 +88,19 @@ pub(crate) async fn connect_client(
         url: redacted_url(&url),
         reason: reason.replace(url.as_str(), &redacted_url(&url)),
     };
+    // Credentials go to the client as options, not inside the server address, so that
+    // they never show in the client's own logs (it logs server addresses at debug).
+    let (address, credentials) = split_credentials(&url);
+    let options = match credentials {
+        Some(Credentials::UserPassword(user, password)) => {
+            async_nats::ConnectOptions::new().user_and_password(user, password)
+        }
+        Some(Credentials::Token(token)) => async_nats::ConnectOptions::new().token(token),
+        None => async_nats::ConnectOptions::new(),
+    };
     // Fail fast at startup when the server is unreachable; once connected, async-nats
     // reconnects (with backoff) and resubscribes by itself, without limit.
-    async_nats::ConnectOptions::new()
+    options
         .name(format!("transport/{}", std::process::id()))
         .connection_timeout(config.connect_timeout)
         .max_reconnects(None)
@@ -103,9 +113,74 @@ pub(crate) async fn connect_client(
                 other => tracing::debug!(backend = kind, event = %other, "nats event"),
             }
         })
-        .connect(url.as_str())
+        .connect(address.as_str())
         .await
         .map_err(|e| connect_error(e.to_string()))
+}
+
+/// What a NATS URL's userinfo carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    /// `nats://user:password@host`
+    UserPassword(String, String),
+    /// `nats://token@host`
+    Token(String),
+}
+
+/// The server addresses without userinfo (comma-separated, as given), and the first
+/// address's credentials, percent-decoded.
+fn split_credentials(url: &str) -> (String, Option<Credentials>) {
+    let mut credentials = None;
+    let addresses: Vec<String> = url
+        .split(',')
+        .map(|one| {
+            let (scheme, rest) = match one.find("://") {
+                Some(at) => one.split_at(at + 3),
+                None => ("", one),
+            };
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    if credentials.is_none() {
+                        credentials = Some(match rest[..at].split_once(':') {
+                            Some((user, password)) => Credentials::UserPassword(
+                                percent_decode(user),
+                                percent_decode(password),
+                            ),
+                            None => Credentials::Token(percent_decode(&rest[..at])),
+                        });
+                    }
+                    format!("{scheme}{}", &rest[at + 1..])
+                }
+                None => one.to_string(),
+            }
+        })
+        .collect();
+    (addresses.join(","), credentials)
+}
+
+/// `%XX` escapes decoded (userinfo may escape `@`, `:`...); anything else kept.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| text.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                index += 3;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A round trip through the server: once it returns, the server has processed everything
@@ -323,6 +398,28 @@ impl Backend for NatsBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_taken_out_of_the_address() {
+        assert_eq!(
+            split_credentials("nats://alice:s%40cret@h1:4222,nats://h2:4222"),
+            (
+                "nats://h1:4222,nats://h2:4222".to_string(),
+                Some(Credentials::UserPassword("alice".into(), "s@cret".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://tok@127.0.0.1"),
+            (
+                "nats://127.0.0.1".to_string(),
+                Some(Credentials::Token("tok".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".to_string(), None)
+        );
+    }
 
     #[test]
     fn credentials_never_reach_an_error() {

@@ -124,6 +124,15 @@ pub(crate) async fn connect_manager(
             .set_automatic_resubscription();
     }
     let client = redis::Client::open(info).map_err(|e| connect_error(e.to_string()))?;
+    // One plain connection first: it fails at once with the real reason (refused, AUTH,
+    // TLS) where the connection manager would retry until the timeout and say only that.
+    let probe = tokio::time::timeout(
+        config.connect_timeout,
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| connect_error(format!("no connection within {:?}", config.connect_timeout)))?;
+    drop(probe.map_err(|e| connect_error(e.to_string()))?);
     let manager = tokio::time::timeout(
         config.connect_timeout,
         client.get_connection_manager_with_config(manager_config),
