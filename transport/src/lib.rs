@@ -45,7 +45,9 @@ pub use error::{
     BackendError, CodecError, ConfigError, Error, HandlerError, IntrospectError, PublishError,
     StartupError,
 };
-pub use message::{CONTENT_TYPE, Headers, Message, message_id};
+pub use message::{
+    CONTENT_TYPE, GENERATED_ID_PREFIX, Headers, Message, is_generated_id, message_id,
+};
 pub use publisher::{CORRELATION_ID, Destination, Outgoing, Publisher, TypedOutgoing};
 pub use topic::Topic;
 pub use transport_macros::{service, subscriber};

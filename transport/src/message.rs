@@ -81,13 +81,19 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     }
 }
 
-/// A new message id: a prefix made once per process (start time and pid, so ids of
-/// different processes differ) and a counter. What the publisher gives every message
-/// published without an id, so replies and dead letters can always name their original.
+/// What every id [`message_id`] makes begins with.
+pub const GENERATED_ID_PREFIX: &str = "tp-";
+
+/// A new message id: [`GENERATED_ID_PREFIX`], a part made once per process (start time
+/// and pid, so ids of different processes differ) and a counter. What the publisher
+/// gives every message published without an id, so replies and dead letters can always
+/// name their original.
 ///
 /// ```
 /// let (a, b) = (transport::message_id(), transport::message_id());
 /// assert_ne!(a, b);
+/// assert!(transport::is_generated_id(&a));
+/// assert!(!transport::is_generated_id("order-7"));
 /// ```
 pub fn message_id() -> String {
     use std::sync::OnceLock;
@@ -98,9 +104,19 @@ pub fn message_id() -> String {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        format!("{nanos:x}-{:x}", std::process::id())
+        format!("{GENERATED_ID_PREFIX}{nanos:x}-{:x}", std::process::id())
     });
     format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Whether `id` was made by the framework ([`message_id`], dead letters), not given by a
+/// producer: a broker reporting such an id as a duplicate means a message was dropped,
+/// while a producer's own id seen twice is an idempotent retry.
+pub fn is_generated_id(id: &str) -> bool {
+    id.starts_with(GENERATED_ID_PREFIX)
+        || id
+            .strip_prefix("dlq-")
+            .is_some_and(|rest| rest.starts_with(GENERATED_ID_PREFIX))
 }
 
 /// One message: what a backend publishes and delivers.
