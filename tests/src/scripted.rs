@@ -49,6 +49,7 @@ pub struct Script {
 pub struct Scripted {
     scripts: Mutex<VecDeque<Script>>,
     failures: Mutex<HashMap<String, usize>>,
+    limits: Mutex<HashMap<String, usize>>,
     published: Mutex<Vec<(String, Message)>>,
     subscribes: AtomicUsize,
     events: UnboundedSender<Settled>,
@@ -63,6 +64,7 @@ impl Scripted {
         let backend = Scripted {
             scripts: Mutex::new(VecDeque::new()),
             failures: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
             published: Mutex::new(Vec::new()),
             subscribes: AtomicUsize::new(0),
             events,
@@ -98,6 +100,16 @@ impl Scripted {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(topic.to_string(), times);
+        self
+    }
+
+    /// Publishes to `topic` of more than `limit` bytes (payload and headers) fail with
+    /// `BackendError::TooLarge`, as a broker whose limit is lower than it said.
+    pub fn limit_publishes(self, topic: &str, limit: usize) -> Self {
+        self.limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_string(), limit);
         self
     }
 
@@ -150,6 +162,30 @@ impl Backend for Scripted {
                 _ => false,
             }
         };
+        let size = message.payload.len()
+            + message
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>();
+        let limit = self
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topic)
+            .copied();
+        if let Some(limit) = limit
+            && size > limit
+        {
+            return async move {
+                Err(BackendError::TooLarge {
+                    backend: "scripted",
+                    size,
+                    limit,
+                })
+            }
+            .boxed();
+        }
         if !fail {
             self.published
                 .lock()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, UnboundedSender};
+use transport::backend::Delivery;
 use transport::dead_letter::headers as dlq;
 use transport::prelude::*;
 use transport::{App, Config};
@@ -41,8 +42,10 @@ mod dead_letters {
         }
     }
 
+    /// A delivery the broker counts over `max_attempts` (handed back at earlier stops,
+    /// never handled) still runs its handler: broker delivery counts include hand-backs.
     #[tokio::test]
-    async fn a_delivery_over_its_attempts_is_dead_lettered_without_running_the_handler() {
+    async fn a_delivery_counted_over_its_attempts_still_runs_its_handler_once() {
         let (backend, mut settled) = Scripted::new(true);
         let delivery = backend.delivery("late", 4);
         let backend = Arc::new(backend.script(vec![delivery], false));
@@ -51,6 +54,7 @@ mod dead_letters {
             app.service(Failing(tx)).backend(backend.clone())
         })
         .await;
+        assert_eq!(receive(&mut runs, 1).await, [4], "run once");
         assert_eq!(
             receive(&mut settled, 1).await,
             [Settled::Ack("late".into())]
@@ -59,10 +63,7 @@ mod dead_letters {
         let published = backend.published();
         assert_eq!(published.len(), 1);
         assert_eq!(published[0].0, "dl.fail.dlq");
-        assert_eq!(
-            published[0].1.headers.get(dlq::ERROR_KIND),
-            Some("exhausted")
-        );
+        assert_eq!(published[0].1.headers.get(dlq::ERROR_KIND), Some("handler"));
         app.shutdown().await.unwrap();
     }
 
@@ -93,14 +94,16 @@ mod dead_letters {
         app.shutdown().await.unwrap();
     }
 
+    /// Even where the broker redelivers, a failed dead-letter publish is retried in
+    /// place: handing the message back would let it run its handler again.
     #[tokio::test]
-    async fn on_a_redelivering_broker_a_failed_dead_letter_publish_goes_back_to_the_broker() {
+    async fn on_a_redelivering_broker_a_failed_dead_letter_publish_is_retried_in_place() {
         let (backend, mut settled) = Scripted::new(true);
         let delivery = backend.delivery("doomed", 1);
         let backend = Arc::new(
             backend
                 .script(vec![delivery], false)
-                .fail_publishes("dl.fail.dlq", 1),
+                .fail_publishes("dl.fail.dlq", 2),
         );
         let (tx, mut runs) = mpsc::unbounded_channel();
         let app = start(module_path!(), memory_config("max_attempts = 1"), |app| {
@@ -110,10 +113,48 @@ mod dead_letters {
         assert_eq!(receive(&mut runs, 1).await, [1]);
         assert_eq!(
             receive(&mut settled, 1).await,
-            [Settled::Nack("doomed".into())]
+            [Settled::Ack("doomed".into())]
         );
-        assert_eq!(app.dead_letters().failed_count(), 1);
+        assert_quiet(&mut runs, Duration::from_millis(100)).await;
+        assert_eq!(app.dead_letters().failed_count(), 2);
+        assert_eq!(backend.published().len(), 1);
         app.shutdown().await.unwrap();
+    }
+
+    /// A broker whose limit is lower than it said (a stream's own `max_msg_size`): the
+    /// dead letter is fitted under the limit it reports, not retried forever.
+    #[tokio::test]
+    async fn a_dead_letter_over_a_lower_broker_limit_is_fitted_under_it() {
+        let (backend, mut settled) = Scripted::new(true);
+        let delivery = Delivery::new(Message::new(vec![b'x'; 5_000]), 1, Box::new(NoAck));
+        let _ = &mut settled;
+        let backend = Arc::new(
+            backend
+                .script(vec![delivery], false)
+                .limit_publishes("dl.fail.dlq", 1_000),
+        );
+        let (tx, mut runs) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config("max_attempts = 1"), |app| {
+            app.service(Failing(tx)).backend(backend.clone())
+        })
+        .await;
+        assert_eq!(receive(&mut runs, 1).await, [1]);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while backend.published().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let published = backend.published();
+        assert_eq!(published.len(), 1, "fitted and published");
+        let letter = &published[0].1;
+        assert!(letter.payload.len() < 1_000, "{}", letter.payload.len());
+        assert_eq!(letter.headers.get(dlq::TRUNCATED_FROM), Some("5000"));
+        app.shutdown().await.unwrap();
+    }
+
+    struct NoAck;
+    impl transport::backend::Acknowledge for NoAck {
+        fn ack(self: Box<Self>) {}
+        fn nack(self: Box<Self>, _delay: Duration) {}
     }
 
     #[tokio::test]
@@ -300,6 +341,49 @@ mod parallelism {
         let seen = receive(&mut peaks, 2).await;
         assert_eq!(seen, [2, 2], "both handlers ran at the same time");
         app.shutdown().await.unwrap();
+    }
+}
+
+mod blocked_shutdown {
+    use super::*;
+
+    pub struct Blocker(pub UnboundedSender<()>);
+
+    #[transport::service]
+    impl Blocker {
+        /// Blocks its thread, never yielding: it cannot be cancelled.
+        #[subscriber(topic = "dl.blocker")]
+        async fn block(&self, _n: u32) {
+            let _ = self.0.send(());
+            std::thread::sleep(Duration::from_secs(4));
+        }
+    }
+
+    async fn shutdown_is_bounded(concurrency: u32) {
+        let (tx, mut started) = mpsc::unbounded_channel();
+        let config = memory_config(&format!(
+            "concurrency = {concurrency}\n[shutdown]\ndrain_timeout = \"200ms\""
+        ));
+        let app = start(module_path!(), config, |app| app.service(Blocker(tx))).await;
+        app.publisher().publish("dl.blocker", &1).await.unwrap();
+        receive(&mut started, 1).await;
+        let began = std::time::Instant::now();
+        app.shutdown().await.unwrap();
+        assert!(
+            began.elapsed() < Duration::from_secs(3),
+            "shutdown waited {:?} for a handler blocking its thread",
+            began.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn shutdown_does_not_wait_for_a_blocked_handler_on_its_own_task() {
+        shutdown_is_bounded(2).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn shutdown_does_not_wait_for_a_blocked_handler_on_the_subscribers_task() {
+        shutdown_is_bounded(1).await;
     }
 }
 

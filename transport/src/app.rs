@@ -327,6 +327,7 @@ impl App {
             shutdown,
             tasks,
             dead_letters,
+            drain_timeout,
             close_timeout: self.config.shutdown.close_timeout,
         })
     }
@@ -431,8 +432,12 @@ pub struct Running {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     dead_letters: DeadLetters,
+    drain_timeout: std::time::Duration,
     close_timeout: std::time::Duration,
 }
+
+/// How long past `drain_timeout` shutdown waits for the dispatchers to return.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Triggers a graceful shutdown from anywhere (clonable).
 #[derive(Clone, Debug)]
@@ -516,10 +521,23 @@ impl Running {
     /// it returns within those bounds even while the broker is down.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.shutdown.cancel();
-        while let Some(joined) = self.tasks.join_next().await {
-            if let Err(error) = joined {
-                tracing::error!(%error, "a dispatcher task failed");
+        // Each dispatcher drains within drain_timeout; one whose handler blocks its
+        // thread cannot even be cancelled: it is left behind, not waited for.
+        let drained = tokio::time::timeout(self.drain_timeout + DRAIN_GRACE, async {
+            while let Some(joined) = self.tasks.join_next().await {
+                if let Err(error) = joined {
+                    tracing::error!(%error, "a dispatcher task failed");
+                }
             }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::error!(
+                subscribers = self.tasks.len(),
+                "subscribers still running after the drain timeout (a handler blocking its thread?); left behind"
+            );
+            self.tasks.abort_all();
+            self.tasks.detach_all();
         }
         close_backend(&self.backend, self.close_timeout).await;
         Ok(())

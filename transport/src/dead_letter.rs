@@ -117,6 +117,16 @@ fn header_bytes(message: &Message) -> usize {
         + message.id.as_ref().map_or(0, String::len)
 }
 
+/// Fits an already built letter under a lower `limit` a broker reported; `false` when it
+/// already fits (nothing to do: the failure was something else).
+pub(crate) fn refit(message: &mut Message, limit: usize) -> bool {
+    if message.payload.len() + header_bytes(message) <= limit {
+        return false;
+    }
+    fit(message, limit);
+    true
+}
+
 /// Makes `message` fit in `limit` bytes: first the original's own headers go (the
 /// framework's stay), then the payload is cut.
 fn fit(message: &mut Message, limit: usize) {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::context::Context;
 use crate::dead_letter::{self, DeadLetters, Reason};
-use crate::error::{BackendError, Error};
+use crate::error::{BackendError, Error, PublishError};
 use crate::publisher::Publisher;
 use crate::registry::{HandlerFn, Outcome, Registration};
 
@@ -224,10 +224,15 @@ impl<F: Future<Output = ()> + Send + 'static> InFlight<F> {
     }
 
     /// Cancels what is left: their deliveries are dropped unsettled (they come back).
-    async fn cancel(&mut self) {
+    /// Does not wait: a task blocking its thread cannot be cancelled and is left to
+    /// finish on its own.
+    fn cancel(&mut self) {
         match self {
             InFlight::Inline(set) => set.clear(),
-            InFlight::Spawned(set) => set.shutdown().await,
+            InFlight::Spawned(set) => {
+                set.abort_all();
+                set.detach_all();
+            }
         }
     }
 }
@@ -288,7 +293,7 @@ impl Dispatcher {
                 timeout = ?drain_timeout,
                 "drain timeout: unfinished handlers are cancelled and their messages left unacknowledged"
             );
-            in_flight.cancel().await;
+            in_flight.cancel();
         }
     }
 
@@ -339,17 +344,6 @@ impl Dispatcher {
                 "{error}; dead-lettering it undecoded"
             );
             self.dead_letter(delivery, attempt, "too-large", &error, &shutdown)
-                .await;
-            return;
-        }
-        if attempt > self.retry.max_attempts {
-            // It used its attempts before (its dead-letter publish failed, or the
-            // process stopped before it settled): the handler never runs again.
-            let error = format!(
-                "delivered {attempt} times, more than max_attempts ({}); not handled again",
-                self.retry.max_attempts
-            );
-            self.dead_letter(delivery, attempt, "exhausted", &error, &shutdown)
                 .await;
             return;
         }
@@ -419,15 +413,22 @@ impl Dispatcher {
                 delivery.nack(delay);
                 return;
             }
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // a broker that keeps the message takes it back at once; an at-most-once
+                // delivery is retried until the drain timeout ends it
+                _ = shutdown.cancelled(), if delivery.is_settled_by_broker() => {
+                    delivery.nack(Duration::ZERO);
+                    return;
+                }
+            }
             attempt += 1;
         }
     }
 
-    /// Publishes the dead letter, then acks the original. A failed publish is retried
-    /// (the handler does not run again): through the broker where it redelivers (the
-    /// copy that comes back is over its attempts, so it goes straight here), else in
-    /// place with backoff until it succeeds or shutdown begins.
+    /// Publishes the dead letter, then acks the original. A failed publish is retried in
+    /// place with backoff (the handler does not run again; the backend keeps the
+    /// delivery in progress meanwhile) until it succeeds or shutdown begins.
     async fn dead_letter(
         &self,
         delivery: Delivery,
@@ -444,7 +445,7 @@ impl Dispatcher {
             subscriber: self.registration.name,
             group: self.group.as_deref(),
         };
-        let letter = dead_letter::letter(
+        let mut letter = dead_letter::letter(
             &delivery.message,
             &reason,
             |name| self.backend.owns_header(name),
@@ -466,38 +467,27 @@ impl Dispatcher {
             };
             self.dead_letters.failed();
             failures += 1;
-            let delay = self.retry.delay_after(failures);
-            if delivery.is_settled_by_broker() && self.capabilities.native_redelivery {
-                tracing::error!(
+            // the broker's own limit is lower than it said (a stream's max_msg_size):
+            // fit the letter under it and try again at once
+            if let PublishError::Backend {
+                source: BackendError::TooLarge { limit, .. },
+                ..
+            } = &error
+                && dead_letter::refit(&mut letter, *limit)
+            {
+                tracing::warn!(
                     subscriber = self.registration.name,
                     dead_letter = %self.dead_letter_topic,
-                    %error,
-                    retry_in = ?self.retry.backoff_max,
-                    "dead-letter publish failed; the broker keeps the message and it is dead-lettered again when it comes back"
+                    limit,
+                    "dead letter over the broker's limit; fitted under it"
                 );
-                delivery.nack(self.retry.backoff_max);
-                return;
+                continue;
             }
             if shutdown.is_cancelled() {
-                if delivery.is_settled_by_broker() {
-                    tracing::error!(
-                        subscriber = self.registration.name,
-                        dead_letter = %self.dead_letter_topic,
-                        %error,
-                        "dead-letter publish failed during shutdown; the message is left with the broker"
-                    );
-                    delivery.nack(Duration::ZERO);
-                } else {
-                    tracing::error!(
-                        subscriber = self.registration.name,
-                        dead_letter = %self.dead_letter_topic,
-                        %error,
-                        payload_bytes = delivery.message.payload.len(),
-                        "dead-letter publish failed during shutdown on an at-most-once backend; the message is lost"
-                    );
-                }
+                self.give_back(delivery, &error.to_string());
                 return;
             }
+            let delay = self.retry.delay_after(failures);
             tracing::error!(
                 subscriber = self.registration.name,
                 dead_letter = %self.dead_letter_topic,
@@ -510,6 +500,29 @@ impl Dispatcher {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => {}
             }
+        }
+    }
+
+    /// Shutdown came while a dead-letter publish kept failing: the message goes back to
+    /// a broker that keeps it (its handler will run again elsewhere: the one case where
+    /// it does), or is lost on an at-most-once one.
+    fn give_back(&self, delivery: Delivery, error: &str) {
+        if delivery.is_settled_by_broker() {
+            tracing::error!(
+                subscriber = self.registration.name,
+                dead_letter = %self.dead_letter_topic,
+                %error,
+                "dead-letter publish failed until shutdown; the message is handed back to the broker"
+            );
+            delivery.nack(Duration::ZERO);
+        } else {
+            tracing::error!(
+                subscriber = self.registration.name,
+                dead_letter = %self.dead_letter_topic,
+                %error,
+                payload_bytes = delivery.message.payload.len(),
+                "dead-letter publish failed until shutdown on an at-most-once backend; the message is lost"
+            );
         }
     }
 }
