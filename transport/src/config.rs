@@ -116,33 +116,38 @@ impl std::fmt::Debug for BrokerConfig {
 /// assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
     // several URLs may be listed, comma-separated (NATS)
-    for (index, one) in url.split(',').enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        let (scheme, rest) = match one.find("://") {
-            Some(at) => one.split_at(at + 3),
-            None => ("", one),
-        };
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        match rest[..authority_end].rfind('@') {
-            Some(at) => {
-                out.push_str(scheme);
-                match rest[..at].split_once(':') {
-                    Some((user, _password)) => {
-                        out.push_str(user);
-                        out.push_str(":***");
-                    }
-                    None => out.push_str("***"),
-                }
-                out.push_str(&rest[at..]);
-            }
-            None => out.push_str(one),
-        }
+    url.split(',')
+        .map(|one| match split_userinfo(one) {
+            (scheme, Some(userinfo), host) => match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{scheme}{user}:***@{host}"),
+                None => format!("{scheme}***@{host}"),
+            },
+            (_, None, _) => one.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One URL as `(scheme://, userinfo, the rest after its '@')`. A password may hold `/`,
+/// `?` or `#` unescaped, so the userinfo ends at the last `@` before the first `/`, `?`
+/// or `#` that follows an `@` (a URL with an `@` only in its query is then taken as
+/// having userinfo: over-redacted, never leaked).
+pub(crate) fn split_userinfo(url: &str) -> (&str, Option<&str>, &str) {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + 3),
+        None => ("", url),
+    };
+    let Some(first_at) = rest.find('@') else {
+        return (scheme, None, rest);
+    };
+    let end = rest[first_at..]
+        .find(['/', '?', '#'])
+        .map_or(rest.len(), |i| first_at + i);
+    match rest[..end].rfind('@') {
+        Some(at) => (scheme, Some(&rest[..at]), &rest[at + 1..]),
+        None => (scheme, None, rest),
     }
-    out
 }
 
 impl Default for BrokerConfig {
@@ -507,13 +512,13 @@ impl Config {
 
     /// Reads `path` (which must exist), with `TRANSPORT_*` variables on top.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        // opened here for a clear error when it is missing or unreadable; figment reads
+        // it, so its errors name the file
+        std::fs::File::open(path).map_err(|source| ConfigError::File {
             path: path.display().to_string(),
             source,
         })?;
-        Self::load(
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(&text)),
-        )
+        Self::load(Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(path)))
     }
 
     /// Parses TOML text, without looking at the environment.
@@ -904,6 +909,7 @@ mod tests {
             jail.create_file("transport.toml", "[broker]\nkinde = \"nats\"")?;
             let error = Config::from_env().unwrap_err().to_string();
             assert!(error.contains("kinde"), "{error}");
+            assert!(error.contains("transport.toml"), "names the file: {error}");
             Ok(())
         });
     }
@@ -993,7 +999,19 @@ mod tests {
             redact_url("nats://a:b@h1:4222,nats://tok@h2:4222"),
             "nats://a:***@h1:4222,nats://***@h2:4222"
         );
-        assert_eq!(redact_url("redis://h/0?q=x@y"), "redis://h/0?q=x@y");
+        // unescaped `#`, `?`, `/` in a password
+        for url in [
+            "redis://:p#ss@host:6379",
+            "redis://u:p?ss@host:6379/0",
+            "redis://u:p/ss@host:6379/0?x=1",
+        ] {
+            let redacted = redact_url(url);
+            assert!(!redacted.contains("ss@"), "{url} -> {redacted}");
+            assert!(
+                redacted.ends_with(&url[url.rfind('@').unwrap_or(0)..]),
+                "{redacted}"
+            );
+        }
     }
 
     #[test]

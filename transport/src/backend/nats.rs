@@ -47,14 +47,7 @@ pub fn is_nats_header(name: &str) -> bool {
 /// `url` without its credentials (`nats://user:pass@host` -> `nats://***@host`), for
 /// errors and logs.
 pub(crate) fn redacted_url(url: &str) -> String {
-    let rest_at = url.find("://").map_or(0, |i| i + 3);
-    let authority_end = url[rest_at..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| rest_at + i);
-    match url[rest_at..authority_end].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..rest_at], &url[rest_at + at..]),
-        None => url.to_string(),
-    }
+    crate::config::redact_url(url)
 }
 
 /// Flushes the client's buffer, giving up after [`CLOSE_TIMEOUT`] (the server is down).
@@ -133,27 +126,20 @@ fn split_credentials(url: &str) -> (String, Option<Credentials>) {
     let mut credentials = None;
     let addresses: Vec<String> = url
         .split(',')
-        .map(|one| {
-            let (scheme, rest) = match one.find("://") {
-                Some(at) => one.split_at(at + 3),
-                None => ("", one),
-            };
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => {
-                    if credentials.is_none() {
-                        credentials = Some(match rest[..at].split_once(':') {
-                            Some((user, password)) => Credentials::UserPassword(
-                                percent_decode(user),
-                                percent_decode(password),
-                            ),
-                            None => Credentials::Token(percent_decode(&rest[..at])),
-                        });
-                    }
-                    format!("{scheme}{}", &rest[at + 1..])
+        .map(|one| match crate::config::split_userinfo(one) {
+            (scheme, Some(userinfo), host) => {
+                if credentials.is_none() {
+                    credentials = Some(match userinfo.split_once(':') {
+                        Some((user, password)) => Credentials::UserPassword(
+                            percent_decode(user),
+                            percent_decode(password),
+                        ),
+                        None => Credentials::Token(percent_decode(userinfo)),
+                    });
                 }
-                None => one.to_string(),
+                format!("{scheme}{host}")
             }
+            (_, None, _) => one.to_string(),
         })
         .collect();
     (addresses.join(","), credentials)
@@ -425,14 +411,14 @@ mod tests {
     fn credentials_never_reach_an_error() {
         assert_eq!(
             redacted_url("nats://alice:s3cret@example.com:4222"),
-            "nats://***@example.com:4222"
+            "nats://alice:***@example.com:4222"
         );
         assert_eq!(redacted_url("nats://tok@h/x@y"), "nats://***@h/x@y");
         assert_eq!(
             redacted_url("nats://127.0.0.1:4222"),
             "nats://127.0.0.1:4222"
         );
-        assert_eq!(redacted_url("user:pw@host"), "***@host");
+        assert_eq!(redacted_url("user:pw@host"), "user:***@host");
     }
 
     #[test]
