@@ -25,6 +25,13 @@ pub struct SaverService {
     saved: Mutex<Vec<Report>>,
 }
 
+impl SaverService {
+    /// How many reports were saved.
+    pub fn saved(&self) -> usize {
+        self.saved.lock().map_or(0, |saved| saved.len())
+    }
+}
+
 #[transport::service]
 impl SaverService {
     #[subscriber(topic = "report.event", group = "saver", codec = "json")]
@@ -49,10 +56,11 @@ async fn main() -> Result<(), transport::Error> {
         )
         .init();
     // the broker is whatever transport.toml / TRANSPORT_* selects; memory when none
+    let service = std::sync::Arc::new(SaverService::default());
     transport::App::from_env()?
-        .service(SaverService::default())
+        .service_arc(std::sync::Arc::clone(&service))
         .run()
         .await?;
-    tracing::info!("stopped");
+    tracing::info!(saved = service.saved(), "stopped");
     Ok(())
 }
