@@ -17,11 +17,14 @@
 //! a subscriber without a group gets a consumer of its own that sees only new messages,
 //! and that, lost on the server, resumes at the oldest message it has not acknowledged.
 //! The runtime enforces the attempt limit with the server's delivery count, so consumers
-//! are created with unlimited `max_deliver` and nothing is ever stranded by the server.
+//! are created with unlimited `max_deliver` and nothing is ever stranded by the server; a
+//! named consumer whose `max_deliver` is bounded and below `max_attempts + 1` (the
+//! delivery after the last attempt is the one dead-lettered) is refused at startup.
 //!
 //! **Pulling.** A subscription pulls only what it has room for (`prefetch` less the
 //! deliveries queued or running), so everything pulled is in its in-flight table and
-//! reported in progress (`+WPI`) every third of `ack_wait`. At a stop, what was pulled
+//! reported in progress (`+WPI`) every third of the consumer's own `ack_wait` (as the
+//! server reports it: an operator's consumer keeps its own). At a stop, what was pulled
 //! and not handled is nak'ed at once, so another member takes it without waiting for
 //! `ack_wait`.
 //!
@@ -447,6 +450,9 @@ struct InFlightState {
     /// The highest stream sequence handed out, or the stream's last when the consumer was
     /// created.
     last_sequence: u64,
+    /// The consumer's own `ack_wait` as the server reports it (an operator's consumer
+    /// has its own): progress is reported every third of it.
+    ack_wait: Duration,
 }
 
 /// One subscription's in-flight table (bounded by `prefetch`) and resume position
@@ -519,6 +525,14 @@ impl InFlight {
             .unwrap_or(state.last_sequence + 1)
     }
 
+    fn ack_wait(&self) -> Duration {
+        self.state().ack_wait
+    }
+
+    fn set_ack_wait(&self, ack_wait: Duration) {
+        self.state().ack_wait = ack_wait;
+    }
+
     fn set_position(&self, last_sequence: u64) {
         let mut state = self.state();
         state.unacked.clear();
@@ -526,17 +540,17 @@ impl InFlight {
     }
 }
 
-/// Tells the server, every third of `ack_wait`, that unsettled deliveries are still being
+/// Tells the server, every third of the consumer's `ack_wait` (the server's value, read
+/// again whenever the consumer is bound), that unsettled deliveries are still being
 /// worked on (`+WPI`), so a backlog waiting locally or a slow handler is not redelivered
 /// elsewhere meanwhile. Ends once the subscription is gone and nothing is left unsettled.
 async fn keep_in_progress(
     in_flight: InFlight,
     acks: mpsc::Sender<AckOp>,
-    ack_wait: Duration,
     subscription: mpsc::Sender<Delivery>,
 ) {
-    let period = (ack_wait / 3).max(Duration::from_millis(100));
     loop {
+        let period = (in_flight.ack_wait() / 3).max(Duration::from_millis(100));
         tokio::time::sleep(period).await;
         let subjects = in_flight.subjects();
         if subjects.is_empty() && subscription.is_closed() {
@@ -668,6 +682,7 @@ impl Backend for JetStreamBackend {
                 .await
                 .map_err(|e| operation_error("subscribe", KIND, e))?;
             let info = bind_consumer(&stream, &config, named).await?;
+            check_max_deliver(&info, spec)?;
             let prefetch = spec.prefetch.max(1);
             let (tx, rx) = mpsc::channel(prefetch);
             // Only a group-less consumer resumes from a position of its own.
@@ -679,10 +694,11 @@ impl Backend for JetStreamBackend {
                 0
             });
             in_flight.set_position(info.delivered.stream_sequence);
+            // The consumer's own: an operator's consumer keeps its `ack_wait`.
+            in_flight.set_ack_wait(info.config.ack_wait);
             tokio::spawn(keep_in_progress(
                 in_flight.clone(),
                 self.acks.clone(),
-                self.settings.ack_wait,
                 tx.clone(),
             ));
             let consumer_name = info.name.clone();
@@ -823,6 +839,30 @@ async fn bind_consumer(
             Err(operation_error("subscribe", KIND, reason))
         }
     }
+}
+
+/// Refuses a consumer whose `max_deliver` is bounded and smaller than `max_attempts + 1`:
+/// the server would stop delivering a failing message before the runtime dead-letters
+/// it. One delivery beyond the attempts is needed: a delivery over `max_attempts` is the
+/// one the runtime dead-letters without running the handler (after an attempt that was
+/// handed back at a stop, cut off by a crash, or whose dead-letter publish failed).
+fn check_max_deliver(info: &consumer::Info, spec: &SubscriptionSpec) -> Result<(), BackendError> {
+    let max_deliver = info.config.max_deliver;
+    let needed = i64::from(spec.max_attempts) + 1;
+    if max_deliver > 0 && max_deliver < needed {
+        return Err(operation_error(
+            "subscribe",
+            KIND,
+            format!(
+                "consumer `{}` of `{}` has max_deliver {max_deliver}, but max_attempts is {}: \
+                 the server would stop delivering a failing message before it is dead-lettered; \
+                 set the consumer's max_deliver to -1 (unlimited) or at least {needed} \
+                 (max_attempts + 1, for the delivery that is dead-lettered), or lower max_attempts",
+                info.name, spec.subscriber, spec.max_attempts
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn tokio_stream_from(mut rx: mpsc::Receiver<Delivery>) -> Subscription {
@@ -1037,7 +1077,10 @@ impl Pump {
             self.stream_created = Some(created);
         }
         match stream.consumer_info(&self.consumer_name).await {
-            Ok(_) => return Ok(()),
+            Ok(info) => {
+                self.in_flight.set_ack_wait(info.config.ack_wait);
+                return Ok(());
+            }
             Err(error)
                 if matches!(
                     error.kind(),
@@ -1055,11 +1098,13 @@ impl Pump {
                 }
             };
         }
-        stream
+        let consumer = stream
             .create_consumer(config)
             .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.in_flight
+            .set_ack_wait(consumer.cached_info().config.ack_wait);
+        Ok(())
     }
 }
 
