@@ -14,8 +14,12 @@
 //! A durable the backend derives is updated on startup when `ack_wait` or
 //! `max_ack_pending` changed; a change the server refuses is a startup error naming both
 //! values. A durable starts at the beginning of the stream the first time it is created;
-//! a subscriber without a group gets a consumer of its own that sees only new messages,
-//! and that, lost on the server, resumes at the oldest message it has not acknowledged.
+//! a subscriber without a group gets a consumer of its own that sees only new messages.
+//! A consumer lost on the server (an operator's `nats consumer rm`, a group-less consumer
+//! dropped) is created again at the oldest message the subscription has not acknowledged
+//! (nak'ed ones included), or after the last one it saw, or, for a durable nothing was
+//! pulled from yet, after its ack floor when bound; all of a stream that was itself
+//! created anew. A named consumer is created again as its operator configured it.
 //! The runtime enforces the attempt limit with the server's delivery count, so consumers
 //! are created with unlimited `max_deliver` and nothing is ever stranded by the server; a
 //! named consumer whose `max_deliver` is bounded and below `max_attempts + 1` (the
@@ -42,6 +46,7 @@ use std::time::Duration;
 
 use async_nats::StatusCode;
 use async_nats::jetstream::context::GetStreamByNameErrorKind;
+use async_nats::jetstream::consumer::FromConsumer as _;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -461,8 +466,7 @@ struct InFlightState {
 struct InFlight {
     state: Arc<std::sync::Mutex<InFlightState>>,
     settled: Arc<Notify>,
-    /// Stream sequences kept for the resume position, at most; 0 when the position is not
-    /// kept (a durable resumes where the server says).
+    /// Stream sequences kept for the resume position, at most.
     max_unacked: usize,
 }
 
@@ -685,15 +689,37 @@ impl Backend for JetStreamBackend {
             check_max_deliver(&info, spec)?;
             let prefetch = spec.prefetch.max(1);
             let (tx, rx) = mpsc::channel(prefetch);
-            // Only a group-less consumer resumes from a position of its own.
-            let in_flight = InFlight::new(if config.durable_name.is_none() {
-                usize::try_from(self.settings.max_ack_pending)
-                    .unwrap_or(usize::MAX)
-                    .max(1)
+            // Every consumer, lost on the server, resumes from a position of its own: at
+            // most as many sequences are kept as the consumer may have unacknowledged.
+            let max_unacked = match info.config.max_ack_pending {
+                pending if pending > 0 => pending,
+                _ => self.settings.max_ack_pending,
+            };
+            let in_flight =
+                InFlight::new(usize::try_from(max_unacked).unwrap_or(usize::MAX).max(1));
+            // A durable may hold messages delivered to a member that is gone: everything
+            // after its ack floor may be unacknowledged. A consumer of our own starts
+            // after the last message delivered (the stream's last, for new messages).
+            in_flight.set_position(if config.durable_name.is_some() {
+                info.ack_floor.stream_sequence
             } else {
-                0
+                info.delivered.stream_sequence
             });
-            in_flight.set_position(info.delivered.stream_sequence);
+            // A named consumer lost on the server is created again as its operator
+            // configured it (not with this configuration's settings).
+            let config = if named {
+                match consumer::pull::Config::try_from_consumer_config(info.config.clone()) {
+                    Ok(mut own) => {
+                        if own.durable_name.is_some() {
+                            own.name = None;
+                        }
+                        own
+                    }
+                    Err(_) => config,
+                }
+            } else {
+                config
+            };
             // The consumer's own: an operator's consumer keeps its `ack_wait`.
             in_flight.set_ack_wait(info.config.ack_wait);
             tokio::spawn(keep_in_progress(
@@ -1050,8 +1076,9 @@ impl Pump {
     }
 
     /// Binds the consumer again, creating the stream and the consumer when they are gone.
-    /// A group-less consumer resumes at the oldest message it has not acknowledged (all
-    /// of a stream that was created anew).
+    /// A consumer created again (a group's durable an operator deleted, a group-less one
+    /// the server dropped) resumes at the oldest message this subscription has not
+    /// acknowledged, or after the last one it saw (all of a stream created anew).
     async fn recover(&mut self) -> Result<(), String> {
         let stream = match self.context.get_stream(&self.stream_name).await {
             Ok(stream) => stream,
@@ -1089,15 +1116,13 @@ impl Pump {
             Err(error) => return Err(error.to_string()),
         }
         let mut config = self.config.clone();
-        if config.durable_name.is_none() {
-            config.deliver_policy = if fresh_stream {
-                consumer::DeliverPolicy::All
-            } else {
-                consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: self.in_flight.resume_point(),
-                }
-            };
-        }
+        config.deliver_policy = if fresh_stream {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: self.in_flight.resume_point(),
+            }
+        };
         let consumer = stream
             .create_consumer(config)
             .await
