@@ -36,8 +36,11 @@
 //! `_` and escape every other byte as `+XX`, so two topics never share a name.
 //!
 //! Wire format as for NATS core (see `nats.rs`): body = payload, NATS headers, key in
-//! `x-transport-key`, id in `Nats-Msg-Id` (which JetStream also deduplicates on: a
-//! publish the stream reports as a duplicate is an error, not a success).
+//! `x-transport-key`, id in `Nats-Msg-Id` (which JetStream also deduplicates on). A
+//! publish the stream reports as a duplicate is an error when the framework made the id
+//! ([`crate::is_generated_id`]: a message published without an id, a dead letter), since
+//! that message was dropped; with a producer's own id it is an idempotent retry: a
+//! success, logged at debug.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -658,15 +661,31 @@ impl Backend for JetStreamBackend {
                 }
             };
             if ack.duplicate {
-                return Err(operation_error(
-                    "publish",
-                    KIND,
-                    format!(
-                        "stream `{}` dropped the message as a duplicate: a message with id `{}` (Nats-Msg-Id) is already stored",
-                        ack.stream,
-                        message.id.as_deref().unwrap_or_default()
-                    ),
-                ));
+                match message.id.as_deref() {
+                    // The producer's own id, seen before: an idempotent retry, which is
+                    // what the id is for.
+                    Some(id) if !crate::is_generated_id(id) => {
+                        tracing::debug!(
+                            backend = KIND,
+                            stream = %ack.stream,
+                            id,
+                            "duplicate of a message already stored (idempotent retry)"
+                        );
+                    }
+                    // An id the framework made (every publish without one, dead letters)
+                    // is never meant to repeat: the message was dropped.
+                    id => {
+                        return Err(operation_error(
+                            "publish",
+                            KIND,
+                            format!(
+                                "stream `{}` dropped the message as a duplicate: a message with id `{}` (Nats-Msg-Id) is already stored",
+                                ack.stream,
+                                id.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
             }
             Ok(())
         }
