@@ -550,17 +550,23 @@ impl InFlight {
 /// Tells the server, every third of the consumer's `ack_wait` (the server's value, read
 /// again whenever the consumer is bound), that unsettled deliveries are still being
 /// worked on (`+WPI`), so a backlog waiting locally or a slow handler is not redelivered
-/// elsewhere meanwhile. Ends once the subscription is gone and nothing is left unsettled.
+/// elsewhere meanwhile. Ends once the subscription is gone (dropped by the runtime, or
+/// its pump ended, even by a panic) and nothing is left unsettled. It holds the
+/// subscription's sender only weakly: the stream ends when the pump is gone, so the
+/// dispatcher subscribes again.
 async fn keep_in_progress(
     in_flight: InFlight,
     acks: mpsc::Sender<AckOp>,
-    subscription: mpsc::Sender<Delivery>,
+    subscription: mpsc::WeakSender<Delivery>,
 ) {
     loop {
         let period = (in_flight.ack_wait() / 3).max(Duration::from_millis(100));
         tokio::time::sleep(period).await;
         let subjects = in_flight.subjects();
-        if subjects.is_empty() && subscription.is_closed() {
+        let gone = subscription
+            .upgrade()
+            .is_none_or(|sender| sender.is_closed());
+        if subjects.is_empty() && gone {
             return;
         }
         if acks.is_closed() {
@@ -571,6 +577,19 @@ async fn keep_in_progress(
             let _ = acks.try_send(AckOp::Settle(subject, AckKind::Progress));
         }
     }
+}
+
+/// Starts the progress reports of the subscription whose pump sends into `subscription`.
+fn spawn_progress_reports(
+    in_flight: &InFlight,
+    acks: &mpsc::Sender<AckOp>,
+    subscription: &mpsc::Sender<Delivery>,
+) {
+    tokio::spawn(keep_in_progress(
+        in_flight.clone(),
+        acks.clone(),
+        subscription.downgrade(),
+    ));
 }
 
 struct JetStreamAcker {
@@ -741,11 +760,7 @@ impl Backend for JetStreamBackend {
             };
             // The consumer's own: an operator's consumer keeps its `ack_wait`.
             in_flight.set_ack_wait(info.config.ack_wait);
-            tokio::spawn(keep_in_progress(
-                in_flight.clone(),
-                self.acks.clone(),
-                tx.clone(),
-            ));
+            spawn_progress_reports(&in_flight, &self.acks, &tx);
             let consumer_name = info.name.clone();
             let pump = Pump {
                 client: self.client.clone(),
@@ -1164,6 +1179,27 @@ fn is_stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review item D: when the pump task dies (a panic), the subscription's stream ends,
+    /// so the dispatcher subscribes again; the progress reports do not keep it open.
+    #[tokio::test]
+    async fn the_subscription_ends_when_its_pump_dies() {
+        let (acks, _settlements) = mpsc::channel(8);
+        let in_flight = InFlight::new(8);
+        in_flight.set_ack_wait(Duration::from_millis(300));
+        let (tx, mut rx) = mpsc::channel::<Delivery>(1);
+        spawn_progress_reports(&in_flight, &acks, &tx);
+        let pump = tokio::spawn(async move {
+            let _tx = tx;
+            panic!("the pump dies");
+        });
+        assert!(pump.await.is_err());
+        let ended = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert!(
+            matches!(ended, Ok(None)),
+            "the subscription did not end when its pump died"
+        );
+    }
 
     #[test]
     fn subjects_match_with_wildcards() {
