@@ -32,6 +32,13 @@
 //! and not handled is nak'ed at once, so another member takes it without waiting for
 //! `ack_wait`.
 //!
+//! **Sizes.** A message over the server's `max_payload` is refused before it is sent
+//! (`TooLarge`, the limit [`Backend::max_message_size`] reports). A stream may have a
+//! smaller `max_msg_size` of its own: the server's refusal (API error 10054) is
+//! `TooLarge` too, with the stream's `max_msg_size` (read from the server then) as the
+//! limit, so a dead letter can be fitted under it; when that cannot be read, the limit
+//! given is half the refused size (a guess that a repeated refit converges from).
+//!
 //! Names: stream and consumer names keep ASCII letters, digits and `-`, turn `.` into
 //! `_` and escape every other byte as `+XX`, so two topics never share a name.
 //!
@@ -60,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::nats::{
     PUBLISH_TIMEOUT, bounded_flush, check_payload, connect_client, from_nats, is_nats_header,
-    operation_error, to_nats_headers,
+    operation_error, to_nats_headers, wire_size,
 };
 use super::{Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::config::{BrokerConfig, JetStreamConfig};
@@ -222,14 +229,73 @@ impl JetStreamBackend {
 enum PublishFailure {
     /// No stream captures the subject (any more).
     NoStream,
+    /// The stream refused the message for its own `max_msg_size` (smaller than the
+    /// server's `max_payload`, which `check_payload` enforces before sending).
+    TooLarge,
     Other(String),
 }
 
 impl From<jetstream::context::PublishError> for PublishFailure {
     fn from(error: jetstream::context::PublishError) -> Self {
+        use jetstream::context::PublishErrorKind;
         match error.kind() {
-            jetstream::context::PublishErrorKind::StreamNotFound => PublishFailure::NoStream,
+            PublishErrorKind::StreamNotFound => PublishFailure::NoStream,
+            PublishErrorKind::MaxPayloadExceeded => PublishFailure::TooLarge,
+            _ if is_message_too_large(&error) => PublishFailure::TooLarge,
             _ => PublishFailure::Other(error.to_string()),
+        }
+    }
+}
+
+/// Whether the server refused a publish as larger than the stream's `max_msg_size`:
+/// API error code 10054, "message size exceeds maximum allowed".
+fn is_message_too_large(error: &jetstream::context::PublishError) -> bool {
+    let api_error = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>());
+    match api_error {
+        Some(api_error) => {
+            api_error.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+        }
+        None => error
+            .to_string()
+            .contains("message size exceeds maximum allowed"),
+    }
+}
+
+impl JetStreamBackend {
+    /// The error for a message the stream refused as too large: `TooLarge` with the
+    /// stream's `max_msg_size` as the limit, read from the server (bounded). When it
+    /// cannot be read (or the stream has none, which means the server's own limit was
+    /// hit), the limit given is a guess: half the refused size, so that a dead letter
+    /// fitted under it again and again reaches any limit in a few steps.
+    async fn too_large(&self, topic: &str, message: &Message) -> BackendError {
+        let size = wire_size(message);
+        let server_limit = self.client.server_info().max_payload;
+        let stream_limit = async {
+            let name = self.streams.for_topic(topic).await.ok()?;
+            let stream = self.context.get_stream(&name).await.ok()?;
+            usize::try_from(stream.cached_info().config.max_message_size)
+                .ok()
+                .filter(|limit| *limit > 0)
+        };
+        let limit = match tokio::time::timeout(PUBLISH_TIMEOUT, stream_limit).await {
+            Ok(Some(limit)) => limit.min(server_limit),
+            _ => {
+                let guess = size / 2;
+                tracing::warn!(
+                    backend = KIND,
+                    topic,
+                    size,
+                    guess,
+                    "the stream refused a message as too large and its max_msg_size cannot be read; guessing half the size"
+                );
+                guess
+            }
+        };
+        BackendError::TooLarge {
+            backend: KIND,
+            size,
+            limit,
         }
     }
 }
@@ -673,6 +739,9 @@ impl Backend for JetStreamBackend {
                             KIND,
                             format!("no stream captures `{topic}`"),
                         ));
+                    }
+                    Err(PublishFailure::TooLarge) => {
+                        return Err(self.too_large(topic, &message).await);
                     }
                     Err(PublishFailure::Other(reason)) => {
                         return Err(operation_error("publish", KIND, reason));
