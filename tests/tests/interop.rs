@@ -1139,7 +1139,10 @@ mod nats_hardening {
             .send(&1u64)
             .await
             .expect("a producer's own id seen again is an idempotent retry: a success");
-        for generated in [transport::message_id(), format!("dlq-{}", transport::message_id())] {
+        for generated in [
+            transport::message_id(),
+            format!("dlq-{}", transport::message_id()),
+        ] {
             assert!(transport::is_generated_id(&generated));
             app.publisher()
                 .to("dup")
@@ -1162,7 +1165,11 @@ mod nats_hardening {
             .await
             .expect("stream");
         let mut stream = js.get_stream(&name).await.unwrap();
-        assert_eq!(stream.info().await.unwrap().state.messages, 3, "one copy of each id");
+        assert_eq!(
+            stream.info().await.unwrap().state.messages,
+            3,
+            "one copy of each id"
+        );
         app.shutdown().await.unwrap();
         cleanup(&id).await;
     }

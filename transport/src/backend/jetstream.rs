@@ -55,8 +55,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::StatusCode;
-use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::jetstream::consumer::FromConsumer as _;
+use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
