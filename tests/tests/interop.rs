@@ -1096,10 +1096,12 @@ mod nats_hardening {
         names
     }
 
-    /// Item 1: a publish JetStream reports as a duplicate is an error, not a success;
+    /// Item 1 and review item C: a publish JetStream reports as a duplicate is an error
+    /// when the framework made the id (a generated id or a dead letter's: a message was
+    /// dropped), a success when the producer gave its own id (an idempotent retry);
     /// `Nats-*` headers are the broker's; the size limit is the server's `max_payload`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn jetstream_a_duplicate_publish_is_an_error() {
+    async fn jetstream_a_duplicate_publish_is_an_error_only_for_generated_ids() {
         if !reachable(4222) {
             return;
         }
@@ -1131,14 +1133,43 @@ mod nats_hardening {
             .send(&1u64)
             .await
             .expect("the first publish");
-        let error = app
-            .publisher()
+        app.publisher()
             .to("dup")
             .id("order-1")
             .send(&1u64)
             .await
-            .expect_err("a message the stream drops as a duplicate is not published");
-        assert!(error.to_string().contains("duplicate"), "{error}");
+            .expect("a producer's own id seen again is an idempotent retry: a success");
+        for generated in [
+            transport::message_id(),
+            format!("dlq-{}", transport::message_id()),
+        ] {
+            assert!(transport::is_generated_id(&generated));
+            app.publisher()
+                .to("dup")
+                .id(generated.clone())
+                .send(&2u64)
+                .await
+                .expect("the first publish");
+            let error = app
+                .publisher()
+                .to("dup")
+                .id(generated.clone())
+                .send(&2u64)
+                .await
+                .expect_err("a generated id the stream drops as a duplicate is not published");
+            assert!(error.to_string().contains("duplicate"), "{error}");
+        }
+        let js = js().await;
+        let name = js
+            .stream_by_subject(format!("{prefix}dup"))
+            .await
+            .expect("stream");
+        let mut stream = js.get_stream(&name).await.unwrap();
+        assert_eq!(
+            stream.info().await.unwrap().state.messages,
+            3,
+            "one copy of each id"
+        );
         app.shutdown().await.unwrap();
         cleanup(&id).await;
     }
@@ -1862,6 +1893,259 @@ mod nats_hardening {
             std::slice::from_ref(&durable),
             "no durable of our own naming"
         );
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    /// An operator's stream and a durable on it, as `nats stream add` / `nats consumer
+    /// add` would make them.
+    async fn operator_durable(
+        js: &jetstream::Context,
+        stream: &str,
+        subjects: &str,
+        durable: &str,
+        filter: &str,
+        ack_wait: Duration,
+        max_deliver: i64,
+    ) {
+        let stream = js
+            .create_stream(jetstream::stream::Config {
+                name: stream.to_string(),
+                subjects: vec![subjects.to_string()],
+                storage: jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await
+            .expect("the operator's stream");
+        stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(durable.to_string()),
+                filter_subject: filter.to_string(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_deliver,
+                ..Default::default()
+            })
+            .await
+            .expect("the operator's durable");
+    }
+
+    pub struct JsSlowLegacy(pub UnboundedSender<(u64, u32)>);
+
+    #[transport::service]
+    impl JsSlowLegacy {
+        #[subscriber(topic = "legacy.slow", group = "legacy")]
+        async fn take(&self, n: u64, ctx: &Context) {
+            let _ = self.0.send((n, ctx.attempt()));
+            tokio::time::sleep(Duration::from_millis(4500)).await;
+        }
+    }
+
+    /// Review item A: a consumer named in config is reported in progress within its own
+    /// `ack_wait` (3 s here), not a third of the configured one (10 s): a handler that
+    /// runs longer than 3 s is not redelivered meanwhile and handled twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_named_consumer_is_kept_in_progress_within_its_own_ack_wait() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let js = js().await;
+        let durable = format!("slow-{id}");
+        operator_durable(
+            &js,
+            &format!("LEGACY_{id}"),
+            &format!("{prefix}legacy.>"),
+            &durable,
+            &format!("{prefix}legacy.slow"),
+            Duration::from_secs(3),
+            -1,
+        )
+        .await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config(
+            &prefix,
+            "jetstream",
+            &format!("[subscribers.\"JsSlowLegacy::take\"]\nconsumer = \"{durable}\""),
+        ))
+        .select(|r| r.module_path == module_path!() && r.name == "JsSlowLegacy::take")
+        .service(JsSlowLegacy(tx))
+        .start()
+        .await
+        .expect("starts");
+        app.publisher().publish("legacy.slow", &1u64).await.unwrap();
+        assert_eq!(receive(&mut rx, 1).await, [(1, 1)]);
+        // Redelivered after 3 s, the copy would start as soon as the first run ends.
+        transport_tests::assert_quiet(&mut rx, Duration::from_secs(6)).await;
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    /// Review item A: a named consumer whose `max_deliver` is smaller than the attempts
+    /// the runtime needs (max_attempts + 1: the delivery after the last attempt is the
+    /// one dead-lettered at once) is refused at startup, naming both values: the server
+    /// would stop delivering the message before it is ever dead-lettered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_named_consumer_with_a_smaller_max_deliver_is_refused() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let js = js().await;
+        let durable = format!("billing-{id}");
+        operator_durable(
+            &js,
+            &format!("LEGACY_{id}"),
+            &format!("{prefix}legacy.>"),
+            &durable,
+            &format!("{prefix}legacy.orders"),
+            Duration::from_secs(30),
+            3,
+        )
+        .await;
+        let start = |max_attempts: u32| {
+            let (tx, _rx) = mpsc::unbounded_channel();
+            App::new(config(
+                &prefix,
+                "jetstream",
+                &format!(
+                    "[subscribers.\"JsLegacy::take\"]\nconsumer = \"{durable}\"\nmax_attempts = {max_attempts}"
+                ),
+            ))
+            .select(|r| r.module_path == module_path!() && r.name == "JsLegacy::take")
+            .service(JsLegacy(tx))
+            .start()
+        };
+        let error = match start(5).await {
+            Ok(app) => {
+                app.shutdown().await.unwrap();
+                panic!("max_deliver 3 with max_attempts 5 must not start");
+            }
+            Err(error) => error.to_string(),
+        };
+        for part in [durable.as_str(), "max_deliver", "3", "max_attempts", "5"] {
+            assert!(error.contains(part), "`{part}` missing from: {error}");
+        }
+        start(2)
+            .await
+            .expect("max_deliver 3 leaves room for 2 attempts and the dead letter")
+            .shutdown()
+            .await
+            .unwrap();
+        cleanup(&id).await;
+    }
+
+    /// Review item B: a group's durable an operator deletes is created again where the
+    /// group was (the oldest message it had not acknowledged), not at the start of the
+    /// stream: what was handled is not handled again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_deleted_durable_resumes_where_the_group_was() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config(&prefix, "jetstream", ""))
+            .select(|r| r.name == "Shop::order")
+            .service(Shop(tx))
+            .start()
+            .await
+            .expect("starts");
+        let order = |id| Order {
+            id,
+            item: "plums".into(),
+        };
+        for n in [1, 2] {
+            app.publisher()
+                .publish("interop.orders", &order(n))
+                .await
+                .unwrap();
+        }
+        let mut got: Vec<u64> = receive(&mut rx, 2)
+            .await
+            .into_iter()
+            .map(|seen| seen.order.id)
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [1, 2]);
+        // Let the acks reach the server, then `nats consumer rm` the group's durable.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let js = js().await;
+        let stream = js
+            .stream_by_subject(format!("{prefix}interop.orders"))
+            .await
+            .expect("the stream");
+        let names = consumer_names(&js, &stream).await;
+        assert_eq!(names.len(), 1, "{names:?}");
+        js.get_stream(&stream)
+            .await
+            .unwrap()
+            .delete_consumer(&names[0])
+            .await
+            .unwrap();
+        app.publisher()
+            .publish("interop.orders", &order(3))
+            .await
+            .unwrap();
+        assert_eq!(receive(&mut rx, 1).await[0].order.id, 3, "handled again");
+        transport_tests::assert_quiet(&mut rx, Duration::from_secs(1)).await;
+        app.shutdown().await.unwrap();
+        cleanup(&id).await;
+    }
+
+    /// Review item E: a publish the stream refuses for its own `max_msg_size` (smaller
+    /// than the server's `max_payload`) is `TooLarge` with the stream's limit, so a dead
+    /// letter can be fitted under it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_a_message_over_the_streams_max_msg_size_is_too_large() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let prefix = format!("{id}.");
+        let js = js().await;
+        js.create_stream(jetstream::stream::Config {
+            name: format!("SMALL_{id}"),
+            subjects: vec![format!("{prefix}small.>")],
+            storage: jetstream::stream::StorageType::Memory,
+            max_message_size: 1024,
+            ..Default::default()
+        })
+        .await
+        .expect("the operator's stream");
+        let app = App::new(config(
+            &prefix,
+            "jetstream",
+            &format!(
+                "[broker.jetstream]\nstreams = [{{ name = \"SMALL_{id}\", subjects = [\"{prefix}small.>\"] }}]"
+            ),
+        ))
+        .select(|_| false)
+        .start()
+        .await
+        .expect("starts");
+        let backend = app.backend();
+        backend
+            .publish("small.orders", Message::new(vec![b'x'; 500]))
+            .await
+            .expect("under the stream's limit");
+        match backend
+            .publish("small.orders", Message::new(vec![b'x'; 2000]))
+            .await
+        {
+            Err(transport::BackendError::TooLarge { limit, size, .. }) => {
+                assert_eq!(limit, 1024);
+                assert!(size >= 2000, "{size}");
+            }
+            other => panic!("expected TooLarge with the stream's limit, got {other:?}"),
+        }
         app.shutdown().await.unwrap();
         cleanup(&id).await;
     }

@@ -14,23 +14,40 @@
 //! A durable the backend derives is updated on startup when `ack_wait` or
 //! `max_ack_pending` changed; a change the server refuses is a startup error naming both
 //! values. A durable starts at the beginning of the stream the first time it is created;
-//! a subscriber without a group gets a consumer of its own that sees only new messages,
-//! and that, lost on the server, resumes at the oldest message it has not acknowledged.
+//! a subscriber without a group gets a consumer of its own that sees only new messages.
+//! A consumer lost on the server (an operator's `nats consumer rm`, a group-less consumer
+//! dropped) is created again at the oldest message the subscription has not acknowledged
+//! (nak'ed ones included), or after the last one it saw, or, for a durable nothing was
+//! pulled from yet, after its ack floor when bound; all of a stream that was itself
+//! created anew. A named consumer is created again as its operator configured it.
 //! The runtime enforces the attempt limit with the server's delivery count, so consumers
-//! are created with unlimited `max_deliver` and nothing is ever stranded by the server.
+//! are created with unlimited `max_deliver` and nothing is ever stranded by the server; a
+//! named consumer whose `max_deliver` is bounded and below `max_attempts + 1` (the
+//! delivery after the last attempt is the one dead-lettered) is refused at startup.
 //!
 //! **Pulling.** A subscription pulls only what it has room for (`prefetch` less the
 //! deliveries queued or running), so everything pulled is in its in-flight table and
-//! reported in progress (`+WPI`) every third of `ack_wait`. At a stop, what was pulled
+//! reported in progress (`+WPI`) every third of the consumer's own `ack_wait` (as the
+//! server reports it: an operator's consumer keeps its own). At a stop, what was pulled
 //! and not handled is nak'ed at once, so another member takes it without waiting for
 //! `ack_wait`.
+//!
+//! **Sizes.** A message over the server's `max_payload` is refused before it is sent
+//! (`TooLarge`, the limit [`Backend::max_message_size`] reports). A stream may have a
+//! smaller `max_msg_size` of its own: the server's refusal (API error 10054) is
+//! `TooLarge` too, with the stream's `max_msg_size` (read from the server then) as the
+//! limit, so a dead letter can be fitted under it; when that cannot be read, the limit
+//! given is half the refused size (a guess that a repeated refit converges from).
 //!
 //! Names: stream and consumer names keep ASCII letters, digits and `-`, turn `.` into
 //! `_` and escape every other byte as `+XX`, so two topics never share a name.
 //!
 //! Wire format as for NATS core (see `nats.rs`): body = payload, NATS headers, key in
-//! `x-transport-key`, id in `Nats-Msg-Id` (which JetStream also deduplicates on: a
-//! publish the stream reports as a duplicate is an error, not a success).
+//! `x-transport-key`, id in `Nats-Msg-Id` (which JetStream also deduplicates on). A
+//! publish the stream reports as a duplicate is an error when the framework made the id
+//! ([`crate::is_generated_id`]: a message published without an id, a dead letter), since
+//! that message was dropped; with a producer's own id it is an idempotent retry: a
+//! success, logged at debug.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -38,6 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::StatusCode;
+use async_nats::jetstream::consumer::FromConsumer as _;
 use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
@@ -49,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::nats::{
     PUBLISH_TIMEOUT, bounded_flush, check_payload, connect_client, from_nats, is_nats_header,
-    operation_error, to_nats_headers,
+    operation_error, to_nats_headers, wire_size,
 };
 use super::{Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::config::{BrokerConfig, JetStreamConfig};
@@ -211,14 +229,73 @@ impl JetStreamBackend {
 enum PublishFailure {
     /// No stream captures the subject (any more).
     NoStream,
+    /// The stream refused the message for its own `max_msg_size` (smaller than the
+    /// server's `max_payload`, which `check_payload` enforces before sending).
+    TooLarge,
     Other(String),
 }
 
 impl From<jetstream::context::PublishError> for PublishFailure {
     fn from(error: jetstream::context::PublishError) -> Self {
+        use jetstream::context::PublishErrorKind;
         match error.kind() {
-            jetstream::context::PublishErrorKind::StreamNotFound => PublishFailure::NoStream,
+            PublishErrorKind::StreamNotFound => PublishFailure::NoStream,
+            PublishErrorKind::MaxPayloadExceeded => PublishFailure::TooLarge,
+            _ if is_message_too_large(&error) => PublishFailure::TooLarge,
             _ => PublishFailure::Other(error.to_string()),
+        }
+    }
+}
+
+/// Whether the server refused a publish as larger than the stream's `max_msg_size`:
+/// API error code 10054, "message size exceeds maximum allowed".
+fn is_message_too_large(error: &jetstream::context::PublishError) -> bool {
+    let api_error = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>());
+    match api_error {
+        Some(api_error) => {
+            api_error.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+        }
+        None => error
+            .to_string()
+            .contains("message size exceeds maximum allowed"),
+    }
+}
+
+impl JetStreamBackend {
+    /// The error for a message the stream refused as too large: `TooLarge` with the
+    /// stream's `max_msg_size` as the limit, read from the server (bounded). When it
+    /// cannot be read (or the stream has none, which means the server's own limit was
+    /// hit), the limit given is a guess: half the refused size, so that a dead letter
+    /// fitted under it again and again reaches any limit in a few steps.
+    async fn too_large(&self, topic: &str, message: &Message) -> BackendError {
+        let size = wire_size(message);
+        let server_limit = self.client.server_info().max_payload;
+        let stream_limit = async {
+            let name = self.streams.for_topic(topic).await.ok()?;
+            let stream = self.context.get_stream(&name).await.ok()?;
+            usize::try_from(stream.cached_info().config.max_message_size)
+                .ok()
+                .filter(|limit| *limit > 0)
+        };
+        let limit = match tokio::time::timeout(PUBLISH_TIMEOUT, stream_limit).await {
+            Ok(Some(limit)) => limit.min(server_limit),
+            _ => {
+                let guess = size / 2;
+                tracing::warn!(
+                    backend = KIND,
+                    topic,
+                    size,
+                    guess,
+                    "the stream refused a message as too large and its max_msg_size cannot be read; guessing half the size"
+                );
+                guess
+            }
+        };
+        BackendError::TooLarge {
+            backend: KIND,
+            size,
+            limit,
         }
     }
 }
@@ -447,6 +524,9 @@ struct InFlightState {
     /// The highest stream sequence handed out, or the stream's last when the consumer was
     /// created.
     last_sequence: u64,
+    /// The consumer's own `ack_wait` as the server reports it (an operator's consumer
+    /// has its own): progress is reported every third of it.
+    ack_wait: Duration,
 }
 
 /// One subscription's in-flight table (bounded by `prefetch`) and resume position
@@ -455,8 +535,7 @@ struct InFlightState {
 struct InFlight {
     state: Arc<std::sync::Mutex<InFlightState>>,
     settled: Arc<Notify>,
-    /// Stream sequences kept for the resume position, at most; 0 when the position is not
-    /// kept (a durable resumes where the server says).
+    /// Stream sequences kept for the resume position, at most.
     max_unacked: usize,
 }
 
@@ -519,6 +598,14 @@ impl InFlight {
             .unwrap_or(state.last_sequence + 1)
     }
 
+    fn ack_wait(&self) -> Duration {
+        self.state().ack_wait
+    }
+
+    fn set_ack_wait(&self, ack_wait: Duration) {
+        self.state().ack_wait = ack_wait;
+    }
+
     fn set_position(&self, last_sequence: u64) {
         let mut state = self.state();
         state.unacked.clear();
@@ -526,20 +613,26 @@ impl InFlight {
     }
 }
 
-/// Tells the server, every third of `ack_wait`, that unsettled deliveries are still being
+/// Tells the server, every third of the consumer's `ack_wait` (the server's value, read
+/// again whenever the consumer is bound), that unsettled deliveries are still being
 /// worked on (`+WPI`), so a backlog waiting locally or a slow handler is not redelivered
-/// elsewhere meanwhile. Ends once the subscription is gone and nothing is left unsettled.
+/// elsewhere meanwhile. Ends once the subscription is gone (dropped by the runtime, or
+/// its pump ended, even by a panic) and nothing is left unsettled. It holds the
+/// subscription's sender only weakly: the stream ends when the pump is gone, so the
+/// dispatcher subscribes again.
 async fn keep_in_progress(
     in_flight: InFlight,
     acks: mpsc::Sender<AckOp>,
-    ack_wait: Duration,
-    subscription: mpsc::Sender<Delivery>,
+    subscription: mpsc::WeakSender<Delivery>,
 ) {
-    let period = (ack_wait / 3).max(Duration::from_millis(100));
     loop {
+        let period = (in_flight.ack_wait() / 3).max(Duration::from_millis(100));
         tokio::time::sleep(period).await;
         let subjects = in_flight.subjects();
-        if subjects.is_empty() && subscription.is_closed() {
+        let gone = subscription
+            .upgrade()
+            .is_none_or(|sender| sender.is_closed());
+        if subjects.is_empty() && gone {
             return;
         }
         if acks.is_closed() {
@@ -550,6 +643,19 @@ async fn keep_in_progress(
             let _ = acks.try_send(AckOp::Settle(subject, AckKind::Progress));
         }
     }
+}
+
+/// Starts the progress reports of the subscription whose pump sends into `subscription`.
+fn spawn_progress_reports(
+    in_flight: &InFlight,
+    acks: &mpsc::Sender<AckOp>,
+    subscription: &mpsc::Sender<Delivery>,
+) {
+    tokio::spawn(keep_in_progress(
+        in_flight.clone(),
+        acks.clone(),
+        subscription.downgrade(),
+    ));
 }
 
 struct JetStreamAcker {
@@ -634,21 +740,40 @@ impl Backend for JetStreamBackend {
                             format!("no stream captures `{topic}`"),
                         ));
                     }
+                    Err(PublishFailure::TooLarge) => {
+                        return Err(self.too_large(topic, &message).await);
+                    }
                     Err(PublishFailure::Other(reason)) => {
                         return Err(operation_error("publish", KIND, reason));
                     }
                 }
             };
             if ack.duplicate {
-                return Err(operation_error(
-                    "publish",
-                    KIND,
-                    format!(
-                        "stream `{}` dropped the message as a duplicate: a message with id `{}` (Nats-Msg-Id) is already stored",
-                        ack.stream,
-                        message.id.as_deref().unwrap_or_default()
-                    ),
-                ));
+                match message.id.as_deref() {
+                    // The producer's own id, seen before: an idempotent retry, which is
+                    // what the id is for.
+                    Some(id) if !crate::is_generated_id(id) => {
+                        tracing::debug!(
+                            backend = KIND,
+                            stream = %ack.stream,
+                            id,
+                            "duplicate of a message already stored (idempotent retry)"
+                        );
+                    }
+                    // An id the framework made (every publish without one, dead letters)
+                    // is never meant to repeat: the message was dropped.
+                    id => {
+                        return Err(operation_error(
+                            "publish",
+                            KIND,
+                            format!(
+                                "stream `{}` dropped the message as a duplicate: a message with id `{}` (Nats-Msg-Id) is already stored",
+                                ack.stream,
+                                id.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
             }
             Ok(())
         }
@@ -668,23 +793,43 @@ impl Backend for JetStreamBackend {
                 .await
                 .map_err(|e| operation_error("subscribe", KIND, e))?;
             let info = bind_consumer(&stream, &config, named).await?;
+            check_max_deliver(&info, spec)?;
             let prefetch = spec.prefetch.max(1);
             let (tx, rx) = mpsc::channel(prefetch);
-            // Only a group-less consumer resumes from a position of its own.
-            let in_flight = InFlight::new(if config.durable_name.is_none() {
-                usize::try_from(self.settings.max_ack_pending)
-                    .unwrap_or(usize::MAX)
-                    .max(1)
+            // Every consumer, lost on the server, resumes from a position of its own: at
+            // most as many sequences are kept as the consumer may have unacknowledged.
+            let max_unacked = match info.config.max_ack_pending {
+                pending if pending > 0 => pending,
+                _ => self.settings.max_ack_pending,
+            };
+            let in_flight =
+                InFlight::new(usize::try_from(max_unacked).unwrap_or(usize::MAX).max(1));
+            // A durable may hold messages delivered to a member that is gone: everything
+            // after its ack floor may be unacknowledged. A consumer of our own starts
+            // after the last message delivered (the stream's last, for new messages).
+            in_flight.set_position(if config.durable_name.is_some() {
+                info.ack_floor.stream_sequence
             } else {
-                0
+                info.delivered.stream_sequence
             });
-            in_flight.set_position(info.delivered.stream_sequence);
-            tokio::spawn(keep_in_progress(
-                in_flight.clone(),
-                self.acks.clone(),
-                self.settings.ack_wait,
-                tx.clone(),
-            ));
+            // A named consumer lost on the server is created again as its operator
+            // configured it (not with this configuration's settings).
+            let config = if named {
+                match consumer::pull::Config::try_from_consumer_config(info.config.clone()) {
+                    Ok(mut own) => {
+                        if own.durable_name.is_some() {
+                            own.name = None;
+                        }
+                        own
+                    }
+                    Err(_) => config,
+                }
+            } else {
+                config
+            };
+            // The consumer's own: an operator's consumer keeps its `ack_wait`.
+            in_flight.set_ack_wait(info.config.ack_wait);
+            spawn_progress_reports(&in_flight, &self.acks, &tx);
             let consumer_name = info.name.clone();
             let pump = Pump {
                 client: self.client.clone(),
@@ -823,6 +968,30 @@ async fn bind_consumer(
             Err(operation_error("subscribe", KIND, reason))
         }
     }
+}
+
+/// Refuses a consumer whose `max_deliver` is bounded and smaller than `max_attempts + 1`:
+/// the server would stop delivering a failing message before the runtime dead-letters
+/// it. One delivery beyond the attempts is needed: a delivery over `max_attempts` is the
+/// one the runtime dead-letters without running the handler (after an attempt that was
+/// handed back at a stop, cut off by a crash, or whose dead-letter publish failed).
+fn check_max_deliver(info: &consumer::Info, spec: &SubscriptionSpec) -> Result<(), BackendError> {
+    let max_deliver = info.config.max_deliver;
+    let needed = i64::from(spec.max_attempts) + 1;
+    if max_deliver > 0 && max_deliver < needed {
+        return Err(operation_error(
+            "subscribe",
+            KIND,
+            format!(
+                "consumer `{}` of `{}` has max_deliver {max_deliver}, but max_attempts is {}: \
+                 the server would stop delivering a failing message before it is dead-lettered; \
+                 set the consumer's max_deliver to -1 (unlimited) or at least {needed} \
+                 (max_attempts + 1, for the delivery that is dead-lettered), or lower max_attempts",
+                info.name, spec.subscriber, spec.max_attempts
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn tokio_stream_from(mut rx: mpsc::Receiver<Delivery>) -> Subscription {
@@ -1010,8 +1179,9 @@ impl Pump {
     }
 
     /// Binds the consumer again, creating the stream and the consumer when they are gone.
-    /// A group-less consumer resumes at the oldest message it has not acknowledged (all
-    /// of a stream that was created anew).
+    /// A consumer created again (a group's durable an operator deleted, a group-less one
+    /// the server dropped) resumes at the oldest message this subscription has not
+    /// acknowledged, or after the last one it saw (all of a stream created anew).
     async fn recover(&mut self) -> Result<(), String> {
         let stream = match self.context.get_stream(&self.stream_name).await {
             Ok(stream) => stream,
@@ -1037,7 +1207,10 @@ impl Pump {
             self.stream_created = Some(created);
         }
         match stream.consumer_info(&self.consumer_name).await {
-            Ok(_) => return Ok(()),
+            Ok(info) => {
+                self.in_flight.set_ack_wait(info.config.ack_wait);
+                return Ok(());
+            }
             Err(error)
                 if matches!(
                     error.kind(),
@@ -1046,20 +1219,20 @@ impl Pump {
             Err(error) => return Err(error.to_string()),
         }
         let mut config = self.config.clone();
-        if config.durable_name.is_none() {
-            config.deliver_policy = if fresh_stream {
-                consumer::DeliverPolicy::All
-            } else {
-                consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: self.in_flight.resume_point(),
-                }
-            };
-        }
-        stream
+        config.deliver_policy = if fresh_stream {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: self.in_flight.resume_point(),
+            }
+        };
+        let consumer = stream
             .create_consumer(config)
             .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.in_flight
+            .set_ack_wait(consumer.cached_info().config.ack_wait);
+        Ok(())
     }
 }
 
@@ -1075,6 +1248,27 @@ fn is_stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review item D: when the pump task dies (a panic), the subscription's stream ends,
+    /// so the dispatcher subscribes again; the progress reports do not keep it open.
+    #[tokio::test]
+    async fn the_subscription_ends_when_its_pump_dies() {
+        let (acks, _settlements) = mpsc::channel(8);
+        let in_flight = InFlight::new(8);
+        in_flight.set_ack_wait(Duration::from_millis(300));
+        let (tx, mut rx) = mpsc::channel::<Delivery>(1);
+        spawn_progress_reports(&in_flight, &acks, &tx);
+        let pump = tokio::spawn(async move {
+            let _tx = tx;
+            panic!("the pump dies");
+        });
+        assert!(pump.await.is_err());
+        let ended = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert!(
+            matches!(ended, Ok(None)),
+            "the subscription did not end when its pump died"
+        );
+    }
 
     #[test]
     fn subjects_match_with_wildcards() {

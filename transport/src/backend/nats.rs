@@ -243,6 +243,20 @@ pub(crate) fn check_payload(
     kind: &'static str,
     message: &Message,
 ) -> Result<(), BackendError> {
+    let size = wire_size(message);
+    let limit = client.server_info().max_payload;
+    if size > limit {
+        return Err(BackendError::TooLarge {
+            backend: kind,
+            size,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// The bytes `message` takes on the wire: payload plus NATS headers (key and id included).
+pub(crate) fn wire_size(message: &Message) -> usize {
     // "NATS/1.0\r\n" + "name: value\r\n" per header + "\r\n"
     let header_bytes: usize = 12
         + message
@@ -258,16 +272,7 @@ pub(crate) fn check_payload(
             .id
             .as_ref()
             .map_or(0, |i| ID_HEADER.len() + i.len() + 4);
-    let size = message.payload.len() + header_bytes;
-    let limit = client.server_info().max_payload;
-    if size > limit {
-        return Err(BackendError::TooLarge {
-            backend: kind,
-            size,
-            limit,
-        });
-    }
-    Ok(())
+    message.payload.len() + header_bytes
 }
 
 pub(crate) fn operation_error(
