@@ -972,9 +972,9 @@ async fn bind_consumer(
 
 /// Refuses a consumer whose `max_deliver` is bounded and smaller than `max_attempts + 1`:
 /// the server would stop delivering a failing message before the runtime dead-letters
-/// it. One delivery beyond the attempts is needed: a delivery over `max_attempts` is the
-/// one the runtime dead-letters without running the handler (after an attempt that was
-/// handed back at a stop, cut off by a crash, or whose dead-letter publish failed).
+/// it. One delivery beyond the attempts is kept in reserve: the server also counts a
+/// delivery that was handed back at a stop or cut off by a crash, and the message must
+/// still reach its last attempt and its dead letter.
 fn check_max_deliver(info: &consumer::Info, spec: &SubscriptionSpec) -> Result<(), BackendError> {
     let max_deliver = info.config.max_deliver;
     let needed = i64::from(spec.max_attempts) + 1;
