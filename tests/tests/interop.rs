@@ -1892,3 +1892,63 @@ async fn redis_credentials_in_the_url_never_reach_an_error() {
         }
     }
 }
+
+/// The hardening of the Redis streams backend, against real redis-servers.
+mod redis_hardening {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
+
+    use transport_tests::broker::{PrivateBroker, Server};
+
+    use super::*;
+
+    fn streams_config(prefix_or_url: &str, extra: &str) -> Config {
+        let text = format!("[broker]\nkind = \"redis-streams\"\n{prefix_or_url}\n{extra}");
+        match Config::from_toml(&text) {
+            Ok(config) => config,
+            Err(error) => panic!("config: {error}\n{text}"),
+        }
+    }
+
+    /// Each id handled more than once, with how often.
+    fn twice(handled: &[u64]) -> HashMap<u64, usize> {
+        let mut counts: HashMap<u64, usize> = HashMap::new();
+        for n in handled {
+            *counts.entry(*n).or_default() += 1;
+        }
+        counts.retain(|_, count| *count > 1);
+        counts
+    }
+
+    /// Item D: the public `url` field of a connect error holds no password.
+    #[tokio::test]
+    async fn redis_connect_errors_hold_the_url_without_its_password() {
+        init_tracing();
+        for url in [
+            "redis://:hunter2@127.0.0.1:1",
+            "redis://admin:hunter2@127.0.0.1:1/0",
+        ] {
+            let config = streams_config(
+                &format!("url = \"{url}\"\nconnect_timeout = \"1s\""),
+                "",
+            );
+            let errors = [
+                transport::backend::redis::RedisBackend::connect(&config.broker)
+                    .await
+                    .err(),
+                transport::backend::redis_streams::RedisStreamsBackend::connect(&config.broker)
+                    .await
+                    .err(),
+            ];
+            for error in errors {
+                match error {
+                    Some(transport::BackendError::Connect { url, .. }) => {
+                        assert!(!url.contains("hunter2"), "{url}");
+                        assert!(url.contains("127.0.0.1:1"), "{url}");
+                    }
+                    other => panic!("a connect error, got {other:?}"),
+                }
+            }
+        }
+    }
+}
