@@ -1920,6 +1920,79 @@ mod redis_hardening {
         counts
     }
 
+    pub struct Slow(pub UnboundedSender<u64>);
+
+    #[transport::service]
+    impl Slow {
+        #[subscriber(topic = "hardening.slow", group = "slow")]
+        async fn work(&self, n: u64) {
+            let _ = self.0.send(n);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+
+    /// Item A: with a legal `claim_interval` close to `claim_idle`, entries whose handlers
+    /// still run stay fresh: another member of the group (scanning often) never takes
+    /// one over, so nothing is handled twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_a_long_claim_interval_never_lets_running_handlers_be_taken_over() {
+        if !reachable(6379) {
+            return;
+        }
+        init_tracing();
+        let prefix = format!("{}.", unique("interop"));
+        let config = |interval: &str| {
+            streams_config(
+                &format!("topic_prefix = \"{prefix}\""),
+                &format!(
+                    "[broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"{interval}\"\n\
+                     [subscriber]\nconcurrency = 100\nprefetch = 100\n\
+                     [shutdown]\ndrain_timeout = \"5s\""
+                ),
+            )
+        };
+        let select = |r: &transport::registry::Registration| {
+            r.module_path == module_path!() && r.name == "Slow::work"
+        };
+        const N: u64 = 60;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let first = App::new(config("990ms"))
+            .select(select)
+            .service(Slow(tx.clone()))
+            .start()
+            .await
+            .expect("starts");
+        let started = tokio::time::Instant::now();
+        // Read at every phase of the first member's refresh tick.
+        for n in 0..N {
+            first.publisher().publish("hardening.slow", &n).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        // A member that looks for idle entries every 50 ms.
+        let second = App::new(config("50ms"))
+            .select(select)
+            .service(Slow(tx))
+            .start()
+            .await
+            .expect("starts");
+        let mut handled = Vec::new();
+        // Every handler of the first member has finished by then.
+        let deadline = started + Duration::from_millis(30 * N + 3000 + 1500);
+        while let Ok(Some(n)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            handled.push(n);
+        }
+        let distinct: HashSet<u64> = handled.iter().copied().collect();
+        assert_eq!(distinct.len(), N as usize, "every entry handled");
+        assert_eq!(
+            twice(&handled),
+            HashMap::new(),
+            "entries taken over while their handlers ran"
+        );
+        first.shutdown().await.unwrap();
+        second.shutdown().await.unwrap();
+        redis_cli(&["DEL", &format!("{prefix}hardening.slow")]);
+    }
+
     /// Item D: the public `url` field of a connect error holds no password.
     #[tokio::test]
     async fn redis_connect_errors_hold_the_url_without_its_password() {

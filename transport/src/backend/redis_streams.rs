@@ -17,9 +17,11 @@
 //! `XCLAIM` after the retry delay (the delivery count comes from `XPENDING`); entries a
 //! crashed consumer left pending are taken over with `XAUTOCLAIM` once idle for
 //! `claim_idle`. Claimed entries (retries and take-overs) have a queue of their own,
-//! served before newly read ones, so they never wait behind a backlog. While a handler
-//! runs, its entry's idle time is refreshed, so slow handlers are not stolen. Acks are
-//! batched: one `XACK` for all ids ready at once.
+//! served before newly read ones, so they never wait behind a backlog. While an entry
+//! is queued for a handler, runs, or waits for a retry, its idle time is reset
+//! (`XCLAIM <id>... 0 JUSTID`, whatever its idle time) every `claim_interval` and at
+//! least every third of `claim_idle`, so no other consumer takes it over, whatever the
+//! two settings are. Acks are batched: one `XACK` for all ids ready at once.
 //!
 //! A group that disappears (`NOGROUP`: group destroyed, stream deleted, a restart without
 //! persistence) is created again where this consumer was: before its oldest unsettled
@@ -63,6 +65,19 @@ const KIND: &str = "redis-streams";
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Most ids acknowledged by one `XACK`.
 const ACK_BATCH: usize = 1024;
+/// Shortest period of the settler's timers.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+
+/// How often a subscription resets the idle time of its in-flight entries: every
+/// `claim_interval`, and at least every third of `claim_idle`, so that an entry whose
+/// handler runs is never `claim_idle` idle (another consumer would take it over), even
+/// when a refresh is late or fails once.
+fn refresh_period(settings: &RedisConfig) -> Duration {
+    settings
+        .claim_interval
+        .min(settings.claim_idle / 3)
+        .max(MIN_PERIOD)
+}
 /// Most bytes one read should bring in, judged by the largest entry of earlier reads.
 pub const READ_BUDGET_BYTES: usize = 64 << 20;
 /// Header of a defective entry's message: its payload holds the entry's raw field/value
@@ -851,9 +866,12 @@ impl Shared {
         mut ops: mpsc::UnboundedReceiver<Settle>,
         claims: mpsc::Sender<Delivery>,
     ) {
-        let mut tick =
-            tokio::time::interval(self.settings.claim_interval.max(Duration::from_millis(10)));
+        // Refreshes run at least every third of claim_idle, whatever claim_interval is:
+        // an entry whose handler runs is never idle long enough to be taken over.
+        let mut tick = tokio::time::interval(refresh_period(&self.settings));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut claim_tick = tokio::time::interval(self.settings.claim_interval.max(MIN_PERIOD));
+        claim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut acks: Vec<String> = Vec::new();
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut cursor = "0-0".to_string();
@@ -893,6 +911,8 @@ impl Shared {
                         continue;
                     }
                     self.refresh(&mut connection).await;
+                }
+                _ = claim_tick.tick(), if !claims.is_closed() => {
                     self.claim_abandoned(&mut connection, &claims, &mut cursor).await;
                 }
             }
@@ -996,19 +1016,20 @@ impl Shared {
         }
     }
 
-    /// Resets the idle time of this consumer's in-flight entries, so no other consumer
-    /// takes them over while their handlers run.
+    /// Resets the idle time of every one of this consumer's in-flight entries (queued,
+    /// running, waiting for a retry), whatever their idle time, so no other consumer
+    /// takes them over while their handlers run. `XCLAIM ... 0 ... JUSTID` counts no
+    /// delivery.
     async fn refresh(&self, connection: &mut ConnectionManager) {
         let ids: Vec<String> = self.in_flight().iter().cloned().collect();
         if ids.is_empty() {
             return;
         }
-        let half_idle = (self.settings.claim_idle / 2).as_millis() as u64;
         let refreshed: Result<Value, RedisError> = redis::cmd("XCLAIM")
             .arg(&self.stream)
             .arg(&self.group)
             .arg(&self.consumer)
-            .arg(half_idle)
+            .arg(0)
             .arg(&ids[..])
             .arg("JUSTID")
             .query_async(connection)
@@ -1180,6 +1201,10 @@ mod tests {
         for (redis, key) in [
             ("claim_idle = \"0s\"", "broker.redis.claim_idle"),
             (
+                "claim_idle = \"50ms\"\nclaim_interval = \"10ms\"",
+                "broker.redis.claim_idle",
+            ),
+            (
                 "claim_idle = \"1s\"\nclaim_interval = \"1s\"",
                 "broker.redis.claim_interval",
             ),
@@ -1203,6 +1228,18 @@ mod tests {
             Config::from_toml("[broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"");
         assert!(fine.is_ok(), "{fine:?}");
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn running_entries_are_refreshed_at_least_every_third_of_claim_idle() {
+        let settings = |idle: u64, interval: u64| RedisConfig {
+            claim_idle: Duration::from_millis(idle),
+            claim_interval: Duration::from_millis(interval),
+            ..RedisConfig::default()
+        };
+        assert_eq!(refresh_period(&settings(5000, 1000)), Duration::from_secs(1));
+        assert_eq!(refresh_period(&settings(5000, 3000)), Duration::from_nanos(1_666_666_666));
+        assert_eq!(refresh_period(&settings(1000, 990)), Duration::from_nanos(333_333_333));
     }
 
     fn bulk(bytes: &[u8]) -> Value {
