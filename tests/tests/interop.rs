@@ -1993,6 +1993,109 @@ mod redis_hardening {
         redis_cli(&["DEL", &format!("{prefix}hardening.slow")]);
     }
 
+    pub struct Gated {
+        pub seen: UnboundedSender<u64>,
+        pub gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    #[transport::service]
+    impl Gated {
+        #[subscriber(topic = "hardening.gated", group = "gated")]
+        async fn work(&self, n: u64) {
+            let _ = self.seen.send(n);
+            let _ = self.gate.acquire().await;
+        }
+    }
+
+    async fn pending_count(url: &str, stream: &str, group: &str) -> Option<i64> {
+        let client = redis::Client::open(url).ok()?;
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        match summary {
+            redis::Value::Array(parts) => match parts.first() {
+                Some(redis::Value::Int(count)) => Some(*count),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Item B: entries handled while Redis is gone for a moment (their `XACK` fails) are
+    /// acknowledged once it is back, and never handled again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_a_failed_xack_is_retried_and_nothing_is_handled_twice() {
+        init_tracing();
+        let mut broker = match PrivateBroker::start(Server::RedisPersistent) {
+            Ok(broker) => broker,
+            Err(reason) => {
+                assert!(!transport_tests::in_ci(), "{reason}");
+                eprintln!("SKIPPED: {reason}");
+                return;
+            }
+        };
+        let url = broker.url();
+        let config = streams_config(
+            &format!("url = \"{url}\""),
+            "[broker.redis]\nclaim_idle = \"2s\"\nclaim_interval = \"1s\"\n\
+             [subscriber]\nconcurrency = 10\nprefetch = 10\n\
+             [shutdown]\ndrain_timeout = \"2s\"\nclose_timeout = \"2s\"",
+        );
+        const N: u64 = 5;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config)
+            .select(|r| r.module_path == module_path!() && r.name == "Gated::work")
+            .service(Gated {
+                seen: tx,
+                gate: Arc::clone(&gate),
+            })
+            .start()
+            .await
+            .expect("starts");
+        for n in 0..N {
+            app.publisher().publish("hardening.gated", &n).await.unwrap();
+        }
+        let mut handled = receive(&mut rx, N as usize).await;
+        // Redis goes away while the handlers run; they finish, and their XACK fails (at
+        // least the first command on the dead connection does; the settler's other
+        // commands run once a second only).
+        broker.kill();
+        gate.add_permits(1000);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        broker.restart().expect("redis comes back");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            while let Ok(n) = rx.try_recv() {
+                handled.push(n);
+            }
+            if pending_count(&url, "hardening.gated", "gated").await == Some(0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the handled entries are never acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Longer than claim_idle + claim_interval: what was not acknowledged would be
+        // claimed and handled again by now.
+        let quiet = tokio::time::Instant::now() + Duration::from_secs(4);
+        while let Ok(Some(n)) = tokio::time::timeout_at(quiet, rx.recv()).await {
+            handled.push(n);
+        }
+        assert_eq!(
+            twice(&handled),
+            HashMap::new(),
+            "handled again after their XACK failed"
+        );
+        app.shutdown().await.unwrap();
+    }
+
     /// Item D: the public `url` field of a connect error holds no password.
     #[tokio::test]
     async fn redis_connect_errors_hold_the_url_without_its_password() {

@@ -21,7 +21,11 @@
 //! is queued for a handler, runs, or waits for a retry, its idle time is reset
 //! (`XCLAIM <id>... 0 JUSTID`, whatever its idle time) every `claim_interval` and at
 //! least every third of `claim_idle`, so no other consumer takes it over, whatever the
-//! two settings are. Acks are batched: one `XACK` for all ids ready at once.
+//! two settings are. Acks are batched: one `XACK` for all ids ready at once. An `XACK`
+//! that fails for a reason that passes (Redis restarting, a failover) is sent again at
+//! every refresh, its entries kept in flight (fresh, never claimed) meanwhile, so a
+//! handled entry is not handled again; at most [`MAX_UNACKED`] ids are kept so, and
+//! after a stop, only until the backend is closed (or `claim_idle`).
 //!
 //! A group that disappears (`NOGROUP`: group destroyed, stream deleted, a restart without
 //! persistence) is created again where this consumer was: before its oldest unsettled
@@ -41,7 +45,7 @@
 //! A subscription holds at most `prefetch` read plus `prefetch` claimed deliveries,
 //! plus those its handlers run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
@@ -65,6 +69,8 @@ const KIND: &str = "redis-streams";
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Most ids acknowledged by one `XACK`.
 const ACK_BATCH: usize = 1024;
+/// Most handled entries kept in flight while their `XACK` fails (retried each tick).
+pub const MAX_UNACKED: usize = 16 * ACK_BATCH;
 /// Shortest period of the settler's timers.
 const MIN_PERIOD: Duration = Duration::from_millis(1);
 
@@ -384,6 +390,12 @@ fn predecessor((ms, seq): (u64, u64)) -> Option<(u64, u64)> {
 /// entries as large as the `largest` seen so far stay near [`READ_BUDGET_BYTES`].
 fn read_count(count: usize, largest: usize) -> usize {
     count.min(READ_BUDGET_BYTES / largest.max(1)).max(1)
+}
+
+/// Whether a command that failed with `error` may succeed when sent again: the
+/// connection was lost or timed out, or Redis is loading, failing over, or busy.
+fn passes(error: &RedisError) -> bool {
+    !matches!(error.retry_method(), redis::RetryMethod::NoRetry)
 }
 
 fn is_no_group(error: &RedisError) -> bool {
@@ -873,8 +885,14 @@ impl Shared {
         let mut claim_tick = tokio::time::interval(self.settings.claim_interval.max(MIN_PERIOD));
         claim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut acks: Vec<String> = Vec::new();
+        // Handled entries whose XACK failed (Redis restarting, a failover): still in
+        // flight (refreshed, never claimed here), acknowledged again at every tick.
+        let mut unacked: VecDeque<String> = VecDeque::new();
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut cursor = "0-0".to_string();
+        // Whether `close` flushed this subscription, and since when it has ended.
+        let mut closed = false;
+        let mut ended: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 op = ops.recv() => {
@@ -887,23 +905,40 @@ impl Shared {
                         }
                     }
                     if !acks.is_empty() {
-                        self.ack(&mut connection, &mut acks).await;
+                        self.ack(&mut connection, &mut acks, &mut unacked).await;
+                    }
+                    if !flushes.is_empty() {
+                        // The backend closes: one more try for what failed before.
+                        self.retry_acks(&mut connection, &mut unacked).await;
+                        closed = true;
                     }
                     for flush in flushes.drain(..) {
                         let _ = flush.send(());
                     }
                 }
                 _ = tick.tick() => {
+                    self.retry_acks(&mut connection, &mut unacked).await;
                     if claims.is_closed() {
                         // The subscription ended: settle what is queued, then stop.
+                        let ended = *ended.get_or_insert_with(tokio::time::Instant::now);
                         while let Ok(op) = ops.try_recv() {
                             self.take(op, &mut acks, &mut flushes, &claims);
                         }
-                        self.ack(&mut connection, &mut acks).await;
+                        self.ack(&mut connection, &mut acks, &mut unacked).await;
+                        if !flushes.is_empty() {
+                            closed = true;
+                        }
                         for flush in flushes.drain(..) {
                             let _ = flush.send(());
                         }
                         if ops.is_closed() || self.in_flight().is_empty() {
+                            return;
+                        }
+                        if self.only_unacked_left(&unacked)
+                            && (closed || ended.elapsed() >= self.settings.claim_idle)
+                        {
+                            // Bounded: Redis stayed unreachable past the close.
+                            self.give_up(unacked.drain(..), "the subscription ended");
                             return;
                         }
                         // Handlers still draining keep their entries.
@@ -916,6 +951,26 @@ impl Shared {
                     self.claim_abandoned(&mut connection, &claims, &mut cursor).await;
                 }
             }
+        }
+    }
+
+    /// Whether every entry still in flight is one whose XACK failed.
+    fn only_unacked_left(&self, unacked: &VecDeque<String>) -> bool {
+        let unacked: HashSet<&String> = unacked.iter().collect();
+        self.in_flight().iter().all(|id| unacked.contains(id))
+    }
+
+    /// Stops holding `ids` (handled, not acknowledged): they stay pending and are
+    /// delivered again after `claim_idle`.
+    fn give_up(&self, ids: impl Iterator<Item = String>, why: &'static str) {
+        let mut in_flight = self.in_flight();
+        let mut count = 0usize;
+        for id in ids {
+            in_flight.remove(&id);
+            count += 1;
+        }
+        if count > 0 {
+            tracing::warn!(backend = KIND, stream = %self.stream, count, why, "handled entries could not be acknowledged; they will be delivered again");
         }
     }
 
@@ -943,7 +998,16 @@ impl Shared {
         }
     }
 
-    async fn ack(&self, connection: &mut ConnectionManager, ids: &mut Vec<String>) {
+    /// Acknowledges `ids` with one `XACK`. When it fails for a reason that passes
+    /// (connection lost, Redis loading or failing over), the ids stay in flight (kept
+    /// fresh, never claimed here) and go to `unacked`, retried at the next tick; at most
+    /// [`MAX_UNACKED`] are kept, the oldest given up beyond that.
+    async fn ack(
+        &self,
+        connection: &mut ConnectionManager,
+        ids: &mut Vec<String>,
+        unacked: &mut VecDeque<String>,
+    ) {
         if ids.is_empty() {
             return;
         }
@@ -953,13 +1017,42 @@ impl Shared {
             .arg(&ids[..])
             .query_async(connection)
             .await;
-        if let Err(error) = acked {
-            // Left pending: the entries come back through XAUTOCLAIM.
-            tracing::warn!(backend = KIND, stream = %self.stream, %error, count = ids.len(), "XACK failed; entries will be redelivered");
+        match acked {
+            Ok(_) => {
+                let mut in_flight = self.in_flight();
+                for id in ids.drain(..) {
+                    in_flight.remove(&id);
+                }
+            }
+            Err(error) if passes(&error) => {
+                tracing::warn!(backend = KIND, stream = %self.stream, %error, count = ids.len(), "XACK failed; retrying it (the entries stay with this consumer meanwhile)");
+                unacked.extend(ids.drain(..));
+                let excess = unacked.len().saturating_sub(MAX_UNACKED);
+                if excess > 0 {
+                    self.give_up(unacked.drain(..excess), "too many failed acknowledgements");
+                }
+            }
+            Err(error) => {
+                // Left pending: the entries come back through XAUTOCLAIM.
+                tracing::warn!(backend = KIND, stream = %self.stream, %error, count = ids.len(), "XACK failed; entries will be redelivered");
+                let mut in_flight = self.in_flight();
+                for id in ids.drain(..) {
+                    in_flight.remove(&id);
+                }
+            }
         }
-        let mut in_flight = self.in_flight();
-        for id in ids.drain(..) {
-            in_flight.remove(&id);
+    }
+
+    /// Acknowledges again what failed before (see [`Shared::ack`]).
+    async fn retry_acks(&self, connection: &mut ConnectionManager, unacked: &mut VecDeque<String>) {
+        if unacked.is_empty() {
+            return;
+        }
+        let mut ids: Vec<String> = unacked.drain(..).collect();
+        let count = ids.len();
+        self.ack(connection, &mut ids, unacked).await;
+        if unacked.is_empty() {
+            tracing::info!(backend = KIND, stream = %self.stream, count, "acknowledged entries whose XACK had failed");
         }
     }
 
