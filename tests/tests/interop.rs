@@ -2096,6 +2096,78 @@ mod redis_hardening {
         app.shutdown().await.unwrap();
     }
 
+    pub struct Stopper(pub UnboundedSender<u64>);
+
+    #[transport::service]
+    impl Stopper {
+        #[subscriber(topic = "hardening.stop", group = "stopper")]
+        async fn work(&self, n: u64) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = self.0.send(n);
+        }
+    }
+
+    /// Item C: at a graceful stop, what a member held without handling it comes back to
+    /// the next member at once, not after `claim_idle` (30 s here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_a_graceful_stop_makes_what_it_held_claimable_at_once() {
+        if !reachable(6379) {
+            return;
+        }
+        init_tracing();
+        let prefix = format!("{}.", unique("interop"));
+        let config = || {
+            streams_config(
+                &format!("topic_prefix = \"{prefix}\""),
+                "[broker.redis]\nclaim_idle = \"30s\"\nclaim_interval = \"200ms\"\n\
+                 [subscriber]\nprefetch = 8\nconcurrency = 1\n\
+                 [shutdown]\ndrain_timeout = \"5s\"",
+            )
+        };
+        let select = |r: &transport::registry::Registration| {
+            r.module_path == module_path!() && r.name == "Stopper::work"
+        };
+        const N: u64 = 40;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let first = App::new(config())
+            .select(select)
+            .service(Stopper(tx.clone()))
+            .start()
+            .await
+            .expect("starts");
+        for n in 0..N {
+            first.publisher().publish("hardening.stop", &n).await.unwrap();
+        }
+        let mut done: HashSet<u64> = receive(&mut rx, 5).await.into_iter().collect();
+        first.shutdown().await.unwrap();
+        while let Ok(n) = rx.try_recv() {
+            done.insert(n);
+        }
+        let second = App::new(config())
+            .select(select)
+            .service(Stopper(tx))
+            .start()
+            .await
+            .expect("starts");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while done.len() < N as usize {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(n)) => {
+                    done.insert(n);
+                }
+                _ => {
+                    let missing: Vec<u64> = (0..N).filter(|n| !done.contains(n)).collect();
+                    panic!("not released at the stop (they wait for claim_idle): {missing:?}");
+                }
+            }
+        }
+        second.shutdown().await.unwrap();
+        let stream = format!("{prefix}hardening.stop");
+        let pending = redis_cli(&["XPENDING", &stream, "stopper"]);
+        assert_eq!(pending.lines().next(), Some("0"), "all settled: {pending}");
+        redis_cli(&["DEL", &stream]);
+    }
+
     /// Item D: the public `url` field of a connect error holds no password.
     #[tokio::test]
     async fn redis_connect_errors_hold_the_url_without_its_password() {

@@ -27,6 +27,12 @@
 //! handled entry is not handled again; at most [`MAX_UNACKED`] ids are kept so, and
 //! after a stop, only until the backend is closed (or `claim_idle`).
 //!
+//! At a graceful stop, entries read and not handled (queued for a handler, waiting for a
+//! retry, read as the subscription ended, or cut off by the drain timeout) are released:
+//! `XCLAIM <ids> ... IDLE <claim_idle> JUSTID` makes them look `claim_idle` idle without
+//! counting a delivery, so the next `XAUTOCLAIM` of another member takes them at once
+//! instead of after `claim_idle`.
+//!
 //! A group that disappears (`NOGROUP`: group destroyed, stream deleted, a restart without
 //! persistence) is created again where this consumer was: before its oldest unsettled
 //! entry, else after the last entry the group gave it (or the group's position when it
@@ -699,6 +705,14 @@ enum Settle {
     Flush(oneshot::Sender<()>),
 }
 
+/// Settlements the settler collected, sent together.
+#[derive(Default)]
+struct Batch {
+    acks: Vec<String>,
+    releases: Vec<String>,
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
 /// State shared by a group subscription's reader and settler.
 struct Shared {
     stream: String,
@@ -827,8 +841,13 @@ impl Shared {
                 Ok(reply) => {
                     backoff = Duration::from_millis(100);
                     if tx.is_closed() {
-                        // Read after the subscription ended: leave the entries pending
-                        // (no handler will see them here; they are claimed elsewhere).
+                        // Read after the subscription ended: no handler will see them
+                        // here; released for the group's other members at once.
+                        if let Ok(entries) = parse_read(reply, "XREADGROUP") {
+                            let mut ids: Vec<String> =
+                                entries.into_iter().map(|entry| entry.id).collect();
+                            self.release(&mut reader, &mut ids).await;
+                        }
                         return;
                     }
                     let entries = match parse_read(reply, "XREADGROUP") {
@@ -884,11 +903,10 @@ impl Shared {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut claim_tick = tokio::time::interval(self.settings.claim_interval.max(MIN_PERIOD));
         claim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut acks: Vec<String> = Vec::new();
+        let mut batch = Batch::default();
         // Handled entries whose XACK failed (Redis restarting, a failover): still in
         // flight (refreshed, never claimed here), acknowledged again at every tick.
         let mut unacked: VecDeque<String> = VecDeque::new();
-        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut cursor = "0-0".to_string();
         // Whether `close` flushed this subscription, and since when it has ended.
         let mut closed = false;
@@ -897,22 +915,21 @@ impl Shared {
             tokio::select! {
                 op = ops.recv() => {
                     let Some(op) = op else { return };
-                    self.take(op, &mut acks, &mut flushes, &claims);
-                    while acks.len() < ACK_BATCH {
+                    self.take(op, &mut batch, &claims);
+                    while batch.acks.len() < ACK_BATCH && batch.releases.len() < ACK_BATCH {
                         match ops.try_recv() {
-                            Ok(op) => self.take(op, &mut acks, &mut flushes, &claims),
+                            Ok(op) => self.take(op, &mut batch, &claims),
                             Err(_) => break,
                         }
                     }
-                    if !acks.is_empty() {
-                        self.ack(&mut connection, &mut acks, &mut unacked).await;
-                    }
-                    if !flushes.is_empty() {
+                    self.ack(&mut connection, &mut batch.acks, &mut unacked).await;
+                    self.release(&mut connection, &mut batch.releases).await;
+                    if !batch.flushes.is_empty() {
                         // The backend closes: one more try for what failed before.
                         self.retry_acks(&mut connection, &mut unacked).await;
                         closed = true;
                     }
-                    for flush in flushes.drain(..) {
+                    for flush in batch.flushes.drain(..) {
                         let _ = flush.send(());
                     }
                 }
@@ -922,13 +939,14 @@ impl Shared {
                         // The subscription ended: settle what is queued, then stop.
                         let ended = *ended.get_or_insert_with(tokio::time::Instant::now);
                         while let Ok(op) = ops.try_recv() {
-                            self.take(op, &mut acks, &mut flushes, &claims);
+                            self.take(op, &mut batch, &claims);
                         }
-                        self.ack(&mut connection, &mut acks, &mut unacked).await;
-                        if !flushes.is_empty() {
+                        self.ack(&mut connection, &mut batch.acks, &mut unacked).await;
+                        self.release(&mut connection, &mut batch.releases).await;
+                        if !batch.flushes.is_empty() {
                             closed = true;
                         }
-                        for flush in flushes.drain(..) {
+                        for flush in batch.flushes.drain(..) {
                             let _ = flush.send(());
                         }
                         if ops.is_closed() || self.in_flight().is_empty() {
@@ -974,28 +992,58 @@ impl Shared {
         }
     }
 
-    fn take(
-        self: &Arc<Self>,
-        op: Settle,
-        acks: &mut Vec<String>,
-        flushes: &mut Vec<oneshot::Sender<()>>,
-        claims: &mpsc::Sender<Delivery>,
-    ) {
+    fn take(self: &Arc<Self>, op: Settle, batch: &mut Batch, claims: &mpsc::Sender<Delivery>) {
         match op {
-            Settle::Ack(id) => acks.push(id),
+            Settle::Ack(id) => batch.acks.push(id),
             Settle::Release(id) => {
                 self.in_flight().remove(&id);
+                batch.releases.push(id);
             }
-            Settle::Flush(done) => flushes.push(done),
+            Settle::Flush(done) => batch.flushes.push(done),
             Settle::Retry { id, attempt, delay } => {
                 let this = Arc::clone(self);
                 let claims = claims.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
+                    // A stop does not wait for the retry delay: the entry is released.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = claims.closed() => {}
+                    }
                     this.redeliver(id, attempt, claims).await;
                 });
             }
         }
+    }
+
+    /// Makes entries this consumer holds and will not handle (queued for a handler at a
+    /// stop, or dropped unsettled) claimable at once: their idle time becomes
+    /// `claim_idle` (`XCLAIM ... IDLE`, no delivery counted), so the next `XAUTOCLAIM` of
+    /// any member of the group takes them instead of waiting for `claim_idle`.
+    async fn release(&self, connection: &mut ConnectionManager, ids: &mut Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let released: Result<Value, RedisError> = redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&ids[..])
+            .arg("IDLE")
+            .arg(self.settings.claim_idle.as_millis() as u64)
+            .arg("JUSTID")
+            .query_async(connection)
+            .await;
+        match released {
+            Ok(_) => {
+                tracing::debug!(backend = KIND, stream = %self.stream, count = ids.len(), "released entries for the group")
+            }
+            // They stay pending and are taken over after claim_idle.
+            Err(error) => {
+                tracing::debug!(backend = KIND, stream = %self.stream, %error, count = ids.len(), "cannot release entries; they come back after claim_idle")
+            }
+        }
+        ids.clear();
     }
 
     /// Acknowledges `ids` with one `XACK`. When it fails for a reason that passes
@@ -1059,6 +1107,11 @@ impl Shared {
     /// Claims one entry back to this consumer after a failed attempt (`XCLAIM`, min idle
     /// 0, which counts one more delivery) and delivers it again, ahead of new entries.
     async fn redeliver(&self, id: String, attempt: u32, claims: mpsc::Sender<Delivery>) {
+        if claims.is_closed() {
+            // The subscription ended while the entry waited: hand it to the group.
+            let _ = self.settle.send(Settle::Release(id));
+            return;
+        }
         let mut connection = self.commands.clone();
         let claimed: Result<Value, RedisError> = redis::cmd("XCLAIM")
             .arg(&self.stream)
@@ -1277,7 +1330,8 @@ impl Acknowledge for StreamAcker {
 
 impl Drop for StreamAcker {
     fn drop(&mut self) {
-        // Never finished (cut off at shutdown): leave it pending for another consumer.
+        // Never settled (queued at a stop, cut off by the drain timeout): released for
+        // the group's other members (claimable at once).
         if let Some(id) = self.id.take() {
             let _ = self.settle.send(Settle::Release(id));
         }
