@@ -1965,7 +1965,11 @@ mod redis_hardening {
         let started = tokio::time::Instant::now();
         // Read at every phase of the first member's refresh tick.
         for n in 0..N {
-            first.publisher().publish("hardening.slow", &n).await.unwrap();
+            first
+                .publisher()
+                .publish("hardening.slow", &n)
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         // A member that looks for idle entries every 50 ms.
@@ -2058,7 +2062,10 @@ mod redis_hardening {
             .await
             .expect("starts");
         for n in 0..N {
-            app.publisher().publish("hardening.gated", &n).await.unwrap();
+            app.publisher()
+                .publish("hardening.gated", &n)
+                .await
+                .unwrap();
         }
         let mut handled = receive(&mut rx, N as usize).await;
         // Redis goes away while the handlers run; they finish, and their XACK fails (at
@@ -2136,7 +2143,11 @@ mod redis_hardening {
             .await
             .expect("starts");
         for n in 0..N {
-            first.publisher().publish("hardening.stop", &n).await.unwrap();
+            first
+                .publisher()
+                .publish("hardening.stop", &n)
+                .await
+                .unwrap();
         }
         let mut done: HashSet<u64> = receive(&mut rx, 5).await.into_iter().collect();
         first.shutdown().await.unwrap();
@@ -2176,10 +2187,7 @@ mod redis_hardening {
             "redis://:hunter2@127.0.0.1:1",
             "redis://admin:hunter2@127.0.0.1:1/0",
         ] {
-            let config = streams_config(
-                &format!("url = \"{url}\"\nconnect_timeout = \"1s\""),
-                "",
-            );
+            let config = streams_config(&format!("url = \"{url}\"\nconnect_timeout = \"1s\""), "");
             let errors = [
                 transport::backend::redis::RedisBackend::connect(&config.broker)
                     .await

@@ -1384,9 +1384,18 @@ mod tests {
             claim_interval: Duration::from_millis(interval),
             ..RedisConfig::default()
         };
-        assert_eq!(refresh_period(&settings(5000, 1000)), Duration::from_secs(1));
-        assert_eq!(refresh_period(&settings(5000, 3000)), Duration::from_nanos(1_666_666_666));
-        assert_eq!(refresh_period(&settings(1000, 990)), Duration::from_nanos(333_333_333));
+        assert_eq!(
+            refresh_period(&settings(5000, 1000)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            refresh_period(&settings(5000, 3000)),
+            Duration::from_nanos(1_666_666_666)
+        );
+        assert_eq!(
+            refresh_period(&settings(1000, 990)),
+            Duration::from_nanos(333_333_333)
+        );
     }
 
     fn bulk(bytes: &[u8]) -> Value {
