@@ -79,6 +79,13 @@ const ACK_BATCH: usize = 1024;
 pub const MAX_UNACKED: usize = 16 * ACK_BATCH;
 /// Shortest period of the settler's timers.
 const MIN_PERIOD: Duration = Duration::from_millis(1);
+/// Most bytes one read should bring in, judged by the largest entry of earlier reads.
+pub const READ_BUDGET_BYTES: usize = 64 << 20;
+/// Header of a defective entry's message: its payload holds the entry's raw field/value
+/// pairs as netstrings (the header's value).
+pub const RAW_ENTRY_HEADER: &str = "x-transport-redis-entry";
+/// Value of [`RAW_ENTRY_HEADER`].
+pub const RAW_ENTRY_ENCODING: &str = "netstrings";
 
 /// How often a subscription resets the idle time of its in-flight entries: every
 /// `claim_interval`, and at least every third of `claim_idle`, so that an entry whose
@@ -90,13 +97,6 @@ fn refresh_period(settings: &RedisConfig) -> Duration {
         .min(settings.claim_idle / 3)
         .max(MIN_PERIOD)
 }
-/// Most bytes one read should bring in, judged by the largest entry of earlier reads.
-pub const READ_BUDGET_BYTES: usize = 64 << 20;
-/// Header of a defective entry's message: its payload holds the entry's raw field/value
-/// pairs as netstrings (the header's value).
-pub const RAW_ENTRY_HEADER: &str = "x-transport-redis-entry";
-/// Value of [`RAW_ENTRY_HEADER`].
-pub const RAW_ENTRY_ENCODING: &str = "netstrings";
 
 /// The Redis streams backend.
 pub struct RedisStreamsBackend {
