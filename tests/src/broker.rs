@@ -12,13 +12,17 @@ pub enum Server {
     Nats,
     /// `redis-server` without persistence (a restart loses streams and groups).
     Redis,
+    /// `redis-server` with an append-only file fsynced on every write, in a directory
+    /// that survives restarts: a restart (even a kill) keeps streams, groups and their
+    /// pending entries.
+    RedisPersistent,
 }
 
 impl Server {
     fn binary(self) -> &'static str {
         match self {
             Server::Nats => "nats-server",
-            Server::Redis => "redis-server",
+            Server::Redis | Server::RedisPersistent => "redis-server",
         }
     }
 }
@@ -77,7 +81,12 @@ impl PrivateBroker {
                     .arg(self.dir.path());
                 c
             }
-            Server::Redis => {
+            Server::Redis | Server::RedisPersistent => {
+                let appendonly = if self.server == Server::Redis {
+                    "no"
+                } else {
+                    "yes"
+                };
                 let mut c = Command::new(self.server.binary());
                 c.args([
                     "--bind",
@@ -87,7 +96,9 @@ impl PrivateBroker {
                     "--save",
                     "",
                     "--appendonly",
-                    "no",
+                    appendonly,
+                    "--appendfsync",
+                    "always",
                 ])
                 .arg("--dir")
                 .arg(self.dir.path());
@@ -119,7 +130,9 @@ impl PrivateBroker {
     pub fn url(&self) -> String {
         match self.server {
             Server::Nats => format!("nats://127.0.0.1:{}", self.port),
-            Server::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Server::Redis | Server::RedisPersistent => {
+                format!("redis://127.0.0.1:{}", self.port)
+            }
         }
     }
 

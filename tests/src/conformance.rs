@@ -121,7 +121,9 @@ impl Target {
     fn url(&self, port: u16) -> Option<String> {
         match self.server {
             Some(Server::Nats) => Some(format!("nats://127.0.0.1:{port}")),
-            Some(Server::Redis) => Some(format!("redis://127.0.0.1:{port}")),
+            Some(Server::Redis | Server::RedisPersistent) => {
+                Some(format!("redis://127.0.0.1:{port}"))
+            }
             None => None,
         }
     }

@@ -2176,3 +2176,319 @@ async fn redis_credentials_in_the_url_never_reach_an_error() {
         }
     }
 }
+
+/// The hardening of the Redis streams backend, against real redis-servers.
+mod redis_hardening {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
+
+    use transport_tests::broker::{PrivateBroker, Server};
+
+    use super::*;
+
+    fn streams_config(prefix_or_url: &str, extra: &str) -> Config {
+        let text = format!("[broker]\nkind = \"redis-streams\"\n{prefix_or_url}\n{extra}");
+        match Config::from_toml(&text) {
+            Ok(config) => config,
+            Err(error) => panic!("config: {error}\n{text}"),
+        }
+    }
+
+    /// Each id handled more than once, with how often.
+    fn twice(handled: &[u64]) -> HashMap<u64, usize> {
+        let mut counts: HashMap<u64, usize> = HashMap::new();
+        for n in handled {
+            *counts.entry(*n).or_default() += 1;
+        }
+        counts.retain(|_, count| *count > 1);
+        counts
+    }
+
+    pub struct Slow(pub UnboundedSender<u64>);
+
+    #[transport::service]
+    impl Slow {
+        #[subscriber(topic = "hardening.slow", group = "slow")]
+        async fn work(&self, n: u64) {
+            let _ = self.0.send(n);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+
+    /// Item A: with a legal `claim_interval` close to `claim_idle`, entries whose handlers
+    /// still run stay fresh: another member of the group (scanning often) never takes
+    /// one over, so nothing is handled twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_a_long_claim_interval_never_lets_running_handlers_be_taken_over() {
+        if !reachable(6379) {
+            return;
+        }
+        init_tracing();
+        let prefix = format!("{}.", unique("interop"));
+        let config = |interval: &str| {
+            streams_config(
+                &format!("topic_prefix = \"{prefix}\""),
+                &format!(
+                    "[broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"{interval}\"\n\
+                     [subscriber]\nconcurrency = 100\nprefetch = 100\n\
+                     [shutdown]\ndrain_timeout = \"5s\""
+                ),
+            )
+        };
+        let select = |r: &transport::registry::Registration| {
+            r.module_path == module_path!() && r.name == "Slow::work"
+        };
+        const N: u64 = 60;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let first = App::new(config("990ms"))
+            .select(select)
+            .service(Slow(tx.clone()))
+            .start()
+            .await
+            .expect("starts");
+        let started = tokio::time::Instant::now();
+        // Read at every phase of the first member's refresh tick.
+        for n in 0..N {
+            first
+                .publisher()
+                .publish("hardening.slow", &n)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        // A member that looks for idle entries every 50 ms.
+        let second = App::new(config("50ms"))
+            .select(select)
+            .service(Slow(tx))
+            .start()
+            .await
+            .expect("starts");
+        let mut handled = Vec::new();
+        // Every handler of the first member has finished by then.
+        let deadline = started + Duration::from_millis(30 * N + 3000 + 1500);
+        while let Ok(Some(n)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            handled.push(n);
+        }
+        let distinct: HashSet<u64> = handled.iter().copied().collect();
+        assert_eq!(distinct.len(), N as usize, "every entry handled");
+        assert_eq!(
+            twice(&handled),
+            HashMap::new(),
+            "entries taken over while their handlers ran"
+        );
+        first.shutdown().await.unwrap();
+        second.shutdown().await.unwrap();
+        redis_cli(&["DEL", &format!("{prefix}hardening.slow")]);
+    }
+
+    pub struct Gated {
+        pub seen: UnboundedSender<u64>,
+        pub gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    #[transport::service]
+    impl Gated {
+        #[subscriber(topic = "hardening.gated", group = "gated")]
+        async fn work(&self, n: u64) {
+            let _ = self.seen.send(n);
+            let _ = self.gate.acquire().await;
+        }
+    }
+
+    async fn pending_count(url: &str, stream: &str, group: &str) -> Option<i64> {
+        let client = redis::Client::open(url).ok()?;
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        match summary {
+            redis::Value::Array(parts) => match parts.first() {
+                Some(redis::Value::Int(count)) => Some(*count),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Item B: entries handled while Redis is gone for a moment (their `XACK` fails) are
+    /// acknowledged once it is back, and never handled again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_a_failed_xack_is_retried_and_nothing_is_handled_twice() {
+        init_tracing();
+        let mut broker = match PrivateBroker::start(Server::RedisPersistent) {
+            Ok(broker) => broker,
+            Err(reason) => {
+                assert!(!transport_tests::in_ci(), "{reason}");
+                eprintln!("SKIPPED: {reason}");
+                return;
+            }
+        };
+        let url = broker.url();
+        let config = streams_config(
+            &format!("url = \"{url}\""),
+            "[broker.redis]\nclaim_idle = \"2s\"\nclaim_interval = \"1s\"\n\
+             [subscriber]\nconcurrency = 10\nprefetch = 10\n\
+             [shutdown]\ndrain_timeout = \"2s\"\nclose_timeout = \"2s\"",
+        );
+        const N: u64 = 5;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let app = App::new(config)
+            .select(|r| r.module_path == module_path!() && r.name == "Gated::work")
+            .service(Gated {
+                seen: tx,
+                gate: Arc::clone(&gate),
+            })
+            .start()
+            .await
+            .expect("starts");
+        for n in 0..N {
+            app.publisher()
+                .publish("hardening.gated", &n)
+                .await
+                .unwrap();
+        }
+        let mut handled = receive(&mut rx, N as usize).await;
+        // Redis goes away while the handlers run; they finish, and their XACK fails (at
+        // least the first command on the dead connection does; the settler's other
+        // commands run once a second only).
+        broker.kill();
+        gate.add_permits(1000);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        broker.restart().expect("redis comes back");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            while let Ok(n) = rx.try_recv() {
+                handled.push(n);
+            }
+            if pending_count(&url, "hardening.gated", "gated").await == Some(0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the handled entries are never acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Longer than claim_idle + claim_interval: what was not acknowledged would be
+        // claimed and handled again by now.
+        let quiet = tokio::time::Instant::now() + Duration::from_secs(4);
+        while let Ok(Some(n)) = tokio::time::timeout_at(quiet, rx.recv()).await {
+            handled.push(n);
+        }
+        assert_eq!(
+            twice(&handled),
+            HashMap::new(),
+            "handled again after their XACK failed"
+        );
+        app.shutdown().await.unwrap();
+    }
+
+    pub struct Stopper(pub UnboundedSender<u64>);
+
+    #[transport::service]
+    impl Stopper {
+        #[subscriber(topic = "hardening.stop", group = "stopper")]
+        async fn work(&self, n: u64) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = self.0.send(n);
+        }
+    }
+
+    /// Item C: at a graceful stop, what a member held without handling it comes back to
+    /// the next member at once, not after `claim_idle` (30 s here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_a_graceful_stop_makes_what_it_held_claimable_at_once() {
+        if !reachable(6379) {
+            return;
+        }
+        init_tracing();
+        let prefix = format!("{}.", unique("interop"));
+        let config = || {
+            streams_config(
+                &format!("topic_prefix = \"{prefix}\""),
+                "[broker.redis]\nclaim_idle = \"30s\"\nclaim_interval = \"200ms\"\n\
+                 [subscriber]\nprefetch = 8\nconcurrency = 1\n\
+                 [shutdown]\ndrain_timeout = \"5s\"",
+            )
+        };
+        let select = |r: &transport::registry::Registration| {
+            r.module_path == module_path!() && r.name == "Stopper::work"
+        };
+        const N: u64 = 40;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let first = App::new(config())
+            .select(select)
+            .service(Stopper(tx.clone()))
+            .start()
+            .await
+            .expect("starts");
+        for n in 0..N {
+            first
+                .publisher()
+                .publish("hardening.stop", &n)
+                .await
+                .unwrap();
+        }
+        let mut done: HashSet<u64> = receive(&mut rx, 5).await.into_iter().collect();
+        first.shutdown().await.unwrap();
+        while let Ok(n) = rx.try_recv() {
+            done.insert(n);
+        }
+        let second = App::new(config())
+            .select(select)
+            .service(Stopper(tx))
+            .start()
+            .await
+            .expect("starts");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while done.len() < N as usize {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(n)) => {
+                    done.insert(n);
+                }
+                _ => {
+                    let missing: Vec<u64> = (0..N).filter(|n| !done.contains(n)).collect();
+                    panic!("not released at the stop (they wait for claim_idle): {missing:?}");
+                }
+            }
+        }
+        second.shutdown().await.unwrap();
+        let stream = format!("{prefix}hardening.stop");
+        let pending = redis_cli(&["XPENDING", &stream, "stopper"]);
+        assert_eq!(pending.lines().next(), Some("0"), "all settled: {pending}");
+        redis_cli(&["DEL", &stream]);
+    }
+
+    /// Item D: the public `url` field of a connect error holds no password.
+    #[tokio::test]
+    async fn redis_connect_errors_hold_the_url_without_its_password() {
+        init_tracing();
+        for url in [
+            "redis://:hunter2@127.0.0.1:1",
+            "redis://admin:hunter2@127.0.0.1:1/0",
+        ] {
+            let config = streams_config(&format!("url = \"{url}\"\nconnect_timeout = \"1s\""), "");
+            let errors = [
+                transport::backend::redis::RedisBackend::connect(&config.broker)
+                    .await
+                    .err(),
+                transport::backend::redis_streams::RedisStreamsBackend::connect(&config.broker)
+                    .await
+                    .err(),
+            ];
+            for error in errors {
+                match error {
+                    Some(transport::BackendError::Connect { url, .. }) => {
+                        assert!(!url.contains("hunter2"), "{url}");
+                        assert!(url.contains("127.0.0.1:1"), "{url}");
+                    }
+                    other => panic!("a connect error, got {other:?}"),
+                }
+            }
+        }
+    }
+}

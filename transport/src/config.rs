@@ -282,10 +282,11 @@ pub struct RedisConfig {
     /// Approximate maximum stream length (`XADD MAXLEN ~`); unlimited when absent.
     pub max_len: Option<usize>,
     /// Entries pending this long with a consumer are claimed by another (a crashed
-    /// consumer's work comes back this soon).
+    /// consumer's work comes back this soon); at least 100 ms. The entries of running
+    /// (or queued) handlers are kept fresh at least every third of it.
     #[serde(with = "humantime_serde")]
     pub claim_idle: Duration,
-    /// How often pending entries are checked for claiming.
+    /// How often pending entries are checked for claiming; shorter than `claim_idle`.
     #[serde(with = "humantime_serde")]
     pub claim_interval: Duration,
     /// Where a new group starts: `earliest` (the whole stream) or `latest`.
@@ -304,6 +305,9 @@ impl Default for RedisConfig {
         }
     }
 }
+
+/// The shortest `broker.redis.claim_idle` accepted.
+const MIN_CLAIM_IDLE: Duration = Duration::from_millis(100);
 
 impl RedisConfig {
     /// Checks the `[broker.redis]` values that parse but cannot work; the error names
@@ -324,11 +328,13 @@ impl RedisConfig {
         if self.key_field.is_empty() {
             return Err(value_error("broker.redis.key_field", "must not be empty"));
         }
-        if self.claim_idle.is_zero() {
-            // Zero would let every consumer take over every other one's running work.
+        if self.claim_idle < MIN_CLAIM_IDLE {
+            // Zero would let every consumer take over every other one's running work; the
+            // entries of running handlers are refreshed every third of it, which must
+            // stay well above a round trip.
             return Err(value_error(
                 "broker.redis.claim_idle",
-                "must be more than 0 (entries pending this long are taken over)",
+                "must be at least 100ms (entries pending this long are taken over)",
             ));
         }
         if self.claim_interval.is_zero() {
@@ -338,8 +344,10 @@ impl RedisConfig {
             ));
         }
         if self.claim_interval >= self.claim_idle {
-            // In-flight entries are refreshed once per interval: an interval as long as
-            // claim_idle lets other consumers take over entries whose handlers still run.
+            // Take-overs are looked for once per interval: one as long as claim_idle
+            // would leave a crashed consumer's work waiting up to twice claim_idle.
+            // (Running handlers' entries are refreshed at least every third of
+            // claim_idle, whatever the interval.)
             return Err(value_error(
                 "broker.redis.claim_interval",
                 "must be shorter than `broker.redis.claim_idle`",

@@ -99,9 +99,11 @@ pub(crate) async fn connect_manager(
         .url
         .clone()
         .unwrap_or_else(|| DEFAULT_URL.to_string());
+    // The error's `url` is public: it never holds the password.
+    let shown = crate::config::redact_url(&url);
     let connect_error = |reason: String| BackendError::Connect {
         backend: kind,
-        url: url.clone(),
+        url: shown.clone(),
         reason,
     };
     let mut info = url

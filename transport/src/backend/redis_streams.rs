@@ -17,9 +17,21 @@
 //! `XCLAIM` after the retry delay (the delivery count comes from `XPENDING`); entries a
 //! crashed consumer left pending are taken over with `XAUTOCLAIM` once idle for
 //! `claim_idle`. Claimed entries (retries and take-overs) have a queue of their own,
-//! served before newly read ones, so they never wait behind a backlog. While a handler
-//! runs, its entry's idle time is refreshed, so slow handlers are not stolen. Acks are
-//! batched: one `XACK` for all ids ready at once.
+//! served before newly read ones, so they never wait behind a backlog. While an entry
+//! is queued for a handler, runs, or waits for a retry, its idle time is reset
+//! (`XCLAIM <id>... 0 JUSTID`, whatever its idle time) every `claim_interval` and at
+//! least every third of `claim_idle`, so no other consumer takes it over, whatever the
+//! two settings are. Acks are batched: one `XACK` for all ids ready at once. An `XACK`
+//! that fails for a reason that passes (Redis restarting, a failover) is sent again at
+//! every refresh, its entries kept in flight (fresh, never claimed) meanwhile, so a
+//! handled entry is not handled again; at most [`MAX_UNACKED`] ids are kept so, and
+//! after a stop, only until the backend is closed (or `claim_idle`).
+//!
+//! At a graceful stop, entries read and not handled (queued for a handler, waiting for a
+//! retry, read as the subscription ended, or cut off by the drain timeout) are released:
+//! `XCLAIM <ids> ... IDLE <claim_idle> JUSTID` makes them look `claim_idle` idle without
+//! counting a delivery, so the next `XAUTOCLAIM` of another member takes them at once
+//! instead of after `claim_idle`.
 //!
 //! A group that disappears (`NOGROUP`: group destroyed, stream deleted, a restart without
 //! persistence) is created again where this consumer was: before its oldest unsettled
@@ -39,7 +51,7 @@
 //! A subscription holds at most `prefetch` read plus `prefetch` claimed deliveries,
 //! plus those its handlers run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
@@ -63,6 +75,10 @@ const KIND: &str = "redis-streams";
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Most ids acknowledged by one `XACK`.
 const ACK_BATCH: usize = 1024;
+/// Most handled entries kept in flight while their `XACK` fails (retried each tick).
+pub const MAX_UNACKED: usize = 16 * ACK_BATCH;
+/// Shortest period of the settler's timers.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
 /// Most bytes one read should bring in, judged by the largest entry of earlier reads.
 pub const READ_BUDGET_BYTES: usize = 64 << 20;
 /// Header of a defective entry's message: its payload holds the entry's raw field/value
@@ -70,6 +86,17 @@ pub const READ_BUDGET_BYTES: usize = 64 << 20;
 pub const RAW_ENTRY_HEADER: &str = "x-transport-redis-entry";
 /// Value of [`RAW_ENTRY_HEADER`].
 pub const RAW_ENTRY_ENCODING: &str = "netstrings";
+
+/// How often a subscription resets the idle time of its in-flight entries: every
+/// `claim_interval`, and at least every third of `claim_idle`, so that an entry whose
+/// handler runs is never `claim_idle` idle (another consumer would take it over), even
+/// when a refresh is late or fails once.
+fn refresh_period(settings: &RedisConfig) -> Duration {
+    settings
+        .claim_interval
+        .min(settings.claim_idle / 3)
+        .max(MIN_PERIOD)
+}
 
 /// The Redis streams backend.
 pub struct RedisStreamsBackend {
@@ -369,6 +396,12 @@ fn predecessor((ms, seq): (u64, u64)) -> Option<(u64, u64)> {
 /// entries as large as the `largest` seen so far stay near [`READ_BUDGET_BYTES`].
 fn read_count(count: usize, largest: usize) -> usize {
     count.min(READ_BUDGET_BYTES / largest.max(1)).max(1)
+}
+
+/// Whether a command that failed with `error` may succeed when sent again: the
+/// connection was lost or timed out, or Redis is loading, failing over, or busy.
+fn passes(error: &RedisError) -> bool {
+    !matches!(error.retry_method(), redis::RetryMethod::NoRetry)
 }
 
 fn is_no_group(error: &RedisError) -> bool {
@@ -672,6 +705,14 @@ enum Settle {
     Flush(oneshot::Sender<()>),
 }
 
+/// Settlements the settler collected, sent together.
+#[derive(Default)]
+struct Batch {
+    acks: Vec<String>,
+    releases: Vec<String>,
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
 /// State shared by a group subscription's reader and settler.
 struct Shared {
     stream: String,
@@ -800,8 +841,13 @@ impl Shared {
                 Ok(reply) => {
                     backoff = Duration::from_millis(100);
                     if tx.is_closed() {
-                        // Read after the subscription ended: leave the entries pending
-                        // (no handler will see them here; they are claimed elsewhere).
+                        // Read after the subscription ended: no handler will see them
+                        // here; released for the group's other members at once.
+                        if let Ok(entries) = parse_read(reply, "XREADGROUP") {
+                            let mut ids: Vec<String> =
+                                entries.into_iter().map(|entry| entry.id).collect();
+                            self.release(&mut reader, &mut ids).await;
+                        }
                         return;
                     }
                     let entries = match parse_read(reply, "XREADGROUP") {
@@ -851,41 +897,66 @@ impl Shared {
         mut ops: mpsc::UnboundedReceiver<Settle>,
         claims: mpsc::Sender<Delivery>,
     ) {
-        let mut tick =
-            tokio::time::interval(self.settings.claim_interval.max(Duration::from_millis(10)));
+        // Refreshes run at least every third of claim_idle, whatever claim_interval is:
+        // an entry whose handler runs is never idle long enough to be taken over.
+        let mut tick = tokio::time::interval(refresh_period(&self.settings));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut acks: Vec<String> = Vec::new();
-        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut claim_tick = tokio::time::interval(self.settings.claim_interval.max(MIN_PERIOD));
+        claim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Batch::default();
+        // Handled entries whose XACK failed (Redis restarting, a failover): still in
+        // flight (refreshed, never claimed here), acknowledged again at every tick.
+        let mut unacked: VecDeque<String> = VecDeque::new();
         let mut cursor = "0-0".to_string();
+        // Whether `close` flushed this subscription, and since when it has ended.
+        let mut closed = false;
+        let mut ended: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 op = ops.recv() => {
                     let Some(op) = op else { return };
-                    self.take(op, &mut acks, &mut flushes, &claims);
-                    while acks.len() < ACK_BATCH {
+                    self.take(op, &mut batch, &claims);
+                    while batch.acks.len() < ACK_BATCH && batch.releases.len() < ACK_BATCH {
                         match ops.try_recv() {
-                            Ok(op) => self.take(op, &mut acks, &mut flushes, &claims),
+                            Ok(op) => self.take(op, &mut batch, &claims),
                             Err(_) => break,
                         }
                     }
-                    if !acks.is_empty() {
-                        self.ack(&mut connection, &mut acks).await;
+                    self.ack(&mut connection, &mut batch.acks, &mut unacked).await;
+                    self.release(&mut connection, &mut batch.releases).await;
+                    if !batch.flushes.is_empty() {
+                        // The backend closes: one more try for what failed before.
+                        self.retry_acks(&mut connection, &mut unacked).await;
+                        closed = true;
                     }
-                    for flush in flushes.drain(..) {
+                    for flush in batch.flushes.drain(..) {
                         let _ = flush.send(());
                     }
                 }
                 _ = tick.tick() => {
+                    self.retry_acks(&mut connection, &mut unacked).await;
                     if claims.is_closed() {
                         // The subscription ended: settle what is queued, then stop.
+                        let ended = *ended.get_or_insert_with(tokio::time::Instant::now);
                         while let Ok(op) = ops.try_recv() {
-                            self.take(op, &mut acks, &mut flushes, &claims);
+                            self.take(op, &mut batch, &claims);
                         }
-                        self.ack(&mut connection, &mut acks).await;
-                        for flush in flushes.drain(..) {
+                        self.ack(&mut connection, &mut batch.acks, &mut unacked).await;
+                        self.release(&mut connection, &mut batch.releases).await;
+                        if !batch.flushes.is_empty() {
+                            closed = true;
+                        }
+                        for flush in batch.flushes.drain(..) {
                             let _ = flush.send(());
                         }
                         if ops.is_closed() || self.in_flight().is_empty() {
+                            return;
+                        }
+                        if self.only_unacked_left(&unacked)
+                            && (closed || ended.elapsed() >= self.settings.claim_idle)
+                        {
+                            // Bounded: Redis stayed unreachable past the close.
+                            self.give_up(unacked.drain(..), "the subscription ended");
                             return;
                         }
                         // Handlers still draining keep their entries.
@@ -893,37 +964,98 @@ impl Shared {
                         continue;
                     }
                     self.refresh(&mut connection).await;
+                }
+                _ = claim_tick.tick(), if !claims.is_closed() => {
                     self.claim_abandoned(&mut connection, &claims, &mut cursor).await;
                 }
             }
         }
     }
 
-    fn take(
-        self: &Arc<Self>,
-        op: Settle,
-        acks: &mut Vec<String>,
-        flushes: &mut Vec<oneshot::Sender<()>>,
-        claims: &mpsc::Sender<Delivery>,
-    ) {
+    /// Whether every entry still in flight is one whose XACK failed.
+    fn only_unacked_left(&self, unacked: &VecDeque<String>) -> bool {
+        let unacked: HashSet<&String> = unacked.iter().collect();
+        self.in_flight().iter().all(|id| unacked.contains(id))
+    }
+
+    /// Stops holding `ids` (handled, not acknowledged): they stay pending and are
+    /// delivered again after `claim_idle`.
+    fn give_up(&self, ids: impl Iterator<Item = String>, why: &'static str) {
+        let mut in_flight = self.in_flight();
+        let mut count = 0usize;
+        for id in ids {
+            in_flight.remove(&id);
+            count += 1;
+        }
+        if count > 0 {
+            tracing::warn!(backend = KIND, stream = %self.stream, count, why, "handled entries could not be acknowledged; they will be delivered again");
+        }
+    }
+
+    fn take(self: &Arc<Self>, op: Settle, batch: &mut Batch, claims: &mpsc::Sender<Delivery>) {
         match op {
-            Settle::Ack(id) => acks.push(id),
+            Settle::Ack(id) => batch.acks.push(id),
             Settle::Release(id) => {
                 self.in_flight().remove(&id);
+                batch.releases.push(id);
             }
-            Settle::Flush(done) => flushes.push(done),
+            Settle::Flush(done) => batch.flushes.push(done),
             Settle::Retry { id, attempt, delay } => {
                 let this = Arc::clone(self);
                 let claims = claims.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
+                    // A stop does not wait for the retry delay: the entry is released.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = claims.closed() => {}
+                    }
                     this.redeliver(id, attempt, claims).await;
                 });
             }
         }
     }
 
-    async fn ack(&self, connection: &mut ConnectionManager, ids: &mut Vec<String>) {
+    /// Makes entries this consumer holds and will not handle (queued for a handler at a
+    /// stop, or dropped unsettled) claimable at once: their idle time becomes
+    /// `claim_idle` (`XCLAIM ... IDLE`, no delivery counted), so the next `XAUTOCLAIM` of
+    /// any member of the group takes them instead of waiting for `claim_idle`.
+    async fn release(&self, connection: &mut ConnectionManager, ids: &mut Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let released: Result<Value, RedisError> = redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&ids[..])
+            .arg("IDLE")
+            .arg(self.settings.claim_idle.as_millis() as u64)
+            .arg("JUSTID")
+            .query_async(connection)
+            .await;
+        match released {
+            Ok(_) => {
+                tracing::debug!(backend = KIND, stream = %self.stream, count = ids.len(), "released entries for the group")
+            }
+            // They stay pending and are taken over after claim_idle.
+            Err(error) => {
+                tracing::debug!(backend = KIND, stream = %self.stream, %error, count = ids.len(), "cannot release entries; they come back after claim_idle")
+            }
+        }
+        ids.clear();
+    }
+
+    /// Acknowledges `ids` with one `XACK`. When it fails for a reason that passes
+    /// (connection lost, Redis loading or failing over), the ids stay in flight (kept
+    /// fresh, never claimed here) and go to `unacked`, retried at the next tick; at most
+    /// [`MAX_UNACKED`] are kept, the oldest given up beyond that.
+    async fn ack(
+        &self,
+        connection: &mut ConnectionManager,
+        ids: &mut Vec<String>,
+        unacked: &mut VecDeque<String>,
+    ) {
         if ids.is_empty() {
             return;
         }
@@ -933,19 +1065,53 @@ impl Shared {
             .arg(&ids[..])
             .query_async(connection)
             .await;
-        if let Err(error) = acked {
-            // Left pending: the entries come back through XAUTOCLAIM.
-            tracing::warn!(backend = KIND, stream = %self.stream, %error, count = ids.len(), "XACK failed; entries will be redelivered");
+        match acked {
+            Ok(_) => {
+                let mut in_flight = self.in_flight();
+                for id in ids.drain(..) {
+                    in_flight.remove(&id);
+                }
+            }
+            Err(error) if passes(&error) => {
+                tracing::warn!(backend = KIND, stream = %self.stream, %error, count = ids.len(), "XACK failed; retrying it (the entries stay with this consumer meanwhile)");
+                unacked.extend(ids.drain(..));
+                let excess = unacked.len().saturating_sub(MAX_UNACKED);
+                if excess > 0 {
+                    self.give_up(unacked.drain(..excess), "too many failed acknowledgements");
+                }
+            }
+            Err(error) => {
+                // Left pending: the entries come back through XAUTOCLAIM.
+                tracing::warn!(backend = KIND, stream = %self.stream, %error, count = ids.len(), "XACK failed; entries will be redelivered");
+                let mut in_flight = self.in_flight();
+                for id in ids.drain(..) {
+                    in_flight.remove(&id);
+                }
+            }
         }
-        let mut in_flight = self.in_flight();
-        for id in ids.drain(..) {
-            in_flight.remove(&id);
+    }
+
+    /// Acknowledges again what failed before (see [`Shared::ack`]).
+    async fn retry_acks(&self, connection: &mut ConnectionManager, unacked: &mut VecDeque<String>) {
+        if unacked.is_empty() {
+            return;
+        }
+        let mut ids: Vec<String> = unacked.drain(..).collect();
+        let count = ids.len();
+        self.ack(connection, &mut ids, unacked).await;
+        if unacked.is_empty() {
+            tracing::info!(backend = KIND, stream = %self.stream, count, "acknowledged entries whose XACK had failed");
         }
     }
 
     /// Claims one entry back to this consumer after a failed attempt (`XCLAIM`, min idle
     /// 0, which counts one more delivery) and delivers it again, ahead of new entries.
     async fn redeliver(&self, id: String, attempt: u32, claims: mpsc::Sender<Delivery>) {
+        if claims.is_closed() {
+            // The subscription ended while the entry waited: hand it to the group.
+            let _ = self.settle.send(Settle::Release(id));
+            return;
+        }
         let mut connection = self.commands.clone();
         let claimed: Result<Value, RedisError> = redis::cmd("XCLAIM")
             .arg(&self.stream)
@@ -996,19 +1162,20 @@ impl Shared {
         }
     }
 
-    /// Resets the idle time of this consumer's in-flight entries, so no other consumer
-    /// takes them over while their handlers run.
+    /// Resets the idle time of every one of this consumer's in-flight entries (queued,
+    /// running, waiting for a retry), whatever their idle time, so no other consumer
+    /// takes them over while their handlers run. `XCLAIM ... 0 ... JUSTID` counts no
+    /// delivery.
     async fn refresh(&self, connection: &mut ConnectionManager) {
         let ids: Vec<String> = self.in_flight().iter().cloned().collect();
         if ids.is_empty() {
             return;
         }
-        let half_idle = (self.settings.claim_idle / 2).as_millis() as u64;
         let refreshed: Result<Value, RedisError> = redis::cmd("XCLAIM")
             .arg(&self.stream)
             .arg(&self.group)
             .arg(&self.consumer)
-            .arg(half_idle)
+            .arg(0)
             .arg(&ids[..])
             .arg("JUSTID")
             .query_async(connection)
@@ -1163,7 +1330,8 @@ impl Acknowledge for StreamAcker {
 
 impl Drop for StreamAcker {
     fn drop(&mut self) {
-        // Never finished (cut off at shutdown): leave it pending for another consumer.
+        // Never settled (queued at a stop, cut off by the drain timeout): released for
+        // the group's other members (claimable at once).
         if let Some(id) = self.id.take() {
             let _ = self.settle.send(Settle::Release(id));
         }
@@ -1179,6 +1347,10 @@ mod tests {
     fn claim_settings_that_cannot_work_are_config_errors_naming_the_key() {
         for (redis, key) in [
             ("claim_idle = \"0s\"", "broker.redis.claim_idle"),
+            (
+                "claim_idle = \"50ms\"\nclaim_interval = \"10ms\"",
+                "broker.redis.claim_idle",
+            ),
             (
                 "claim_idle = \"1s\"\nclaim_interval = \"1s\"",
                 "broker.redis.claim_interval",
@@ -1203,6 +1375,27 @@ mod tests {
             Config::from_toml("[broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"");
         assert!(fine.is_ok(), "{fine:?}");
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn running_entries_are_refreshed_at_least_every_third_of_claim_idle() {
+        let settings = |idle: u64, interval: u64| RedisConfig {
+            claim_idle: Duration::from_millis(idle),
+            claim_interval: Duration::from_millis(interval),
+            ..RedisConfig::default()
+        };
+        assert_eq!(
+            refresh_period(&settings(5000, 1000)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            refresh_period(&settings(5000, 3000)),
+            Duration::from_nanos(1_666_666_666)
+        );
+        assert_eq!(
+            refresh_period(&settings(1000, 990)),
+            Duration::from_nanos(333_333_333)
+        );
     }
 
     fn bulk(bytes: &[u8]) -> Value {
