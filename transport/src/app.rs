@@ -12,7 +12,6 @@ use crate::config::Config;
 use crate::dead_letter::DeadLetters;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, StartupError};
-use crate::introspect;
 use crate::publisher::Publisher;
 use crate::registry::{self, HandlerFn, Instances, Registration};
 use crate::testing::{Recordable, Recording};
@@ -133,45 +132,6 @@ impl App {
             .subscriber(registration.name)
             .dead_letter
             .replace("{topic}", registration.topic)
-    }
-
-    /// Runs an introspection command (`list`, `asyncapi`, `check`), writing to `out`
-    /// (an `asyncapi --output` document goes to its file). What [`App::run`] does when
-    /// the process was started with such a command; see [`introspect`](crate::introspect).
-    ///
-    /// `check` that finds problems writes each, then returns
-    /// [`IntrospectError::CheckFailed`](crate::IntrospectError::CheckFailed).
-    pub fn introspect(
-        &self,
-        command: &introspect::Command,
-        out: &mut dyn std::io::Write,
-    ) -> Result<(), Error> {
-        introspect::execute(self, command, out)
-    }
-
-    /// When the process was started with an introspection command as its first argument
-    /// (`list`, `asyncapi`, `check`), runs it on standard output and returns `true`; else
-    /// returns `false` and does nothing. [`App::run`] begins with this; call it yourself
-    /// before [`App::start`] when your `main` starts the App itself:
-    ///
-    /// ```no_run
-    /// # async fn demo(app: transport::App) -> Result<(), transport::Error> {
-    /// if app.run_command_from_args()? {
-    ///     return Ok(()); // `my-service list | asyncapi | check` is done
-    /// }
-    /// let running = app.start().await?;
-    /// # running.shutdown().await }
-    /// ```
-    pub fn run_command_from_args(&self) -> Result<bool, Error> {
-        match introspect::Command::from_args(std::env::args_os()) {
-            Ok(Some(command)) => introspect::run(self, &command).map(|()| true),
-            Ok(None) => Ok(false),
-            Err(error) => {
-                let error = error.into();
-                introspect::report(&error);
-                Err(error)
-            }
-        }
     }
 
     /// The checks shared by [`App::check`] and [`App::start`]; the bound handlers.

@@ -36,8 +36,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::SerdeCodec;
-use crate::dispatch::RetryPolicy;
 use crate::error::ConfigError;
+pub use crate::redact::redact_url;
 
 /// Environment variable naming the config file.
 pub const CONFIG_FILE_ENV: &str = "TRANSPORT_CONFIG";
@@ -102,51 +102,6 @@ impl std::fmt::Debug for BrokerConfig {
             .field("jetstream", &self.jetstream)
             .field("redis", &self.redis)
             .finish()
-    }
-}
-
-/// `url` with the password (or token) of its userinfo replaced by `***`, for errors,
-/// logs and `Debug` output: `redis://:hunter2@host:6379` -> `redis://:***@host:6379`,
-/// `nats://token@host` -> `nats://***@host`.
-///
-/// ```
-/// use transport::config::redact_url;
-/// assert_eq!(redact_url("redis://user:hunter2@db:6379/0"), "redis://user:***@db:6379/0");
-/// assert_eq!(redact_url("nats://s3cret@127.0.0.1"), "nats://***@127.0.0.1");
-/// assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-/// ```
-pub fn redact_url(url: &str) -> String {
-    // several URLs may be listed, comma-separated (NATS)
-    url.split(',')
-        .map(|one| match split_userinfo(one) {
-            (scheme, Some(userinfo), host) => match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{scheme}{user}:***@{host}"),
-                None => format!("{scheme}***@{host}"),
-            },
-            (_, None, _) => one.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// One URL as `(scheme://, userinfo, the rest after its '@')`. A password may hold `/`,
-/// `?` or `#` unescaped, so the userinfo ends at the last `@` before the first `/`, `?`
-/// or `#` that follows an `@` (a URL with an `@` only in its query is then taken as
-/// having userinfo: over-redacted, never leaked).
-pub(crate) fn split_userinfo(url: &str) -> (&str, Option<&str>, &str) {
-    let (scheme, rest) = match url.find("://") {
-        Some(at) => url.split_at(at + 3),
-        None => ("", url),
-    };
-    let Some(first_at) = rest.find('@') else {
-        return (scheme, None, rest);
-    };
-    let end = rest[first_at..]
-        .find(['/', '?', '#'])
-        .map_or(rest.len(), |i| first_at + i);
-    match rest[..end].rfind('@') {
-        Some(at) => (scheme, Some(&rest[..at]), &rest[at + 1..]),
-        None => (scheme, None, rest),
     }
 }
 
@@ -369,7 +324,9 @@ impl RedisConfig {
 pub struct SubscriberConfig {
     /// Handlers running at once per subscriber (1 keeps order).
     pub concurrency: usize,
-    /// Deliveries fetched ahead of the handlers.
+    /// Deliveries fetched ahead of the handlers (1024 by default: Redis streams reads half
+    /// of it per `XREADGROUP`, the batch a tuned raw client reads; JetStream pulls up to
+    /// it). Lower it for very large messages.
     pub prefetch: usize,
     /// Attempts in all before dead-lettering (1 = no retry).
     pub max_attempts: u32,
@@ -400,7 +357,7 @@ impl Default for SubscriberConfig {
     fn default() -> Self {
         SubscriberConfig {
             concurrency: 1,
-            prefetch: 256,
+            prefetch: 1024,
             max_attempts: 3,
             backoff: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -483,6 +440,33 @@ impl Default for ShutdownConfig {
         ShutdownConfig {
             drain_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How often and how patiently a failing message is retried.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// Delay before the first retry.
+    pub backoff: Duration,
+    /// Upper bound of the delay.
+    pub backoff_max: Duration,
+    /// Growth factor of the delay per attempt.
+    pub multiplier: f64,
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempt + 1`.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(64) as i32;
+        let factor = self.multiplier.max(1.0).powi(exponent);
+        let delay = self.backoff.as_secs_f64() * factor;
+        if !delay.is_finite() || delay >= self.backoff_max.as_secs_f64() {
+            self.backoff_max
+        } else {
+            Duration::from_secs_f64(delay)
         }
     }
 }
@@ -1034,5 +1018,20 @@ mod tests {
         );
         assert!(!debug.contains("default."), "{debug}");
         assert!(!debug.contains("Config("), "{debug}");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            multiplier: 2.0,
+        };
+        assert_eq!(policy.delay_after(1), Duration::from_millis(100));
+        assert_eq!(policy.delay_after(2), Duration::from_millis(200));
+        assert_eq!(policy.delay_after(4), Duration::from_millis(800));
+        assert_eq!(policy.delay_after(5), Duration::from_secs(1));
+        assert_eq!(policy.delay_after(u32::MAX), Duration::from_secs(1));
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -23,36 +22,10 @@ use crate::error::{BackendError, Error, PublishError};
 use crate::publisher::Publisher;
 use crate::registry::{HandlerFn, Outcome, Registration};
 
+pub use crate::config::RetryPolicy;
 pub use crate::dead_letter::MAX_ERROR_HEADER_CHARS;
 /// Header names set on dead-lettered messages (see [`crate::dead_letter::headers`]).
 pub use crate::dead_letter::headers;
-
-/// How often and how patiently a failing message is retried.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (1 = no retry).
-    pub max_attempts: u32,
-    /// Delay before the first retry.
-    pub backoff: Duration,
-    /// Upper bound of the delay.
-    pub backoff_max: Duration,
-    /// Growth factor of the delay per attempt.
-    pub multiplier: f64,
-}
-
-impl RetryPolicy {
-    /// The delay before attempt `attempt + 1`.
-    pub fn delay_after(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(64) as i32;
-        let factor = self.multiplier.max(1.0).powi(exponent);
-        let delay = self.backoff.as_secs_f64() * factor;
-        if !delay.is_finite() || delay >= self.backoff_max.as_secs_f64() {
-            self.backoff_max
-        } else {
-            Duration::from_secs_f64(delay)
-        }
-    }
-}
 
 /// Everything one subscriber's dispatcher needs.
 pub(crate) struct Dispatcher {
@@ -176,64 +149,36 @@ impl Source {
     }
 }
 
-/// The deliveries being handled: on the dispatcher's own task when one runs at a time
-/// (no spawn per message), as tasks of their own when `concurrency > 1`, so they run in
+/// The deliveries being handled when `concurrency > 1`: a task each, so they run in
 /// parallel and a handler that blocks its thread does not stall its siblings.
-enum InFlight<F> {
-    Inline(FuturesUnordered<F>),
-    Spawned(JoinSet<()>),
-}
+struct InFlight(JoinSet<()>);
 
-impl<F: Future<Output = ()> + Send + 'static> InFlight<F> {
-    fn new(concurrency: usize) -> Self {
-        if concurrency <= 1 {
-            InFlight::Inline(FuturesUnordered::new())
-        } else {
-            InFlight::Spawned(JoinSet::new())
-        }
-    }
-
+impl InFlight {
     fn len(&self) -> usize {
-        match self {
-            InFlight::Inline(set) => set.len(),
-            InFlight::Spawned(set) => set.len(),
-        }
+        self.0.len()
     }
 
-    fn push(&mut self, work: F) {
-        match self {
-            InFlight::Inline(set) => set.push(work),
-            InFlight::Spawned(set) => {
-                set.spawn(work);
-            }
-        }
+    fn push(&mut self, work: impl Future<Output = ()> + Send + 'static) {
+        self.0.spawn(work);
     }
 
     /// Waits for one to finish; `None` when there are none.
     async fn next(&mut self) -> Option<()> {
-        match self {
-            InFlight::Inline(set) => set.next().await,
-            InFlight::Spawned(set) => set.join_next().await.map(|joined| {
-                if let Err(error) = joined
-                    && error.is_panic()
-                {
-                    tracing::error!(%error, "a delivery task panicked");
-                }
-            }),
-        }
+        self.0.join_next().await.map(|joined| {
+            if let Err(error) = joined
+                && error.is_panic()
+            {
+                tracing::error!(%error, "a delivery task panicked");
+            }
+        })
     }
 
     /// Cancels what is left: their deliveries are dropped unsettled (they come back).
     /// Does not wait: a task blocking its thread cannot be cancelled and is left to
     /// finish on its own.
     fn cancel(&mut self) {
-        match self {
-            InFlight::Inline(set) => set.clear(),
-            InFlight::Spawned(set) => {
-                set.abort_all();
-                set.detach_all();
-            }
-        }
+        self.0.abort_all();
+        self.0.detach_all();
     }
 }
 
@@ -255,7 +200,12 @@ impl Dispatcher {
             state: SourceState::Active(subscription),
             backoff: RESUBSCRIBE_BACKOFF.0,
         };
-        let mut in_flight = InFlight::new(limit);
+        if limit == 1 {
+            return this
+                .run_one_at_a_time(source, shutdown, drain_timeout)
+                .await;
+        }
+        let mut in_flight = InFlight(JoinSet::new());
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
@@ -272,7 +222,9 @@ impl Dispatcher {
                 _ = &mut cancelled => break,
                 Some(()) = in_flight.next(), if in_flight.len() > 0 => {}
                 delivery = source.next() => {
-                    in_flight.push(Arc::clone(&this).guarded(delivery, shutdown.clone()));
+                    let this = Arc::clone(&this);
+                    let shutdown = shutdown.clone();
+                    in_flight.push(async move { this.guarded(delivery, &shutdown).await });
                 }
             }
         }
@@ -297,10 +249,49 @@ impl Dispatcher {
         }
     }
 
+    /// `concurrency = 1`: each delivery is handled on this task, no task or set of
+    /// futures per message. Shutdown during a handler gives it `drain_timeout`.
+    async fn run_one_at_a_time(
+        &self,
+        mut source: Source,
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+    ) {
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                _ = &mut cancelled => return,
+                delivery = source.next() => delivery,
+            };
+            let work = self.guarded(delivery, &shutdown);
+            tokio::pin!(work);
+            tokio::select! {
+                biased;
+                () = &mut work => {}
+                _ = &mut cancelled => {
+                    // stop fetching, let the handler finish within the drain timeout
+                    drop(source);
+                    tracing::debug!(subscriber = self.registration.name, pending = 1, "draining");
+                    if tokio::time::timeout(drain_timeout, &mut work).await.is_err() {
+                        tracing::warn!(
+                            subscriber = self.registration.name,
+                            unfinished = 1,
+                            timeout = ?drain_timeout,
+                            "drain timeout: unfinished handlers are cancelled and their messages left unacknowledged"
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
     /// `process`, with a panic outside the handler (a backend's, say) contained: the
     /// delivery is dropped unsettled, so the broker hands it out again, and the
     /// subscriber goes on.
-    async fn guarded(self: Arc<Self>, delivery: Delivery, shutdown: CancellationToken) {
+    async fn guarded(&self, delivery: Delivery, shutdown: &CancellationToken) {
         let name = self.registration.name;
         if let Err(panic) = AssertUnwindSafe(self.process(delivery, shutdown))
             .catch_unwind()
@@ -314,7 +305,7 @@ impl Dispatcher {
         }
     }
 
-    async fn process(self: Arc<Self>, delivery: Delivery, shutdown: CancellationToken) {
+    async fn process(&self, delivery: Delivery, shutdown: &CancellationToken) {
         let mut attempt = delivery.attempt;
         if let Some(defect) = delivery.defect() {
             let defect = defect.to_string();
@@ -326,7 +317,7 @@ impl Dispatcher {
                 %defect,
                 "broker entry is not a message; dead-lettering it"
             );
-            self.dead_letter(delivery, attempt, "malformed", &defect, &shutdown)
+            self.dead_letter(delivery, attempt, "malformed", &defect, shutdown)
                 .await;
             return;
         }
@@ -343,7 +334,7 @@ impl Dispatcher {
                 dead_letter = %self.dead_letter_topic,
                 "{error}; dead-lettering it undecoded"
             );
-            self.dead_letter(delivery, attempt, "too-large", &error, &shutdown)
+            self.dead_letter(delivery, attempt, "too-large", &error, shutdown)
                 .await;
             return;
         }
@@ -372,7 +363,7 @@ impl Dispatcher {
                         %error,
                         "payload does not decode; dead-lettering it"
                     );
-                    self.dead_letter(delivery, attempt, "decode", &error.to_string(), &shutdown)
+                    self.dead_letter(delivery, attempt, "decode", &error.to_string(), shutdown)
                         .await;
                     return;
                 }
@@ -393,7 +384,7 @@ impl Dispatcher {
                     attempt,
                     failure.kind(),
                     &failure.describe(),
-                    &shutdown,
+                    shutdown,
                 )
                 .await;
                 return;
@@ -534,25 +525,5 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
         text.clone()
     } else {
         "(non-string panic payload)".to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let policy = RetryPolicy {
-            max_attempts: 10,
-            backoff: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(1),
-            multiplier: 2.0,
-        };
-        assert_eq!(policy.delay_after(1), Duration::from_millis(100));
-        assert_eq!(policy.delay_after(2), Duration::from_millis(200));
-        assert_eq!(policy.delay_after(4), Duration::from_millis(800));
-        assert_eq!(policy.delay_after(5), Duration::from_secs(1));
-        assert_eq!(policy.delay_after(u32::MAX), Duration::from_secs(1));
     }
 }

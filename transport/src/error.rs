@@ -181,7 +181,7 @@ pub enum BackendError {
     /// The broker could not be reached. The URL's password never shows in the message.
     #[error(
         "cannot connect to {backend} at {}: {reason}",
-        crate::config::redact_url(url)
+        crate::redact::redact_url(url)
     )]
     Connect {
         /// Backend kind.

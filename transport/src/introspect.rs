@@ -636,6 +636,45 @@ fn server(config: &Config) -> Option<Value> {
     Some(json!({ key(kind): server }))
 }
 
+/// The App's introspection entry points (defined here: introspection reads the App, the
+/// App does not depend on introspection).
+impl App {
+    /// Runs an introspection command (`list`, `asyncapi`, `check`), writing to `out`
+    /// (an `asyncapi --output` document goes to its file). What [`App::run`] does when
+    /// the process was started with such a command; see [`introspect`](crate::introspect).
+    ///
+    /// `check` that finds problems writes each, then returns
+    /// [`IntrospectError::CheckFailed`](crate::IntrospectError::CheckFailed).
+    pub fn introspect(&self, command: &Command, out: &mut dyn std::io::Write) -> Result<(), Error> {
+        execute(self, command, out)
+    }
+
+    /// When the process was started with an introspection command as its first argument
+    /// (`list`, `asyncapi`, `check`), runs it on standard output and returns `true`; else
+    /// returns `false` and does nothing. [`App::run`] begins with this; call it yourself
+    /// before [`App::start`] when your `main` starts the App itself:
+    ///
+    /// ```no_run
+    /// # async fn demo(app: transport::App) -> Result<(), transport::Error> {
+    /// if app.run_command_from_args()? {
+    ///     return Ok(()); // `my-service list | asyncapi | check` is done
+    /// }
+    /// let running = app.start().await?;
+    /// # running.shutdown().await }
+    /// ```
+    pub fn run_command_from_args(&self) -> Result<bool, Error> {
+        match Command::from_args(std::env::args_os()) {
+            Ok(Some(command)) => run(self, &command).map(|()| true),
+            Ok(None) => Ok(false),
+            Err(error) => {
+                let error = error.into();
+                report(&error);
+                Err(error)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

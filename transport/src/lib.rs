@@ -33,6 +33,7 @@ mod error;
 pub mod introspect;
 mod message;
 mod publisher;
+mod redact;
 pub mod registry;
 pub mod testing;
 mod topic;

@@ -47,7 +47,7 @@ pub fn is_nats_header(name: &str) -> bool {
 /// `url` without its credentials (`nats://user:pass@host` -> `nats://***@host`), for
 /// errors and logs.
 pub(crate) fn redacted_url(url: &str) -> String {
-    crate::config::redact_url(url)
+    crate::redact::redact_url(url)
 }
 
 /// Flushes the client's buffer, giving up after [`CLOSE_TIMEOUT`] (the server is down).
@@ -126,7 +126,7 @@ fn split_credentials(url: &str) -> (String, Option<Credentials>) {
     let mut credentials = None;
     let addresses: Vec<String> = url
         .split(',')
-        .map(|one| match crate::config::split_userinfo(one) {
+        .map(|one| match crate::redact::split_userinfo(one) {
             (scheme, Some(userinfo), host) => {
                 if credentials.is_none() {
                     credentials = Some(match userinfo.split_once(':') {

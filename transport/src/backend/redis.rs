@@ -100,7 +100,7 @@ pub(crate) async fn connect_manager(
         .clone()
         .unwrap_or_else(|| DEFAULT_URL.to_string());
     // The error's `url` is public: it never holds the password.
-    let shown = crate::config::redact_url(&url);
+    let shown = crate::redact::redact_url(&url);
     let connect_error = |reason: String| BackendError::Connect {
         backend: kind,
         url: shown.clone(),
