@@ -1,6 +1,12 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench -- [--messages N] [--backends memory,redis-streams,jetstream]
+//!     cargo run --release --example bench -- [--messages N] [--rounds R] [--backends memory,redis-streams,jetstream,inprocess]
+//!
+//! `--rounds R` alternates framework and raw R times per backend and prints the medians.
+//! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
+//! publish, deliver, decode, handle, ack), the figure to compare with other frameworks'
+//! in-memory brokers; `scripts/instructions` counts its instructions per delivery with
+//! callgrind.
 //!
 //! Each side drains the same backlog of small JSON messages: decode into a typed value,
 //! count it, acknowledge it. The framework side is an annotated subscriber in a group on
@@ -79,9 +85,11 @@ fn rate(n: u64, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
 
-fn config(kind: &str, prefix: &str) -> Config {
+/// The defaults, as a user gets them; the in-process queue holds the whole backlog.
+fn config(kind: &str, prefix: &str, n: u64) -> Config {
     Config::from_toml(&format!(
-        "[broker]\nkind = \"{kind}\"\nname = \"bench\"\ntopic_prefix = \"{prefix}\"\n[subscriber]\nprefetch = 512"
+        "[broker]\nkind = \"{kind}\"\nname = \"bench\"\ntopic_prefix = \"{prefix}\"\nqueue_capacity = {}",
+        n.max(65_536)
     ))
     .unwrap_or_else(|e| panic!("bench config: {e}"))
 }
@@ -90,7 +98,7 @@ async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Durati
     let counter = Counter::global();
     counter.reset(n);
     if fill {
-        let producer = App::new(config(kind, prefix))
+        let producer = App::new(config(kind, prefix, n))
             .select(|_| false)
             .start()
             .await
@@ -108,7 +116,7 @@ async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Durati
     tokio::pin!(done);
     done.as_mut().enable();
     let started = Instant::now();
-    let app = App::new(config(kind, prefix))
+    let app = App::new(config(kind, prefix, n))
         .start()
         .await
         .unwrap_or_else(|e| panic!("app: {e}"));
@@ -124,6 +132,15 @@ async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Durati
     let elapsed = started.elapsed();
     app.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     elapsed
+}
+
+async fn inprocess(n: u64) -> Measured {
+    let framework = framework_drain("memory", "", n, false).await;
+    Measured {
+        backend: "inprocess",
+        framework: rate(n, framework),
+        raw: f64::NAN,
+    }
 }
 
 async fn memory(n: u64) -> Measured {
@@ -314,6 +331,7 @@ async fn jetstream(n: u64, run: &str) -> Measured {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut messages: u64 = 20_000;
+    let mut rounds: usize = 1;
     let mut backends = vec![
         "memory".to_string(),
         "redis-streams".to_string(),
@@ -326,40 +344,67 @@ async fn main() {
                 messages = n.parse().unwrap_or_else(|e| panic!("--messages {n}: {e}"));
                 i += 2;
             }
+            ("--rounds", Some(n)) => {
+                rounds = n.parse().unwrap_or_else(|e| panic!("--rounds {n}: {e}"));
+                i += 2;
+            }
             ("--backends", Some(list)) => {
                 backends = list.split(',').map(str::to_string).collect();
                 i += 2;
             }
             (other, _) => {
                 eprintln!(
-                    "usage: bench [--messages N] [--backends memory,redis-streams,jetstream] (got `{other}`)"
+                    "usage: bench [--messages N] [--rounds R] [--backends memory,redis-streams,jetstream,inprocess] (got `{other}`)"
                 );
                 std::process::exit(2);
             }
         }
     }
+    let rounds = rounds.max(1);
     let run = format!("{}", std::process::id());
-    println!("{messages} small JSON messages per side; typed decode + ack\n");
+    println!(
+        "{messages} small JSON messages per side; typed decode + ack; {rounds} round(s), medians\n"
+    );
     println!(
         "{:<14} {:>16} {:>16} {:>8}",
         "backend", "framework msg/s", "raw msg/s", "ratio"
     );
     for backend in &backends {
-        let result = match backend.as_str() {
-            "memory" => memory(messages).await,
-            "redis-streams" => redis_streams(messages, &run).await,
-            "jetstream" => jetstream(messages, &run).await,
-            other => {
-                eprintln!("unknown backend `{other}`");
-                std::process::exit(2);
-            }
-        };
-        println!(
-            "{:<14} {:>16.0} {:>16.0} {:>7.2}x",
-            result.backend,
-            result.framework,
-            result.raw,
-            result.framework / result.raw
-        );
+        let mut framework = Vec::with_capacity(rounds);
+        let mut raw = Vec::with_capacity(rounds);
+        let mut ratios = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            let run = format!("{run}r{round}");
+            let result = match backend.as_str() {
+                "memory" => memory(messages).await,
+                "redis-streams" => redis_streams(messages, &run).await,
+                "jetstream" => jetstream(messages, &run).await,
+                "inprocess" => inprocess(messages).await,
+                other => {
+                    eprintln!("unknown backend `{other}`");
+                    std::process::exit(2);
+                }
+            };
+            framework.push(result.framework);
+            raw.push(result.raw);
+            ratios.push(result.framework / result.raw);
+        }
+        let (framework, raw, ratio) = (median(framework), median(raw), median(ratios));
+        if raw.is_nan() {
+            println!("{backend:<14} {framework:>16.0} {:>16} {:>8}", "-", "-");
+        } else {
+            println!("{backend:<14} {framework:>16.0} {raw:>16.0} {ratio:>7.2}x");
+        }
+    }
+}
+
+/// The median (of the ratios per round for the ratio: each round's two sides ran back to
+/// back, under the same conditions).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
