@@ -76,7 +76,6 @@ async fn on_reading(reading: Reading) {
 }
 
 struct Measured {
-    backend: &'static str,
     framework: f64,
     raw: f64,
 }
@@ -137,7 +136,6 @@ async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Durati
 async fn inprocess(n: u64) -> Measured {
     let framework = framework_drain("memory", "", n, false).await;
     Measured {
-        backend: "inprocess",
         framework: rate(n, framework),
         raw: f64::NAN,
     }
@@ -165,7 +163,6 @@ async fn memory(n: u64) -> Measured {
     let _ = consumer.await;
     let raw = started.elapsed();
     Measured {
-        backend: "memory",
         framework: rate(n, framework),
         raw: rate(n, raw),
     }
@@ -245,7 +242,6 @@ async fn redis_streams(n: u64, run: &str) -> Measured {
         .query_async(&mut conn)
         .await;
     Measured {
-        backend: "redis-streams",
         framework: rate(n, framework),
         raw: rate(n, raw),
     }
@@ -321,7 +317,6 @@ async fn jetstream(n: u64, run: &str) -> Measured {
         ))
         .await;
     Measured {
-        backend: "jetstream",
         framework: rate(n, framework),
         raw: rate(n, raw),
     }
