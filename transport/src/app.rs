@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{self, Backend, SubscriptionSpec};
 use crate::config::Config;
+use crate::context::SubscriptionInfo;
 use crate::dead_letter::DeadLetters;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, StartupError};
@@ -261,11 +262,20 @@ impl App {
                 backend = backend.kind(),
                 "subscribed"
             );
+            let topic: Arc<str> = Arc::from(registration.topic);
+            let group: Option<Arc<str>> = group.map(Arc::from);
+            let info = Arc::new(SubscriptionInfo {
+                topic: Arc::clone(&topic),
+                group: group.clone(),
+                subscriber: registration.name,
+                publisher: publisher.clone(),
+            });
             let dispatcher = Dispatcher {
                 registration,
                 handler,
-                topic: Arc::from(registration.topic),
-                group: group.map(Arc::from),
+                topic,
+                group,
+                info,
                 concurrency: settings.concurrency,
                 dead_letter_topic: settings.dead_letter.replace("{topic}", registration.topic),
                 retry: settings.retry,

@@ -23,29 +23,36 @@ use crate::publisher::Publisher;
 #[derive(Debug)]
 pub struct Context {
     pub(crate) message: Arc<Message>,
-    pub(crate) topic: Arc<str>,
-    pub(crate) group: Option<Arc<str>>,
-    pub(crate) subscriber: &'static str,
+    /// What every delivery of the subscriber shares (one reference count per delivery).
+    pub(crate) subscription: Arc<SubscriptionInfo>,
     pub(crate) attempt: u32,
-    pub(crate) publisher: Publisher,
     /// Headers the handler adds to its reply.
     pub(crate) reply_headers: std::sync::Mutex<Headers>,
+}
+
+/// A subscriber's fixed facts, shared by the contexts of all its deliveries.
+#[derive(Debug)]
+pub(crate) struct SubscriptionInfo {
+    pub topic: Arc<str>,
+    pub group: Option<Arc<str>>,
+    pub subscriber: &'static str,
+    pub publisher: Publisher,
 }
 
 impl Context {
     /// The topic the message arrived on.
     pub fn topic(&self) -> &str {
-        &self.topic
+        &self.subscription.topic
     }
 
     /// The subscriber's group, if it has one.
     pub fn group(&self) -> Option<&str> {
-        self.group.as_deref()
+        self.subscription.group.as_deref()
     }
 
     /// The subscriber's name (`Service::method` or the function's name).
     pub fn subscriber(&self) -> &'static str {
-        self.subscriber
+        self.subscription.subscriber
     }
 
     /// Every header of the message.
@@ -85,7 +92,7 @@ impl Context {
 
     /// A publisher on the App's backend.
     pub fn publisher(&self) -> &Publisher {
-        &self.publisher
+        &self.subscription.publisher
     }
 
     /// Adds a header to this handler's reply (subscribers declared with `reply = ...`).

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
-use crate::context::Context;
+use crate::context::{Context, SubscriptionInfo};
 use crate::dead_letter::{self, DeadLetters, Reason};
 use crate::error::{BackendError, Error, PublishError};
 use crate::publisher::Publisher;
@@ -46,6 +46,8 @@ pub(crate) struct Dispatcher {
     pub backend: Arc<dyn Backend>,
     pub spec: SubscriptionSpec,
     pub dead_letters: DeadLetters,
+    /// What each delivery's `Context` shares.
+    pub info: Arc<SubscriptionInfo>,
 }
 
 enum Failure {
@@ -341,11 +343,8 @@ impl Dispatcher {
         loop {
             let context = Context {
                 message: Arc::clone(&delivery.message),
-                topic: Arc::clone(&self.topic),
-                group: self.group.clone(),
-                subscriber: self.registration.name,
+                subscription: Arc::clone(&self.info),
                 attempt,
-                publisher: self.publisher.clone(),
                 reply_headers: Default::default(),
             };
             let run = AssertUnwindSafe((self.handler)(context)).catch_unwind();
