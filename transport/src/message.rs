@@ -1,5 +1,7 @@
 //! Messages as they travel: a payload of bytes, headers, an optional key and id.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 /// Header name carrying the payload's content type (`application/json`, ...).
@@ -15,7 +17,8 @@ pub const CONTENT_TYPE: &str = "content-type";
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
-    entries: Vec<(String, String)>,
+    /// Names and values the framework sets (`content-type`...) are borrowed, not copied.
+    entries: Vec<(Cow<'static, str>, Cow<'static, str>)>,
 }
 
 impl Headers {
@@ -31,13 +34,20 @@ impl Headers {
         self.entries
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Sets `name` to `value`, replacing a previous value.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        let name = name.into();
-        let value = value.into();
+        self.set(Cow::Owned(name.into()), Cow::Owned(value.into()));
+    }
+
+    /// Sets a header whose name and value live for the whole program, copying nothing.
+    pub(crate) fn insert_static(&mut self, name: &'static str, value: &'static str) {
+        self.set(Cow::Borrowed(name), Cow::Borrowed(value));
+    }
+
+    fn set(&mut self, name: Cow<'static, str>, value: Cow<'static, str>) {
         match self.entries.iter_mut().find(|(n, _)| *n == name) {
             Some(entry) => entry.1 = value,
             None => self.entries.push((name, value)),
@@ -47,7 +57,7 @@ impl Headers {
     /// Removes `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
         let index = self.entries.iter().position(|(n, _)| n == name)?;
-        Some(self.entries.remove(index).1)
+        Some(self.entries.remove(index).1.into_owned())
     }
 
     /// Whether `name` is present.
@@ -57,7 +67,7 @@ impl Headers {
 
     /// Every header, in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.entries.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 
     /// How many headers there are.
@@ -104,9 +114,26 @@ pub fn message_id() -> String {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        format!("{GENERATED_ID_PREFIX}{nanos:x}-{:x}", std::process::id())
+        format!("{GENERATED_ID_PREFIX}{nanos:x}-{:x}-", std::process::id())
     });
-    format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    // the counter in hex, without the formatting machinery (this runs on every publish)
+    let mut n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut id = String::with_capacity(prefix.len() + digits.len() - at);
+    id.push_str(prefix);
+    for &digit in &digits[at..] {
+        id.push(char::from(digit));
+    }
+    id
 }
 
 /// Whether `id` was made by the framework ([`message_id`], dead letters), not given by a

@@ -1,5 +1,6 @@
 //! The publisher handle: typed, codec-aware publishing to any topic.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -74,7 +75,7 @@ impl Publisher {
     where
         C: Encoder<T>,
     {
-        self.untyped(topic.name().to_string())
+        self.untyped(Cow::Borrowed(topic.name()))
             .send_with::<C, T>(value)
             .await
     }
@@ -94,7 +95,7 @@ impl Publisher {
         destination.builder(self)
     }
 
-    fn untyped(&self, topic: String) -> Outgoing<'_> {
+    fn untyped<'p>(&'p self, topic: Cow<'p, str>) -> Outgoing<'p> {
         Outgoing {
             publisher: self,
             topic,
@@ -169,24 +170,24 @@ pub trait Destination<'p> {
     fn builder(self, publisher: &'p Publisher) -> Self::Builder;
 }
 
-impl<'p> Destination<'p> for &str {
+impl<'p, 't: 'p> Destination<'p> for &'t str {
     type Builder = Outgoing<'p>;
     fn builder(self, publisher: &'p Publisher) -> Outgoing<'p> {
-        publisher.untyped(self.to_string())
+        publisher.untyped(Cow::Borrowed(self))
     }
 }
 
 impl<'p> Destination<'p> for String {
     type Builder = Outgoing<'p>;
     fn builder(self, publisher: &'p Publisher) -> Outgoing<'p> {
-        publisher.untyped(self)
+        publisher.untyped(Cow::Owned(self))
     }
 }
 
-impl<'p> Destination<'p> for &String {
+impl<'p, 't: 'p> Destination<'p> for &'t String {
     type Builder = Outgoing<'p>;
     fn builder(self, publisher: &'p Publisher) -> Outgoing<'p> {
-        publisher.untyped(self.clone())
+        publisher.untyped(Cow::Borrowed(self.as_str()))
     }
 }
 
@@ -194,7 +195,7 @@ impl<'p, T, C> Destination<'p> for &Topic<T, C> {
     type Builder = TypedOutgoing<'p, T, C>;
     fn builder(self, publisher: &'p Publisher) -> TypedOutgoing<'p, T, C> {
         TypedOutgoing {
-            inner: publisher.untyped(self.name().to_string()),
+            inner: publisher.untyped(Cow::Borrowed(self.name())),
             topic: std::marker::PhantomData,
         }
     }
@@ -246,7 +247,7 @@ impl<T, C> TypedOutgoing<'_, T, C> {
 #[must_use = "a message is only published by one of its send methods"]
 pub struct Outgoing<'p> {
     publisher: &'p Publisher,
-    topic: String,
+    topic: Cow<'p, str>,
     message: Message,
 }
 
@@ -282,7 +283,7 @@ impl Outgoing<'_> {
         match self.publisher.codec.encode(value) {
             Ok((payload, content_type)) => self.send_payload(payload, content_type).await,
             Err(source) => Err(PublishError::Encode {
-                topic: self.topic,
+                topic: self.topic.into_owned(),
                 source,
             }),
         }
@@ -293,7 +294,7 @@ impl Outgoing<'_> {
         match C::encode(value) {
             Ok(payload) => self.send_payload(payload, C::CONTENT_TYPE).await,
             Err(source) => Err(PublishError::Encode {
-                topic: self.topic,
+                topic: self.topic.into_owned(),
                 source,
             }),
         }
@@ -313,7 +314,9 @@ impl Outgoing<'_> {
         content_type: &'static str,
     ) -> Result<(), PublishError> {
         if !self.message.headers.contains(CONTENT_TYPE) {
-            self.message.headers.insert(CONTENT_TYPE, content_type);
+            self.message
+                .headers
+                .insert_static(CONTENT_TYPE, content_type);
         }
         self.send_bytes(payload).await
     }
@@ -362,7 +365,7 @@ pub(crate) async fn publish_reply<C: Encoder<T> + Codec, T: ?Sized>(
         source,
     })?;
     if !message.headers.contains(CONTENT_TYPE) {
-        message.headers.insert(CONTENT_TYPE, C::CONTENT_TYPE);
+        message.headers.insert_static(CONTENT_TYPE, C::CONTENT_TYPE);
     }
     match &request.reply_to {
         Some(address) => {
