@@ -1,6 +1,6 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench -- [--messages N] [--rounds R] [--backends memory,redis-streams,jetstream,inprocess]
+//!     cargo run --release --example bench -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,inprocess]
 //!
 //! `--rounds R` alternates framework and raw R times per backend and prints the medians.
 //! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
@@ -135,6 +135,18 @@ async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Durati
 
 async fn inprocess(n: u64) -> Measured {
     let framework = framework_drain("memory", "", n, false).await;
+    alone(n, framework)
+}
+
+/// `--framework-only`: the raw side is skipped (for counting the framework's instructions
+/// per message under callgrind).
+static FRAMEWORK_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn framework_only() -> bool {
+    FRAMEWORK_ONLY.load(Ordering::Relaxed)
+}
+
+fn alone(n: u64, framework: Duration) -> Measured {
     Measured {
         framework: rate(n, framework),
         raw: f64::NAN,
@@ -143,6 +155,9 @@ async fn inprocess(n: u64) -> Measured {
 
 async fn memory(n: u64) -> Measured {
     let framework = framework_drain("memory", "", n, false).await;
+    if framework_only() {
+        return alone(n, framework);
+    }
     // raw: an in-process channel of encoded payloads, decoded by one consumer task
     let (tx, rx) = async_channel::unbounded::<bytes::Bytes>();
     let started = Instant::now();
@@ -171,6 +186,9 @@ async fn memory(n: u64) -> Measured {
 async fn redis_streams(n: u64, run: &str) -> Measured {
     let prefix = format!("bench{run}.");
     let framework = framework_drain("redis-streams", &prefix, n, true).await;
+    if framework_only() {
+        return alone(n, framework);
+    }
 
     let client = redis::Client::open("redis://127.0.0.1:6379").unwrap_or_else(|e| panic!("{e}"));
     let mut conn = client
@@ -250,6 +268,9 @@ async fn redis_streams(n: u64, run: &str) -> Measured {
 async fn jetstream(n: u64, run: &str) -> Measured {
     let prefix = format!("bench{run}.");
     let framework = framework_drain("jetstream", &prefix, n, true).await;
+    if framework_only() {
+        return alone(n, framework);
+    }
 
     let client = async_nats::connect("nats://127.0.0.1:4222")
         .await
@@ -347,9 +368,13 @@ async fn main() {
                 backends = list.split(',').map(str::to_string).collect();
                 i += 2;
             }
+            ("--framework-only", _) => {
+                FRAMEWORK_ONLY.store(true, Ordering::Relaxed);
+                i += 1;
+            }
             (other, _) => {
                 eprintln!(
-                    "usage: bench [--messages N] [--rounds R] [--backends memory,redis-streams,jetstream,inprocess] (got `{other}`)"
+                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,inprocess] (got `{other}`)"
                 );
                 std::process::exit(2);
             }
