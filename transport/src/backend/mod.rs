@@ -237,15 +237,12 @@ pub fn check_topic(backend: &'static str, topic: &str) -> Result<(), BackendErro
     let mut previous_dot = true;
     let mut plain = !bytes.is_empty() && bytes.len() <= MAX_TOPIC_BYTES;
     for &byte in bytes {
-        if byte <= b' '
-            || byte >= 0x7f
-            || matches!(byte, b'*' | b'>' | b'#' | b'+')
-            || (byte == b'.' && previous_dot)
-        {
+        let dot = byte == b'.';
+        if !PLAIN_TOPIC_BYTE[usize::from(byte)] || (dot && previous_dot) {
             plain = false;
             break;
         }
-        previous_dot = byte == b'.';
+        previous_dot = dot;
     }
     if plain && !previous_dot {
         return Ok(());
@@ -259,6 +256,17 @@ pub fn check_topic(backend: &'static str, topic: &str) -> Result<(), BackendErro
         None => Ok(()),
     }
 }
+
+/// Bytes a topic may hold without a closer look: printable ASCII except the wildcards.
+const PLAIN_TOPIC_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = b'!';
+    while byte < 0x7f {
+        table[byte as usize] = !matches!(byte, b'*' | b'>' | b'#' | b'+');
+        byte += 1;
+    }
+    table
+};
 
 /// What is wrong with `topic`, if anything (the rule of [`check_topic`], spelled out).
 fn topic_problem(topic: &str) -> Option<String> {
