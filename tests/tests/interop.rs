@@ -990,7 +990,7 @@ mod sizes {
             }
         });
         let config = Config::from_toml(&format!(
-            "[broker]\nkind = \"redis-streams\"\nurl = \"{url}\"\nmax_message_bytes = 33554432"
+            "[broker]\nkind = \"redis-streams\"\nurl = \"{url}\"\nmax_message_bytes = 33554432\n[subscriber]\nprefetch = 256"
         ))
         .expect("config");
         let (tx, mut rx) = mpsc::unbounded_channel();
