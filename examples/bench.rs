@@ -400,7 +400,9 @@ async fn main() {
     if let [flag, stream, subject, n] = args.as_slice()
         && flag == "--fill-jetstream"
     {
-        let n = n.parse().unwrap_or_else(|e| panic!("--fill-jetstream {n}: {e}"));
+        let n = n
+            .parse()
+            .unwrap_or_else(|e| panic!("--fill-jetstream {n}: {e}"));
         fill_jetstream_here(stream, subject, n).await;
         return;
     }
