@@ -13,7 +13,10 @@
 //! an App; the raw side is the client used by hand the way a careful author would
 //! (batched reads, batched `XACK` on Redis, pipelined acks on JetStream). The backlog is
 //! written before the clock starts (the in-memory broker keeps nothing for absent
-//! subscribers, so there publish and drain are timed together, on both sides).
+//! subscribers, so there publish and drain are timed together, on both sides). On
+//! JetStream both backlogs are written by the raw client in a child process, with the
+//! headers the framework's publisher writes, so that `--framework-only` under callgrind
+//! counts the framework's consume path alone.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,9 +96,9 @@ fn config(kind: &str, prefix: &str, n: u64) -> Config {
     .unwrap_or_else(|e| panic!("bench config: {e}"))
 }
 
+/// The framework's drain of `n` messages: the backlog written through the framework's
+/// own publisher before the clock when `fill`, else published inside it.
 async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Duration {
-    let counter = Counter::global();
-    counter.reset(n);
     if fill {
         let producer = App::new(config(kind, prefix, n))
             .select(|_| false)
@@ -111,6 +114,14 @@ async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Durati
         }
         producer.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     }
+    framework_consume(kind, prefix, n, !fill).await
+}
+
+/// The framework's drain of `n` messages, timed from the App's start (the backlog is
+/// already there unless `publish_timed`, where the App publishes it inside the clock).
+async fn framework_consume(kind: &str, prefix: &str, n: u64, publish_timed: bool) -> Duration {
+    let counter = Counter::global();
+    counter.reset(n);
     let done = counter.done.notified();
     tokio::pin!(done);
     done.as_mut().enable();
@@ -119,7 +130,7 @@ async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Durati
         .start()
         .await
         .unwrap_or_else(|e| panic!("app: {e}"));
-    if !fill {
+    if publish_timed {
         for i in 0..n {
             app.publisher()
                 .publish("bench.readings", &reading(i))
@@ -265,32 +276,53 @@ async fn redis_streams(n: u64, run: &str) -> Measured {
     }
 }
 
-async fn jetstream(n: u64, run: &str) -> Measured {
-    let prefix = format!("bench{run}.");
-    let framework = framework_drain("jetstream", &prefix, n, true).await;
-    if framework_only() {
-        return alone(n, framework);
-    }
+const NATS_URL: &str = "nats://127.0.0.1:4222";
 
-    let client = async_nats::connect("nats://127.0.0.1:4222")
+/// Writes a backlog of `n` readings to `subject` with the raw client, into stream
+/// `stream` (created as the framework creates its own: file storage, 7 days, 1 GiB),
+/// with the headers the framework's publisher writes (`content-type`, a generated
+/// `Nats-Msg-Id`), awaiting the publish acks in batches of 256.
+///
+/// It runs in a child process (`bench --fill-jetstream STREAM SUBJECT N`), so that under
+/// callgrind (which does not follow children) only the consuming side is counted.
+async fn fill_jetstream(stream: &str, subject: &str, n: u64) {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("the bench's own path: {e}"));
+    let (stream, subject) = (stream.to_string(), subject.to_string());
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .args(["--fill-jetstream", &stream, &subject, &n.to_string()])
+            .status()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("fill: {e}"));
+    assert!(status.success(), "fill: {status}");
+}
+
+/// The child's side of [`fill_jetstream`].
+async fn fill_jetstream_here(stream: &str, subject: &str, n: u64) {
+    let client = async_nats::connect(NATS_URL)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let js = async_nats::jetstream::new(client);
-    let subject = format!("{prefix}raw");
-    let stream_name = format!("BENCH_RAW_{run}");
-    let stream = js
-        .get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![subject.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut acks = Vec::new();
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: stream.to_string(),
+        subjects: vec![subject.to_string()],
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        max_bytes: 1 << 30,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut acks = Vec::with_capacity(256);
     for i in 0..n {
         let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("content-type", "application/json");
+        headers.insert("Nats-Msg-Id", transport::message_id().as_str());
         acks.push(
-            js.publish(subject.clone(), body.into())
+            js.publish_with_headers(subject.to_string(), headers, body.into())
                 .await
                 .unwrap_or_else(|e| panic!("{e}")),
         );
@@ -303,6 +335,30 @@ async fn jetstream(n: u64, run: &str) -> Measured {
     for ack in acks.drain(..) {
         ack.await.unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+async fn jetstream(n: u64, run: &str) -> Measured {
+    let prefix = format!("bench{run}.");
+    // the stream the framework would create for its topic (prefix included)
+    let framework_stream = format!("TRANSPORT_{}bench_readings", prefix.replace('.', "_"));
+    fill_jetstream(&framework_stream, &format!("{prefix}bench.readings"), n).await;
+    let framework = framework_consume("jetstream", &prefix, n, false).await;
+    let client = async_nats::connect(NATS_URL)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let js = async_nats::jetstream::new(client);
+    if framework_only() {
+        let _ = js.delete_stream(&framework_stream).await;
+        return alone(n, framework);
+    }
+
+    let subject = format!("{prefix}raw");
+    let stream_name = format!("BENCH_RAW_{run}");
+    fill_jetstream(&stream_name, &subject, n).await;
+    let stream = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let consumer: async_nats::jetstream::consumer::PullConsumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             durable_name: Some("raw".into()),
@@ -331,12 +387,7 @@ async fn jetstream(n: u64, run: &str) -> Measured {
     }
     let raw = started.elapsed();
     let _ = js.delete_stream(&stream_name).await;
-    let _ = js
-        .delete_stream(format!(
-            "TRANSPORT_{}bench_readings",
-            prefix.replace('.', "_")
-        ))
-        .await;
+    let _ = js.delete_stream(&framework_stream).await;
     Measured {
         framework: rate(n, framework),
         raw: rate(n, raw),
@@ -346,6 +397,15 @@ async fn jetstream(n: u64, run: &str) -> Measured {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, stream, subject, n] = args.as_slice()
+        && flag == "--fill-jetstream"
+    {
+        let n = n
+            .parse()
+            .unwrap_or_else(|e| panic!("--fill-jetstream {n}: {e}"));
+        fill_jetstream_here(stream, subject, n).await;
+        return;
+    }
     let mut messages: u64 = 20_000;
     let mut rounds: usize = 1;
     let mut backends = vec![

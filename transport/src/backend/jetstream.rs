@@ -49,7 +49,7 @@
 //! that message was dropped; with a producer's own id it is an idempotent retry: a
 //! success, logged at debug.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -460,42 +460,79 @@ fn subject_matches(pattern: &str, subject: &str) -> bool {
 
 /// The delivery count and stream sequence in a JetStream ack subject
 /// (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
-/// or with domain and account hash after `$JS.ACK`).
+/// or with domain and account hash after `$JS.ACK`). Nothing allocated, and only the two
+/// numbers used are read (this runs for every delivery): the dots are counted, then the
+/// two fields are found from the end, past the short numeric tokens rather than the
+/// stream and consumer names.
 fn parse_ack_subject(subject: &str) -> Option<(u64, u64)> {
-    let tokens: Vec<&str> = subject.split('.').collect();
-    if tokens.len() < 9 || tokens[0] != "$JS" || tokens[1] != "ACK" {
-        return None;
-    }
-    let first = if tokens.len() == 9 { 4 } else { 6 };
-    let delivered = tokens.get(first)?.parse().ok()?;
-    let sequence = tokens.get(first + 1)?.parse().ok()?;
+    let rest = subject.strip_prefix("$JS.ACK.")?.as_bytes();
+    // 7 tokens after `$JS.ACK`: the delivery count is the third, the fifth from the end;
+    // 8 or more (domain and account hash first): the fifth from the start.
+    let tokens = rest.iter().filter(|&&byte| byte == b'.').count() + 1;
+    let from_end = match tokens {
+        7 => 4,
+        8.. => tokens - 5,
+        _ => return None,
+    };
+    let mut fields = rest.rsplit(|&byte| byte == b'.').skip(from_end - 1);
+    let sequence = parse_decimal(fields.next()?)?;
+    let delivered = parse_decimal(fields.next()?)?;
     Some((delivered, sequence))
 }
 
+/// A non-empty run of ASCII digits as a number (`None` for anything else, or overflow).
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |value, &byte| {
+        let digit = byte.checked_sub(b'0').filter(|digit| *digit <= 9)?;
+        value.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+/// Settlements taken off the queue at once, at most.
+const ACK_BATCH: usize = 256;
+
 /// Sends acks in order, without waiting for the server per message: an ack is a plain
-/// publish to the delivery's ack subject (bounded while the server is unreachable).
+/// publish to the delivery's ack subject. What is queued is taken in batches; a batch
+/// waits at most [`PUBLISH_TIMEOUT`] for room in the client's buffer (the server is
+/// unreachable), and what it could not send is dropped with a warning (the server
+/// redelivers).
 async fn settle_acks(client: async_nats::Client, mut ops: mpsc::Receiver<AckOp>) {
-    while let Some(op) = ops.recv().await {
-        match op {
-            AckOp::Settle(subject, kind) => {
-                match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(subject, kind.into()))
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        tracing::warn!(backend = KIND, %error, "ack not sent; the server will redeliver")
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    while ops.recv_many(&mut batch, ACK_BATCH).await > 0 {
+        let mut pending = batch.drain(..);
+        let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+            for op in pending.by_ref() {
+                match op {
+                    AckOp::Settle(subject, kind) => {
+                        if let Err(error) = client.publish(subject, kind.into()).await {
+                            tracing::warn!(backend = KIND, %error, "ack not sent; the server will redeliver");
+                        }
                     }
-                    Err(_) => {
-                        tracing::warn!(
-                            backend = KIND,
-                            "ack not sent in time; the server will redeliver"
-                        )
+                    AckOp::Flush(done) => {
+                        let _ = done.send(());
                     }
                 }
             }
-            AckOp::Flush(done) => {
-                let _ = done.send(());
+        })
+        .await;
+        if sent.is_err() {
+            let mut dropped = 0usize;
+            for op in pending {
+                match op {
+                    AckOp::Settle(..) => dropped += 1,
+                    AckOp::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
             }
+            tracing::warn!(
+                backend = KIND,
+                dropped = dropped + 1,
+                "acks not sent in time (server unreachable?); the server will redeliver"
+            );
         }
     }
 }
@@ -512,15 +549,21 @@ fn queue_settlement(acks: &mpsc::Sender<AckOp>, subject: async_nats::Subject, ki
     }
 }
 
-#[derive(Default)]
 struct InFlightState {
-    /// Deliveries handed out and not yet settled (queued for a handler or running), by a
-    /// number of their own (a redelivered copy gets another), with their ack subjects.
-    entries: HashMap<u64, async_nats::Subject>,
-    next: u64,
+    /// Deliveries handed out and not yet settled (queued for a handler or running), each
+    /// in a slot of its own (a redelivered copy gets another) holding its ack subject: a
+    /// slot is freed only by its own delivery's settlement. At most `prefetch` are taken
+    /// (the pump pulls only for the free room), so the table stays that small.
+    slots: Vec<Option<async_nats::Subject>>,
+    /// Slots free for reuse.
+    free: Vec<u32>,
+    /// Slots taken.
+    len: usize,
     /// Stream sequences handed out and not acknowledged (nak'ed ones stay until a copy is
-    /// acknowledged): where a lost group-less consumer resumes.
-    unacked: BTreeSet<u64>,
+    /// acknowledged), ascending: where a lost consumer resumes. Deliveries come (and are
+    /// mostly acknowledged) in stream order, so entries join at the back and leave at
+    /// the front.
+    unacked: VecDeque<u64>,
     /// The highest stream sequence handed out, or the stream's last when the consumer was
     /// created.
     last_sequence: u64,
@@ -529,63 +572,129 @@ struct InFlightState {
     ack_wait: Duration,
 }
 
+impl InFlightState {
+    fn add_unacked(&mut self, sequence: u64, max_unacked: usize) {
+        match self.unacked.back() {
+            Some(&last) if last >= sequence => {
+                if let Err(at) = self.unacked.binary_search(&sequence) {
+                    self.unacked.insert(at, sequence);
+                }
+            }
+            _ => self.unacked.push_back(sequence),
+        }
+        while self.unacked.len() > max_unacked {
+            self.unacked.pop_front();
+        }
+    }
+
+    fn remove_unacked(&mut self, sequence: u64) {
+        if self.unacked.front() == Some(&sequence) {
+            self.unacked.pop_front();
+        } else if let Ok(at) = self.unacked.binary_search(&sequence) {
+            self.unacked.remove(at);
+        }
+    }
+}
+
+/// What a subscription's pump, its deliveries' ackers and its progress reports share
+/// (one reference per delivery).
+struct InFlightShared {
+    state: std::sync::Mutex<InFlightState>,
+    /// Woken when a settlement leaves room for a pull (`wake_at` or fewer in flight).
+    settled: Notify,
+    wake_at: usize,
+    /// Stream sequences kept for the resume position, at most.
+    max_unacked: usize,
+    acks: mpsc::Sender<AckOp>,
+}
+
 /// One subscription's in-flight table (bounded by `prefetch`) and resume position
 /// (bounded by `max_ack_pending`, oldest dropped beyond it).
 #[derive(Clone)]
 struct InFlight {
-    state: Arc<std::sync::Mutex<InFlightState>>,
-    settled: Arc<Notify>,
-    /// Stream sequences kept for the resume position, at most.
-    max_unacked: usize,
+    shared: Arc<InFlightShared>,
 }
 
 impl InFlight {
-    fn new(max_unacked: usize) -> Self {
+    /// `wake_at`: how few deliveries in flight leave the pump room for a pull.
+    fn new(max_unacked: usize, wake_at: usize, acks: mpsc::Sender<AckOp>) -> Self {
         InFlight {
-            state: Arc::default(),
-            settled: Arc::new(Notify::new()),
-            max_unacked,
+            shared: Arc::new(InFlightShared {
+                state: std::sync::Mutex::new(InFlightState {
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    len: 0,
+                    unacked: VecDeque::new(),
+                    last_sequence: 0,
+                    ack_wait: Duration::ZERO,
+                }),
+                settled: Notify::new(),
+                wake_at,
+                max_unacked,
+                acks,
+            }),
         }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, InFlightState> {
-        self.state
+        self.shared
+            .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn add(&self, subject: async_nats::Subject, sequence: u64) -> u64 {
-        let mut state = self.state();
-        let id = state.next;
-        state.next += 1;
-        state.entries.insert(id, subject);
-        if sequence > 0 && self.max_unacked > 0 {
-            state.unacked.insert(sequence);
-            state.last_sequence = state.last_sequence.max(sequence);
-            while state.unacked.len() > self.max_unacked {
-                state.unacked.pop_first();
-            }
-        }
-        id
+    fn settled(&self) -> &Notify {
+        &self.shared.settled
     }
 
-    fn settle(&self, id: u64, sequence: u64, acknowledged: bool) {
-        {
-            let mut state = self.state();
-            state.entries.remove(&id);
-            if acknowledged && self.max_unacked > 0 {
-                state.unacked.remove(&sequence);
+    /// Enters a delivery; returns its slot.
+    fn add(&self, subject: async_nats::Subject, sequence: u64) -> u32 {
+        let max_unacked = self.shared.max_unacked;
+        let mut state = self.state();
+        let slot = match state.free.pop() {
+            Some(slot) => {
+                state.slots[slot as usize] = Some(subject);
+                slot
             }
+            None => {
+                // (never more than u32::MAX: the table holds at most `prefetch`)
+                let slot = u32::try_from(state.slots.len()).unwrap_or(u32::MAX);
+                state.slots.push(Some(subject));
+                slot
+            }
+        };
+        state.len += 1;
+        if sequence > 0 && max_unacked > 0 {
+            state.add_unacked(sequence, max_unacked);
+            state.last_sequence = state.last_sequence.max(sequence);
         }
-        self.settled.notify_one();
+        slot
+    }
+
+    /// Frees `slot`, returning its ack subject (`None` when it was not taken).
+    fn settle(&self, slot: u32, sequence: u64, acknowledged: bool) -> Option<async_nats::Subject> {
+        let (subject, len) = {
+            let mut state = self.state();
+            let subject = state.slots.get_mut(slot as usize)?.take()?;
+            state.free.push(slot);
+            state.len -= 1;
+            if acknowledged && self.shared.max_unacked > 0 {
+                state.remove_unacked(sequence);
+            }
+            (subject, state.len)
+        };
+        if len <= self.shared.wake_at {
+            self.shared.settled.notify_one();
+        }
+        Some(subject)
     }
 
     fn len(&self) -> usize {
-        self.state().entries.len()
+        self.state().len
     }
 
     fn subjects(&self) -> Vec<async_nats::Subject> {
-        self.state().entries.values().cloned().collect()
+        self.state().slots.iter().flatten().cloned().collect()
     }
 
     /// The oldest stream sequence not acknowledged, else the one after the last seen.
@@ -593,7 +702,7 @@ impl InFlight {
         let state = self.state();
         state
             .unacked
-            .first()
+            .front()
             .copied()
             .unwrap_or(state.last_sequence + 1)
     }
@@ -620,11 +729,7 @@ impl InFlight {
 /// its pump ended, even by a panic) and nothing is left unsettled. It holds the
 /// subscription's sender only weakly: the stream ends when the pump is gone, so the
 /// dispatcher subscribes again.
-async fn keep_in_progress(
-    in_flight: InFlight,
-    acks: mpsc::Sender<AckOp>,
-    subscription: mpsc::WeakSender<Delivery>,
-) {
+async fn keep_in_progress(in_flight: InFlight, subscription: mpsc::WeakSender<Delivery>) {
     loop {
         let period = (in_flight.ack_wait() / 3).max(Duration::from_millis(100));
         tokio::time::sleep(period).await;
@@ -635,6 +740,7 @@ async fn keep_in_progress(
         if subjects.is_empty() && gone {
             return;
         }
+        let acks = &in_flight.shared.acks;
         if acks.is_closed() {
             return;
         }
@@ -646,32 +752,32 @@ async fn keep_in_progress(
 }
 
 /// Starts the progress reports of the subscription whose pump sends into `subscription`.
-fn spawn_progress_reports(
-    in_flight: &InFlight,
-    acks: &mpsc::Sender<AckOp>,
-    subscription: &mpsc::Sender<Delivery>,
-) {
+fn spawn_progress_reports(in_flight: &InFlight, subscription: &mpsc::Sender<Delivery>) {
     tokio::spawn(keep_in_progress(
         in_flight.clone(),
-        acks.clone(),
         subscription.downgrade(),
     ));
 }
 
+/// Settles one delivery: frees its slot in the in-flight table and queues the ack (or
+/// nak) for its subject, once.
 struct JetStreamAcker {
-    subject: Option<async_nats::Subject>,
-    id: u64,
+    slot: u32,
     sequence: u64,
     in_flight: InFlight,
-    acks: mpsc::Sender<AckOp>,
+    settled: bool,
 }
 
 impl JetStreamAcker {
     fn settle(&mut self, kind: AckKind) {
-        if let Some(subject) = self.subject.take() {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        if let Some(subject) =
             self.in_flight
-                .settle(self.id, self.sequence, matches!(kind, AckKind::Ack));
-            queue_settlement(&self.acks, subject, kind);
+                .settle(self.slot, self.sequence, matches!(kind, AckKind::Ack))
+        {
+            queue_settlement(&self.in_flight.shared.acks, subject, kind);
         }
     }
 }
@@ -802,8 +908,12 @@ impl Backend for JetStreamBackend {
                 pending if pending > 0 => pending,
                 _ => self.settings.max_ack_pending,
             };
-            let in_flight =
-                InFlight::new(usize::try_from(max_unacked).unwrap_or(usize::MAX).max(1));
+            // The pump pulls once half of `prefetch` is free: settlements wake it then.
+            let in_flight = InFlight::new(
+                usize::try_from(max_unacked).unwrap_or(usize::MAX).max(1),
+                prefetch - pull_threshold(prefetch),
+                self.acks.clone(),
+            );
             // A durable may hold messages delivered to a member that is gone: everything
             // after its ack floor may be unacknowledged. A consumer of our own starts
             // after the last message delivered (the stream's last, for new messages).
@@ -829,7 +939,7 @@ impl Backend for JetStreamBackend {
             };
             // The consumer's own: an operator's consumer keeps its `ack_wait`.
             in_flight.set_ack_wait(info.config.ack_wait);
-            spawn_progress_reports(&in_flight, &self.acks, &tx);
+            spawn_progress_reports(&in_flight, &tx);
             let consumer_name = info.name.clone();
             let pump = Pump {
                 client: self.client.clone(),
@@ -994,6 +1104,12 @@ fn check_max_deliver(info: &consumer::Info, spec: &SubscriptionSpec) -> Result<(
     Ok(())
 }
 
+/// How much free room (of `prefetch`) a pull request waits for: half, so that requests
+/// are few and the handlers never run dry.
+fn pull_threshold(prefetch: usize) -> usize {
+    prefetch.div_ceil(2)
+}
+
 fn tokio_stream_from(mut rx: mpsc::Receiver<Delivery>) -> Subscription {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
@@ -1065,7 +1181,19 @@ impl Pump {
         let mut outstanding = 0usize;
         let mut request_deadline = Instant::now();
         let mut last_heard = Instant::now();
-        let threshold = self.prefetch.div_ceil(2);
+        let threshold = pull_threshold(self.prefetch);
+        // The futures waited on in every turn are made once, not once per message.
+        let closing = &self.closing;
+        let mut stop = std::pin::pin!(async {
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = closing.cancelled() => {}
+            }
+        });
+        let mut settled = std::pin::pin!(self.in_flight.settled().notified());
+        // Fires no later than the heartbeat deadline; moved on (rarely) when messages or
+        // heartbeats came meanwhile, rather than set again for every message.
+        let mut watchdog = std::pin::pin!(tokio::time::sleep_until(request_deadline));
         let ended = loop {
             if outstanding == 0 {
                 let room = self.prefetch.saturating_sub(self.in_flight.len());
@@ -1092,16 +1220,24 @@ impl Pump {
                     outstanding = room;
                     last_heard = Instant::now();
                     request_deadline = last_heard + PULL_EXPIRES + PULL_HEARTBEAT;
+                    watchdog
+                        .as_mut()
+                        .reset(request_deadline.min(last_heard + PULL_HEARTBEAT * 3));
                 }
             }
-            let watchdog = request_deadline.min(last_heard + PULL_HEARTBEAT * 3);
             tokio::select! {
                 biased;
-                _ = tx.closed() => break Ended::Stopped,
-                _ = self.closing.cancelled() => break Ended::Stopped,
-                _ = self.in_flight.settled.notified(), if outstanding == 0 => {}
-                _ = tokio::time::sleep_until(watchdog), if outstanding > 0 => {
-                    break Ended::Lost("no heartbeat from the server".into());
+                _ = stop.as_mut() => break Ended::Stopped,
+                _ = settled.as_mut(), if outstanding == 0 => {
+                    settled.set(self.in_flight.settled().notified());
+                }
+                _ = watchdog.as_mut(), if outstanding > 0 => {
+                    // (the deadline only ever moves later)
+                    let deadline = request_deadline.min(last_heard + PULL_HEARTBEAT * 3);
+                    if Instant::now() >= deadline {
+                        break Ended::Lost("no heartbeat from the server".into());
+                    }
+                    watchdog.as_mut().reset(deadline);
                 }
                 message = inbox_sub.next() => {
                     let Some(message) = message else {
@@ -1113,9 +1249,17 @@ impl Pump {
                             outstanding = outstanding.saturating_sub(1);
                             *backoff = Duration::from_millis(100);
                             let Some(delivery) = self.delivery(message) else { continue };
+                            // There is room (only what fits is pulled), so this is sent
+                            // at once; should the queue be full, wait for room.
+                            let delivery = match tx.try_send(delivery) {
+                                Ok(()) => continue,
+                                Err(mpsc::error::TrySendError::Closed(_)) => break Ended::Stopped,
+                                Err(mpsc::error::TrySendError::Full(delivery)) => delivery,
+                            };
                             tokio::select! {
+                                biased;
                                 // (the delivery is dropped: its acker naks it)
-                                _ = self.closing.cancelled() => break Ended::Stopped,
+                                _ = stop.as_mut() => break Ended::Stopped,
                                 sent = tx.send(delivery) => if sent.is_err() {
                                     break Ended::Stopped;
                                 },
@@ -1163,17 +1307,17 @@ impl Pump {
     fn delivery(&self, message: async_nats::Message) -> Option<Delivery> {
         let subject = message.reply?;
         let (delivered, sequence) = parse_ack_subject(subject.as_str()).unwrap_or((1, 0));
-        let id = self.in_flight.add(subject.clone(), sequence);
         // The reply subject is the ack subject, not a reply address: no `reply_to`.
+        let converted = from_nats(message.payload, message.headers.as_ref(), None);
+        let slot = self.in_flight.add(subject, sequence);
         Some(Delivery::new(
-            from_nats(message.payload, message.headers.as_ref(), None),
+            converted,
             u32::try_from(delivered).unwrap_or(u32::MAX),
             Box::new(JetStreamAcker {
-                subject: Some(subject),
-                id,
+                slot,
                 sequence,
                 in_flight: self.in_flight.clone(),
-                acks: self.acks.clone(),
+                settled: false,
             }),
         ))
     }
@@ -1254,10 +1398,10 @@ mod tests {
     #[tokio::test]
     async fn the_subscription_ends_when_its_pump_dies() {
         let (acks, _settlements) = mpsc::channel(8);
-        let in_flight = InFlight::new(8);
+        let in_flight = InFlight::new(8, 4, acks);
         in_flight.set_ack_wait(Duration::from_millis(300));
         let (tx, mut rx) = mpsc::channel::<Delivery>(1);
-        spawn_progress_reports(&in_flight, &acks, &tx);
+        spawn_progress_reports(&in_flight, &tx);
         let pump = tokio::spawn(async move {
             let _tx = tx;
             panic!("the pump dies");
@@ -1319,7 +1463,18 @@ mod tests {
             parse_ack_subject("$JS.ACK.hub.ACCHASH.ORDERS.shop.2.7.9.1700000000.0.tok"),
             Some((2, 7))
         );
+        assert_eq!(
+            parse_ack_subject("$JS.ACK.hub.ACCHASH.ORDERS.shop.2.7.9.1700000000.0"),
+            Some((2, 7))
+        );
         assert_eq!(parse_ack_subject("_INBOX.abc"), None);
+        assert_eq!(parse_ack_subject("$JS.ACK.ORDERS.shop.x.42.17.1.5"), None);
+        assert_eq!(parse_ack_subject("$JS.ACK.ORDERS.shop.3..17.1.5"), None);
+        assert_eq!(
+            parse_ack_subject("$JS.ACK.ORDERS.shop.99999999999999999999.1.17.1.5"),
+            None
+        );
+        assert_eq!(parse_ack_subject("$JS.ACK.ORDERS.shop.3.42"), None);
     }
 
     #[test]
