@@ -13,7 +13,11 @@
 //! an App; the raw side is the client used by hand the way a careful author would
 //! (batched reads, batched `XACK` on Redis, pipelined acks on JetStream). The backlog is
 //! written before the clock starts (the in-memory broker keeps nothing for absent
-//! subscribers, so there publish and drain are timed together, on both sides).
+//! subscribers, so there publish and drain are timed together, on both sides). On Redis
+//! streams both backlogs are the same entries (`payload`, `content-type`, `message-id`, as
+//! the framework's publisher writes them), written with the raw client's pipelined `XADD`
+//! by a child process (`--fill STREAM`), so `--framework-only` under callgrind counts the
+//! framework consuming and nothing else.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,10 +97,22 @@ fn config(kind: &str, prefix: &str, n: u64) -> Config {
     .unwrap_or_else(|e| panic!("bench config: {e}"))
 }
 
-async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Duration {
+/// Where the framework side's messages come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backlog {
+    /// Published through the framework's publisher before the clock starts.
+    Publish,
+    /// Already on the broker (written with the raw client before the call).
+    Ready,
+    /// Published while the clock runs (the in-memory broker keeps nothing for absent
+    /// subscribers).
+    Live,
+}
+
+async fn framework_drain(kind: &str, prefix: &str, n: u64, backlog: Backlog) -> Duration {
     let counter = Counter::global();
     counter.reset(n);
-    if fill {
+    if backlog == Backlog::Publish {
         let producer = App::new(config(kind, prefix, n))
             .select(|_| false)
             .start()
@@ -119,7 +135,7 @@ async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Durati
         .start()
         .await
         .unwrap_or_else(|e| panic!("app: {e}"));
-    if !fill {
+    if backlog == Backlog::Live {
         for i in 0..n {
             app.publisher()
                 .publish("bench.readings", &reading(i))
@@ -134,7 +150,7 @@ async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Durati
 }
 
 async fn inprocess(n: u64) -> Measured {
-    let framework = framework_drain("memory", "", n, false).await;
+    let framework = framework_drain("memory", "", n, Backlog::Live).await;
     alone(n, framework)
 }
 
@@ -154,7 +170,7 @@ fn alone(n: u64, framework: Duration) -> Measured {
 }
 
 async fn memory(n: u64) -> Measured {
-    let framework = framework_drain("memory", "", n, false).await;
+    let framework = framework_drain("memory", "", n, Backlog::Live).await;
     if framework_only() {
         return alone(n, framework);
     }
@@ -183,33 +199,79 @@ async fn memory(n: u64) -> Measured {
     }
 }
 
-async fn redis_streams(n: u64, run: &str) -> Measured {
-    let prefix = format!("bench{run}.");
-    let framework = framework_drain("redis-streams", &prefix, n, true).await;
-    if framework_only() {
-        return alone(n, framework);
-    }
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap_or_else(|e| panic!("{e}"));
+/// Writes `n` readings to `stream` with the raw client (pipelined `XADD`), each entry as
+/// the framework's publisher writes it: `payload`, `content-type`, `message-id`.
+async fn fill_stream(stream: &str, n: u64) {
+    let client = redis::Client::open(REDIS_URL).unwrap_or_else(|e| panic!("{e}"));
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let stream = format!("{prefix}raw");
-    let mut pipe = redis::pipe();
-    for i in 0..n {
-        let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
-        pipe.cmd("XADD")
-            .arg(&stream)
-            .arg("*")
-            .arg("payload")
-            .arg(body)
-            .ignore();
+    const CHUNK: u64 = 10_000;
+    let mut i = 0;
+    while i < n {
+        let mut pipe = redis::pipe();
+        for i in i..(i + CHUNK).min(n) {
+            let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("payload")
+                .arg(body)
+                .arg("content-type")
+                .arg("application/json")
+                .arg("message-id")
+                .arg(transport::message_id())
+                .ignore();
+        }
+        let _: () = pipe
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        i += CHUNK;
     }
-    let _: () = pipe
-        .query_async(&mut conn)
+}
+
+/// Fills `stream` from a child process (`bench --fill STREAM --messages N`), so that a
+/// callgrind run of this one (which does not follow children) counts the drain alone.
+async fn fill_stream_aside(stream: &str, n: u64) {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("own executable: {e}"));
+    let mut child = std::process::Command::new(exe);
+    child
+        .arg("--fill")
+        .arg(stream)
+        .arg("--messages")
+        .arg(n.to_string());
+    let status = tokio::task::spawn_blocking(move || child.status())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("fill: {e}"));
+    assert!(status.success(), "fill: {status}");
+}
+
+async fn redis_streams(n: u64, run: &str) -> Measured {
+    let prefix = format!("bench{run}.");
+    // Both backlogs are written the same way before either clock starts: the framework
+    // side is measured consuming, not publishing.
+    fill_stream_aside(&format!("{prefix}bench.readings"), n).await;
+    let framework = framework_drain("redis-streams", &prefix, n, Backlog::Ready).await;
+    let client = redis::Client::open(REDIS_URL).unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = client
+        .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    if framework_only() {
+        let _: Result<i64, _> = redis::cmd("DEL")
+            .arg(format!("{prefix}bench.readings"))
+            .query_async(&mut conn)
+            .await;
+        return alone(n, framework);
+    }
+
+    let stream = format!("{prefix}raw");
+    fill_stream_aside(&stream, n).await;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&stream)
@@ -267,7 +329,7 @@ async fn redis_streams(n: u64, run: &str) -> Measured {
 
 async fn jetstream(n: u64, run: &str) -> Measured {
     let prefix = format!("bench{run}.");
-    let framework = framework_drain("jetstream", &prefix, n, true).await;
+    let framework = framework_drain("jetstream", &prefix, n, Backlog::Publish).await;
     if framework_only() {
         return alone(n, framework);
     }
@@ -353,6 +415,7 @@ async fn main() {
         "redis-streams".to_string(),
         "jetstream".to_string(),
     ];
+    let mut fill: Option<String> = None;
     let mut i = 0;
     while i < args.len() {
         match (args[i].as_str(), args.get(i + 1)) {
@@ -368,6 +431,10 @@ async fn main() {
                 backends = list.split(',').map(str::to_string).collect();
                 i += 2;
             }
+            ("--fill", Some(stream)) => {
+                fill = Some(stream.clone());
+                i += 2;
+            }
             ("--framework-only", _) => {
                 FRAMEWORK_ONLY.store(true, Ordering::Relaxed);
                 i += 1;
@@ -379,6 +446,10 @@ async fn main() {
                 std::process::exit(2);
             }
         }
+    }
+    if let Some(stream) = fill {
+        fill_stream(&stream, messages).await;
+        return;
     }
     let rounds = rounds.max(1);
     let run = format!("{}", std::process::id());
