@@ -70,7 +70,7 @@ use super::redis::{connect_manager, operation_error};
 use super::{Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::config::{BrokerConfig, RedisConfig};
 use crate::error::BackendError;
-use crate::message::{Headers, Message};
+use crate::message::Message;
 
 const KIND: &str = "redis-streams";
 /// How long one blocking read waits before looking again.
@@ -155,18 +155,55 @@ struct RawEntry {
     /// The id as Redis sent it: the message id.
     text: String,
     /// The field/value pairs in entry order; `None` for an entry deleted meanwhile.
-    fields: Option<Vec<(Value, Value)>>,
+    fields: Option<Fields>,
 }
 
 impl RawEntry {
     /// Bytes of its fields and values.
     fn size(&self) -> usize {
-        self.fields.as_deref().map_or(0, |fields| {
+        self.fields.as_ref().map_or(0, |fields| {
             fields
-                .iter()
+                .pairs()
                 .map(|(name, value)| value_len(name) + value_len(value))
                 .sum()
         })
+    }
+}
+
+/// An entry's field/value pairs in the shape Redis sent them: no copy, no list per entry.
+enum Fields {
+    /// `[field, value, field, value, ...]`; a name without a value (never sent by Redis)
+    /// pairs with nil, which makes the entry defective.
+    Flat(Vec<Value>),
+    /// Pairs (RESP3 maps).
+    Pairs(Vec<(Value, Value)>),
+}
+
+static NIL: Value = Value::Nil;
+
+impl Fields {
+    fn pairs(&self) -> impl Iterator<Item = (&Value, &Value)> {
+        let (flat, pairs): (&[Value], &[(Value, Value)]) = match self {
+            Fields::Flat(flat) => (flat, &[]),
+            Fields::Pairs(pairs) => (&[], pairs),
+        };
+        flat.chunks(2)
+            .map(|pair| match pair {
+                [name, value, ..] => (name, value),
+                [name] => (name, &NIL),
+                [] => (&NIL, &NIL),
+            })
+            .chain(pairs.iter().map(|(name, value)| (name, value)))
+    }
+
+    fn into_pairs(self) -> impl Iterator<Item = (Value, Value)> {
+        let (flat, pairs) = match self {
+            Fields::Flat(flat) => (flat, Vec::new()),
+            Fields::Pairs(pairs) => (Vec::new(), pairs),
+        };
+        let mut flat = flat.into_iter();
+        std::iter::from_fn(move || Some((flat.next()?, flat.next().unwrap_or(Value::Nil))))
+            .chain(pairs)
     }
 }
 
@@ -187,6 +224,15 @@ fn text_of(value: &Value) -> Option<String> {
     match value {
         Value::Int(n) => Some(n.to_string()),
         other => bytes_of(other).map(|b| String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+/// [`bytes_of`] for a value that is no longer needed: its own bytes, not a copy.
+fn into_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        _ => None,
     }
 }
 
@@ -212,17 +258,10 @@ fn parse_entry(value: Value) -> Option<RawEntry> {
     let id = StreamId::parse(&text)?;
     let fields = match parts.next() {
         None | Some(Value::Nil) => None,
-        Some(Value::Array(flat)) => {
-            let mut pairs = Vec::with_capacity(flat.len() / 2);
-            let mut flat = flat.into_iter();
-            while let Some(name) = flat.next() {
-                // A name without a value (never sent by Redis) makes the entry defective.
-                pairs.push((name, flat.next().unwrap_or(Value::Nil)));
-            }
-            Some(pairs)
-        }
-        Some(Value::Map(pairs)) => Some(pairs),
-        Some(_) => Some(vec![(Value::Nil, Value::Nil)]),
+        Some(Value::Array(flat)) => Some(Fields::Flat(flat)),
+        Some(Value::Map(pairs)) => Some(Fields::Pairs(pairs)),
+        // Not a list of fields: a defective entry.
+        Some(_) => Some(Fields::Pairs(vec![(Value::Nil, Value::Nil)])),
     };
     Some(RawEntry { id, text, fields })
 }
@@ -311,67 +350,74 @@ fn parse_autoclaim(value: Value) -> Result<(String, Vec<RawEntry>), ReplyError> 
 
 /// An entry as a message: payload field, key field, every other field a header. When
 /// the entry is not a message, the second value says why, and the message carries the
-/// raw entry (see the module docs).
-fn to_message(
-    id: String,
-    fields: &[(Value, Value)],
-    settings: &RedisConfig,
-) -> (Message, Option<String>) {
-    let mut message = Message::default();
-    let mut headers = Headers::new();
-    let mut payload: Option<Bytes> = None;
-    let mut defect: Option<String> = None;
-    for (name, value) in fields {
-        let (Some(name), Some(value)) = (bytes_of(name), bytes_of(value)) else {
-            defect = Some("a field name or value that is not a string".into());
-            break;
+/// raw entry (see the module docs). The message takes the entry's own bytes: nothing is
+/// copied but what is not UTF-8.
+fn to_message(id: String, fields: Fields, settings: &RedisConfig) -> (Message, Option<String>) {
+    if let Some(reason) = defect_of(&fields, settings) {
+        let defect = format!("stream entry {id} is not a message: {reason}");
+        let raw = Message {
+            payload: Bytes::from(netstrings(&fields)),
+            id: Some(id),
+            ..Message::default()
+        }
+        .with_header(RAW_ENTRY_HEADER, RAW_ENTRY_ENCODING);
+        return (raw, Some(defect));
+    }
+    let mut message = Message {
+        id: Some(id),
+        ..Message::default()
+    };
+    let payload_field = settings.payload_field.as_bytes();
+    let key_field = settings.key_field.as_bytes();
+    for (name, value) in fields.into_pairs() {
+        // Checked by `defect_of`: both are strings, the name UTF-8.
+        let (Some(name), Some(value)) = (into_bytes(name), into_bytes(value)) else {
+            continue;
         };
-        let Ok(name) = std::str::from_utf8(name) else {
-            defect = Some(format!(
+        if name == payload_field {
+            message.payload = Bytes::from(value);
+        } else if name == key_field {
+            message.key = Some(lossy(value));
+        } else {
+            message.headers.insert(lossy(name), lossy(value));
+        }
+    }
+    (message, None)
+}
+
+/// Bytes as a string, in place when they are UTF-8.
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
+}
+
+/// Why an entry is not a message: a field name or value that is not a string, a field
+/// name that is not UTF-8, no payload field or two.
+fn defect_of(fields: &Fields, settings: &RedisConfig) -> Option<String> {
+    let mut payloads = 0;
+    for (name, value) in fields.pairs() {
+        let (Some(name), Some(_)) = (bytes_of(name), bytes_of(value)) else {
+            return Some("a field name or value that is not a string".into());
+        };
+        if name == settings.payload_field.as_bytes() {
+            payloads += 1;
+            if payloads > 1 {
+                return Some(format!("two `{}` fields", settings.payload_field));
+            }
+        } else if std::str::from_utf8(name).is_err() {
+            return Some(format!(
                 "field name {:?} is not UTF-8",
                 String::from_utf8_lossy(name)
             ));
-            break;
-        };
-        if name == settings.payload_field {
-            if payload.is_some() {
-                defect = Some(format!("two `{name}` fields"));
-                break;
-            }
-            payload = Some(Bytes::copy_from_slice(value));
-        } else if name == settings.key_field {
-            message.key = Some(String::from_utf8_lossy(value).into_owned());
-        } else {
-            headers.insert(name, String::from_utf8_lossy(value));
         }
     }
-    if defect.is_none() && payload.is_none() {
-        defect = Some(format!("no `{}` field", settings.payload_field));
-    }
-    match defect {
-        None => {
-            message.payload = payload.unwrap_or_default();
-            message.headers = headers;
-            message.id = Some(id);
-            (message, None)
-        }
-        Some(reason) => {
-            let defect = format!("stream entry {id} is not a message: {reason}");
-            let raw = Message {
-                payload: Bytes::from(netstrings(fields)),
-                id: Some(id),
-                ..Message::default()
-            }
-            .with_header(RAW_ENTRY_HEADER, RAW_ENTRY_ENCODING);
-            (raw, Some(defect))
-        }
-    }
+    (payloads == 0).then(|| format!("no `{}` field", settings.payload_field))
 }
 
 /// Every field name and value as a netstring (`<decimal length>:<bytes>,`), in order.
-fn netstrings(fields: &[(Value, Value)]) -> Vec<u8> {
+fn netstrings(fields: &Fields) -> Vec<u8> {
     let mut out = Vec::new();
-    for value in fields.iter().flat_map(|(name, value)| [name, value]) {
+    for value in fields.pairs().flat_map(|(name, value)| [name, value]) {
         let text;
         let bytes = match bytes_of(value) {
             Some(bytes) => bytes,
@@ -777,7 +823,7 @@ impl FanOut {
                     for entry in entries {
                         last = entry.id;
                         let Some(fields) = entry.fields else { continue };
-                        let (message, defect) = to_message(entry.text, &fields, &self.settings);
+                        let (message, defect) = to_message(entry.text, fields, &self.settings);
                         let mut delivery = Delivery::unacknowledged(message);
                         if let Some(defect) = defect {
                             delivery = delivery.with_defect(defect);
@@ -865,7 +911,7 @@ impl Shared {
         &self,
         id: StreamId,
         text: String,
-        fields: &[(Value, Value)],
+        fields: Fields,
         attempt: u32,
     ) -> Delivery {
         let (message, defect) = to_message(text, fields, &self.settings);
@@ -977,7 +1023,7 @@ impl Shared {
                         }
                     }
                     for (permit, entry) in permits.zip(entries) {
-                        match &entry.fields {
+                        match entry.fields {
                             Some(fields) => {
                                 permit.send(self.delivery(entry.id, entry.text, fields, 1))
                             }
@@ -1267,7 +1313,7 @@ impl Shared {
                 // the delivery, which releases the entry: it stays pending and is claimed
                 // again (here or by another consumer).
                 let _ = claims
-                    .send(self.delivery(id, text, &fields, attempt))
+                    .send(self.delivery(id, text, fields, attempt))
                     .await;
             }
             _ => {
@@ -1368,7 +1414,7 @@ impl Shared {
         }
         let counts = self.delivery_counts(connection, &fresh).await;
         for entry in fresh {
-            let Some(fields) = &entry.fields else {
+            let Some(fields) = entry.fields else {
                 // Deleted (Redis 6.2 still lists it): nothing to deliver.
                 let _ = self.settle.send(Settle::Ack(entry.id));
                 continue;
@@ -1546,8 +1592,8 @@ mod tests {
         ])]);
         let entries = parse_read(reply, "XREADGROUP").unwrap();
         let results: Vec<(Message, Option<String>)> = entries
-            .iter()
-            .map(|e| to_message(e.text.clone(), e.fields.as_deref().unwrap(), &settings))
+            .into_iter()
+            .map(|e| to_message(e.text, e.fields.unwrap(), &settings))
             .collect();
         let (good, defect) = &results[0];
         assert_eq!(defect, &None);
@@ -1580,10 +1626,25 @@ mod tests {
         let entries = parse_read(reply, "XREAD").unwrap();
         let (message, defect) = to_message(
             entries[0].text.clone(),
-            entries[0].fields.as_deref().unwrap(),
+            entries.into_iter().next().unwrap().fields.unwrap(),
             &settings,
         );
         assert_eq!((&message.payload[..], defect), (&b"x"[..], None));
+        // A name without a value, fields that are not a list: defective, kept whole.
+        let reply = Value::Array(vec![
+            entry("6-0", &[b"payload", b"x", b"lone"]),
+            Value::Array(vec![bulk(b"7-0"), Value::Int(1)]),
+        ]);
+        let entries = parse_entries(reply, "XRANGE").unwrap();
+        assert_eq!(entries.len(), 2);
+        for entry in entries {
+            let (raw, defect) = to_message(entry.text, entry.fields.unwrap(), &settings);
+            assert!(
+                defect.as_deref().is_some_and(|d| d.contains("not a string")),
+                "{defect:?}"
+            );
+            assert_eq!(raw.headers.get(RAW_ENTRY_HEADER), Some(RAW_ENTRY_ENCODING));
+        }
         assert!(parse_read(Value::Nil, "XREAD").unwrap().is_empty());
         assert!(parse_read(Value::Int(3), "XREAD").is_err());
     }
