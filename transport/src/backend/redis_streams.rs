@@ -240,9 +240,10 @@ fn into_bytes(value: Value) -> Option<Vec<u8>> {
 /// copied only when they are not UTF-8.
 fn into_text(value: Value) -> Option<String> {
     match value {
-        Value::BulkString(bytes) => Some(String::from_utf8(bytes).unwrap_or_else(|invalid| {
-            String::from_utf8_lossy(invalid.as_bytes()).into_owned()
-        })),
+        Value::BulkString(bytes) => Some(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned()),
+        ),
         Value::SimpleString(text) | Value::VerbatimString { text, .. } => Some(text),
         other => text_of(&other),
     }
@@ -907,13 +908,7 @@ impl Shared {
     }
 
     /// The delivery of an entry already counted in flight.
-    fn delivery(
-        &self,
-        id: StreamId,
-        text: String,
-        fields: Fields,
-        attempt: u32,
-    ) -> Delivery {
+    fn delivery(&self, id: StreamId, text: String, fields: Fields, attempt: u32) -> Delivery {
         let (message, defect) = to_message(text, fields, &self.settings);
         let delivery = Delivery::new(
             message,
@@ -1312,9 +1307,7 @@ impl Shared {
                 // Still in flight since its first delivery. A closed subscription drops
                 // the delivery, which releases the entry: it stays pending and is claimed
                 // again (here or by another consumer).
-                let _ = claims
-                    .send(self.delivery(id, text, fields, attempt))
-                    .await;
+                let _ = claims.send(self.delivery(id, text, fields, attempt)).await;
             }
             _ => {
                 // Trimmed or deleted meanwhile, or no longer pending (a recreated group
@@ -1640,7 +1633,9 @@ mod tests {
         for entry in entries {
             let (raw, defect) = to_message(entry.text, entry.fields.unwrap(), &settings);
             assert!(
-                defect.as_deref().is_some_and(|d| d.contains("not a string")),
+                defect
+                    .as_deref()
+                    .is_some_and(|d| d.contains("not a string")),
                 "{defect:?}"
             );
             assert_eq!(raw.headers.get(RAW_ENTRY_HEADER), Some(RAW_ENTRY_ENCODING));
