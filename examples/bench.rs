@@ -14,8 +14,9 @@
 //! (batched reads, batched `XACK` on Redis, pipelined acks on JetStream). The backlog is
 //! written before the clock starts (the in-memory broker keeps nothing for absent
 //! subscribers, so there publish and drain are timed together, on both sides). On
-//! JetStream both backlogs are written by the raw client in a child process, with the
-//! headers the framework's publisher writes, so that `--framework-only` under callgrind
+//! JetStream and Redis streams both backlogs are written by the raw client in a child
+//! process (`--fill-jetstream`, `--fill`), with what the framework's publisher writes
+//! (`content-type`, a generated message id), so that `--framework-only` under callgrind
 //! counts the framework's consume path alone.
 
 use std::sync::OnceLock;
@@ -194,33 +195,79 @@ async fn memory(n: u64) -> Measured {
     }
 }
 
-async fn redis_streams(n: u64, run: &str) -> Measured {
-    let prefix = format!("bench{run}.");
-    let framework = framework_drain("redis-streams", &prefix, n, true).await;
-    if framework_only() {
-        return alone(n, framework);
-    }
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap_or_else(|e| panic!("{e}"));
+/// Writes `n` readings to `stream` with the raw client (pipelined `XADD`), each entry as
+/// the framework's publisher writes it: `payload`, `content-type`, `message-id`.
+async fn fill_stream(stream: &str, n: u64) {
+    let client = redis::Client::open(REDIS_URL).unwrap_or_else(|e| panic!("{e}"));
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let stream = format!("{prefix}raw");
-    let mut pipe = redis::pipe();
-    for i in 0..n {
-        let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
-        pipe.cmd("XADD")
-            .arg(&stream)
-            .arg("*")
-            .arg("payload")
-            .arg(body)
-            .ignore();
+    const CHUNK: u64 = 10_000;
+    let mut i = 0;
+    while i < n {
+        let mut pipe = redis::pipe();
+        for i in i..(i + CHUNK).min(n) {
+            let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("payload")
+                .arg(body)
+                .arg("content-type")
+                .arg("application/json")
+                .arg("message-id")
+                .arg(transport::message_id())
+                .ignore();
+        }
+        let _: () = pipe
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        i += CHUNK;
     }
-    let _: () = pipe
-        .query_async(&mut conn)
+}
+
+/// Fills `stream` from a child process (`bench --fill STREAM --messages N`), so that a
+/// callgrind run of this one (which does not follow children) counts the drain alone.
+async fn fill_stream_aside(stream: &str, n: u64) {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("own executable: {e}"));
+    let mut child = std::process::Command::new(exe);
+    child
+        .arg("--fill")
+        .arg(stream)
+        .arg("--messages")
+        .arg(n.to_string());
+    let status = tokio::task::spawn_blocking(move || child.status())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("fill: {e}"));
+    assert!(status.success(), "fill: {status}");
+}
+
+async fn redis_streams(n: u64, run: &str) -> Measured {
+    let prefix = format!("bench{run}.");
+    // Both backlogs are written the same way before either clock starts: the framework
+    // side is measured consuming, not publishing.
+    fill_stream_aside(&format!("{prefix}bench.readings"), n).await;
+    let framework = framework_consume("redis-streams", &prefix, n, false).await;
+    let client = redis::Client::open(REDIS_URL).unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = client
+        .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    if framework_only() {
+        let _: Result<i64, _> = redis::cmd("DEL")
+            .arg(format!("{prefix}bench.readings"))
+            .query_async(&mut conn)
+            .await;
+        return alone(n, framework);
+    }
+
+    let stream = format!("{prefix}raw");
+    fill_stream_aside(&stream, n).await;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&stream)
@@ -404,6 +451,14 @@ async fn main() {
             .parse()
             .unwrap_or_else(|e| panic!("--fill-jetstream {n}: {e}"));
         fill_jetstream_here(stream, subject, n).await;
+        return;
+    }
+    if let [flag, stream, messages, n] = args.as_slice()
+        && flag == "--fill"
+        && messages == "--messages"
+    {
+        let n = n.parse().unwrap_or_else(|e| panic!("--fill: {n}: {e}"));
+        fill_stream(stream, n).await;
         return;
     }
     let mut messages: u64 = 20_000;

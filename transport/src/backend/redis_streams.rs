@@ -52,6 +52,8 @@
 //! plus those its handlers run.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
@@ -68,7 +70,7 @@ use super::redis::{connect_manager, operation_error};
 use super::{Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::config::{BrokerConfig, RedisConfig};
 use crate::error::BackendError;
-use crate::message::{Headers, Message};
+use crate::message::Message;
 
 const KIND: &str = "redis-streams";
 /// How long one blocking read waits before looking again.
@@ -149,20 +151,59 @@ struct ReplyError {
 
 /// One stream entry as Redis sent it.
 struct RawEntry {
-    id: String,
+    id: StreamId,
+    /// The id as Redis sent it: the message id.
+    text: String,
     /// The field/value pairs in entry order; `None` for an entry deleted meanwhile.
-    fields: Option<Vec<(Value, Value)>>,
+    fields: Option<Fields>,
 }
 
 impl RawEntry {
     /// Bytes of its fields and values.
     fn size(&self) -> usize {
-        self.fields.as_deref().map_or(0, |fields| {
+        self.fields.as_ref().map_or(0, |fields| {
             fields
-                .iter()
+                .pairs()
                 .map(|(name, value)| value_len(name) + value_len(value))
                 .sum()
         })
+    }
+}
+
+/// An entry's field/value pairs in the shape Redis sent them: no copy, no list per entry.
+enum Fields {
+    /// `[field, value, field, value, ...]`; a name without a value (never sent by Redis)
+    /// pairs with nil, which makes the entry defective.
+    Flat(Vec<Value>),
+    /// Pairs (RESP3 maps).
+    Pairs(Vec<(Value, Value)>),
+}
+
+static NIL: Value = Value::Nil;
+
+impl Fields {
+    fn pairs(&self) -> impl Iterator<Item = (&Value, &Value)> {
+        let (flat, pairs): (&[Value], &[(Value, Value)]) = match self {
+            Fields::Flat(flat) => (flat, &[]),
+            Fields::Pairs(pairs) => (&[], pairs),
+        };
+        flat.chunks(2)
+            .map(|pair| match pair {
+                [name, value, ..] => (name, value),
+                [name] => (name, &NIL),
+                [] => (&NIL, &NIL),
+            })
+            .chain(pairs.iter().map(|(name, value)| (name, value)))
+    }
+
+    fn into_pairs(self) -> impl Iterator<Item = (Value, Value)> {
+        let (flat, pairs) = match self {
+            Fields::Flat(flat) => (flat, Vec::new()),
+            Fields::Pairs(pairs) => (Vec::new(), pairs),
+        };
+        let mut flat = flat.into_iter();
+        std::iter::from_fn(move || Some((flat.next()?, flat.next().unwrap_or(Value::Nil))))
+            .chain(pairs)
     }
 }
 
@@ -186,28 +227,44 @@ fn text_of(value: &Value) -> Option<String> {
     }
 }
 
+/// [`bytes_of`] for a value that is no longer needed: its own bytes, not a copy.
+fn into_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        _ => None,
+    }
+}
+
+/// [`text_of`] for a value that is no longer needed: its bytes become the string,
+/// copied only when they are not UTF-8.
+fn into_text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned()),
+        ),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => Some(text),
+        other => text_of(&other),
+    }
+}
+
 /// `[id, [field, value, ...]]` (or a map of fields, RESP3); `None` for what is no entry.
 fn parse_entry(value: Value) -> Option<RawEntry> {
     let Value::Array(parts) = value else {
         return None;
     };
     let mut parts = parts.into_iter();
-    let id = text_of(&parts.next()?)?;
+    let text = into_text(parts.next()?)?;
+    let id = StreamId::parse(&text)?;
     let fields = match parts.next() {
         None | Some(Value::Nil) => None,
-        Some(Value::Array(flat)) => {
-            let mut pairs = Vec::with_capacity(flat.len() / 2);
-            let mut flat = flat.into_iter();
-            while let Some(name) = flat.next() {
-                // A name without a value (never sent by Redis) makes the entry defective.
-                pairs.push((name, flat.next().unwrap_or(Value::Nil)));
-            }
-            Some(pairs)
-        }
-        Some(Value::Map(pairs)) => Some(pairs),
-        Some(_) => Some(vec![(Value::Nil, Value::Nil)]),
+        Some(Value::Array(flat)) => Some(Fields::Flat(flat)),
+        Some(Value::Map(pairs)) => Some(Fields::Pairs(pairs)),
+        // Not a list of fields: a defective entry.
+        Some(_) => Some(Fields::Pairs(vec![(Value::Nil, Value::Nil)])),
     };
-    Some(RawEntry { id, fields })
+    Some(RawEntry { id, text, fields })
 }
 
 /// A list of entries (`XRANGE`, `XCLAIM`, one stream of `XREAD`).
@@ -294,71 +351,74 @@ fn parse_autoclaim(value: Value) -> Result<(String, Vec<RawEntry>), ReplyError> 
 
 /// An entry as a message: payload field, key field, every other field a header. When
 /// the entry is not a message, the second value says why, and the message carries the
-/// raw entry (see the module docs).
-fn to_message(
-    id: &str,
-    fields: &[(Value, Value)],
-    settings: &RedisConfig,
-) -> (Message, Option<String>) {
+/// raw entry (see the module docs). The message takes the entry's own bytes: nothing is
+/// copied but what is not UTF-8.
+fn to_message(id: String, fields: Fields, settings: &RedisConfig) -> (Message, Option<String>) {
+    if let Some(reason) = defect_of(&fields, settings) {
+        let defect = format!("stream entry {id} is not a message: {reason}");
+        let raw = Message {
+            payload: Bytes::from(netstrings(&fields)),
+            id: Some(id),
+            ..Message::default()
+        }
+        .with_header(RAW_ENTRY_HEADER, RAW_ENTRY_ENCODING);
+        return (raw, Some(defect));
+    }
     let mut message = Message {
-        id: Some(id.to_string()),
+        id: Some(id),
         ..Message::default()
     };
-    let mut headers = Headers::new();
-    let mut payload: Option<Bytes> = None;
-    let mut defect: Option<String> = None;
-    for (name, value) in fields {
-        let (Some(name), Some(value)) = (bytes_of(name), bytes_of(value)) else {
-            defect = Some("a field name or value that is not a string".into());
-            break;
+    let payload_field = settings.payload_field.as_bytes();
+    let key_field = settings.key_field.as_bytes();
+    for (name, value) in fields.into_pairs() {
+        // Checked by `defect_of`: both are strings, the name UTF-8.
+        let (Some(name), Some(value)) = (into_bytes(name), into_bytes(value)) else {
+            continue;
         };
-        let Ok(name) = std::str::from_utf8(name) else {
-            defect = Some(format!(
+        if name == payload_field {
+            message.payload = Bytes::from(value);
+        } else if name == key_field {
+            message.key = Some(lossy(value));
+        } else {
+            message.headers.insert(lossy(name), lossy(value));
+        }
+    }
+    (message, None)
+}
+
+/// Bytes as a string, in place when they are UTF-8.
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
+}
+
+/// Why an entry is not a message: a field name or value that is not a string, a field
+/// name that is not UTF-8, no payload field or two.
+fn defect_of(fields: &Fields, settings: &RedisConfig) -> Option<String> {
+    let mut payloads = 0;
+    for (name, value) in fields.pairs() {
+        let (Some(name), Some(_)) = (bytes_of(name), bytes_of(value)) else {
+            return Some("a field name or value that is not a string".into());
+        };
+        if name == settings.payload_field.as_bytes() {
+            payloads += 1;
+            if payloads > 1 {
+                return Some(format!("two `{}` fields", settings.payload_field));
+            }
+        } else if std::str::from_utf8(name).is_err() {
+            return Some(format!(
                 "field name {:?} is not UTF-8",
                 String::from_utf8_lossy(name)
             ));
-            break;
-        };
-        if name == settings.payload_field {
-            if payload.is_some() {
-                defect = Some(format!("two `{name}` fields"));
-                break;
-            }
-            payload = Some(Bytes::copy_from_slice(value));
-        } else if name == settings.key_field {
-            message.key = Some(String::from_utf8_lossy(value).into_owned());
-        } else {
-            headers.insert(name, String::from_utf8_lossy(value));
         }
     }
-    if defect.is_none() && payload.is_none() {
-        defect = Some(format!("no `{}` field", settings.payload_field));
-    }
-    match defect {
-        None => {
-            message.payload = payload.unwrap_or_default();
-            message.headers = headers;
-            (message, None)
-        }
-        Some(reason) => {
-            let raw = Message {
-                payload: Bytes::from(netstrings(fields)),
-                id: Some(id.to_string()),
-                ..Message::default()
-            }
-            .with_header(RAW_ENTRY_HEADER, RAW_ENTRY_ENCODING);
-            (
-                raw,
-                Some(format!("stream entry {id} is not a message: {reason}")),
-            )
-        }
-    }
+    (payloads == 0).then(|| format!("no `{}` field", settings.payload_field))
 }
 
 /// Every field name and value as a netstring (`<decimal length>:<bytes>,`), in order.
-fn netstrings(fields: &[(Value, Value)]) -> Vec<u8> {
+fn netstrings(fields: &Fields) -> Vec<u8> {
     let mut out = Vec::new();
-    for value in fields.iter().flat_map(|(name, value)| [name, value]) {
+    for value in fields.pairs().flat_map(|(name, value)| [name, value]) {
         let text;
         let bytes = match bytes_of(value) {
             Some(bytes) => bytes,
@@ -375,12 +435,6 @@ fn netstrings(fields: &[(Value, Value)]) -> Vec<u8> {
     out
 }
 
-/// A stream id as `(milliseconds, sequence)`.
-fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
 /// The id just before `id` (`None` before `0-0`).
 fn predecessor((ms, seq): (u64, u64)) -> Option<(u64, u64)> {
     if seq > 0 {
@@ -391,6 +445,102 @@ fn predecessor((ms, seq): (u64, u64)) -> Option<(u64, u64)> {
         None
     }
 }
+
+/// A stream entry id, `<milliseconds>-<sequence>`: what the bookkeeping keys on (a copy,
+/// not a string per entry), written back in that form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct StreamId {
+    ms: u64,
+    seq: u64,
+}
+
+impl StreamId {
+    const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+
+    fn parse(text: &str) -> Option<StreamId> {
+        let (ms, seq) = text.split_once('-')?;
+        Some(StreamId {
+            ms: digits(ms)?,
+            seq: digits(seq)?,
+        })
+    }
+
+    /// The id just before this one (`None` before `0-0`).
+    fn predecessor(self) -> Option<StreamId> {
+        predecessor((self.ms, self.seq)).map(|(ms, seq)| StreamId { ms, seq })
+    }
+
+    /// `<ms>-<seq>` in `buf`, without the formatting machinery (once per ack).
+    fn write(self, buf: &mut [u8; 41]) -> &[u8] {
+        let mut at = buf.len();
+        for (i, mut n) in [self.seq, self.ms].into_iter().enumerate() {
+            if i == 1 {
+                at -= 1;
+                buf[at] = b'-';
+            }
+            loop {
+                at -= 1;
+                buf[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        &buf[at..]
+    }
+}
+
+/// A decimal number of at most 20 digits, nothing else (no sign, no spaces).
+fn digits(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 {
+        return None;
+    }
+    text.bytes().try_fold(0u64, |n, byte| {
+        let digit = byte.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl redis::ToRedisArgs for StreamId {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        let mut buf = [0; 41];
+        out.write_arg(self.write(&mut buf));
+    }
+}
+
+/// Hashes stream ids (two integers Redis assigned, in a set bounded by the reader's
+/// saturation) with one multiply per integer instead of SipHash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Entry ids handed to the runtime and not yet settled.
+type IdSet = HashSet<StreamId, BuildHasherDefault<IdHasher>>;
 
 /// How many entries the next read may ask for: at most `count`, and few enough that
 /// entries as large as the `largest` seen so far stay near [`READ_BUDGET_BYTES`].
@@ -515,7 +665,7 @@ impl Backend for RedisStreamsBackend {
                         .map_err(|e| operation_error(KIND, "subscribe", e))?
                         .into_iter()
                         .next()
-                        .map_or_else(|| "0-0".to_string(), |e| e.id);
+                        .map_or(StreamId::ZERO, |e| e.id);
                     let fan_out = FanOut {
                         reader,
                         stream: spec.topic.clone(),
@@ -549,7 +699,7 @@ impl Backend for RedisStreamsBackend {
                         consumer: self.consumer.clone(),
                         group_start: start,
                         settings: self.settings().clone(),
-                        in_flight: Mutex::new(HashSet::new()),
+                        in_flight: Mutex::new(IdSet::default()),
                         position: Mutex::new(position),
                         largest_entry: AtomicUsize::new(0),
                         settle: settle_tx.clone(),
@@ -607,7 +757,7 @@ async fn group_position(
     connection: &mut ConnectionManager,
     stream: &str,
     group: &str,
-) -> Option<String> {
+) -> Option<StreamId> {
     let groups: Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -635,6 +785,7 @@ async fn group_position(
         (field("name")? == group)
             .then(|| field("last-delivered-id"))
             .flatten()
+            .and_then(|id| StreamId::parse(&id))
     })
 }
 
@@ -647,7 +798,7 @@ struct FanOut {
 }
 
 impl FanOut {
-    async fn run(mut self, mut last: String, tx: mpsc::Sender<Delivery>) {
+    async fn run(mut self, mut last: StreamId, tx: mpsc::Sender<Delivery>) {
         let mut backoff = Duration::from_millis(100);
         let mut largest = 0;
         while !tx.is_closed() {
@@ -658,7 +809,7 @@ impl FanOut {
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(&self.stream)
-                .arg(&last)
+                .arg(last)
                 .query_async(&mut self.reader)
                 .await;
             let entries = read
@@ -673,7 +824,7 @@ impl FanOut {
                     for entry in entries {
                         last = entry.id;
                         let Some(fields) = entry.fields else { continue };
-                        let (message, defect) = to_message(&last, &fields, &self.settings);
+                        let (message, defect) = to_message(entry.text, fields, &self.settings);
                         let mut delivery = Delivery::unacknowledged(message);
                         if let Some(defect) = defect {
                             delivery = delivery.with_defect(defect);
@@ -695,21 +846,21 @@ impl FanOut {
 
 /// What the settler does for a group subscription.
 enum Settle {
-    Ack(String),
+    Ack(StreamId),
     Retry {
-        id: String,
+        id: StreamId,
         attempt: u32,
         delay: Duration,
     },
-    Release(String),
+    Release(StreamId),
     Flush(oneshot::Sender<()>),
 }
 
 /// Settlements the settler collected, sent together.
 #[derive(Default)]
 struct Batch {
-    acks: Vec<String>,
-    releases: Vec<String>,
+    acks: Vec<StreamId>,
+    releases: Vec<StreamId>,
     flushes: Vec<oneshot::Sender<()>>,
 }
 
@@ -722,10 +873,10 @@ struct Shared {
     group_start: &'static str,
     settings: RedisConfig,
     /// Entries handed to the runtime and not yet settled (or waiting for a retry).
-    in_flight: Mutex<HashSet<String>>,
+    in_flight: Mutex<IdSet>,
     /// The last entry the group gave this consumer (or the group's position when it
     /// subscribed): where the group is created again should it vanish.
-    position: Mutex<Option<String>>,
+    position: Mutex<Option<StreamId>>,
     /// The largest entry read so far, in bytes (bounds how many are read at once).
     largest_entry: AtomicUsize,
     settle: mpsc::UnboundedSender<Settle>,
@@ -740,7 +891,7 @@ impl Shared {
         self.in_flight().len() >= self.count.saturating_mul(4).max(64)
     }
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, IdSet> {
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -756,14 +907,14 @@ impl Shared {
         read_count(room, self.largest_entry.load(Ordering::Relaxed))
     }
 
-    fn delivery(&self, id: &str, fields: &[(Value, Value)], attempt: u32) -> Delivery {
-        self.in_flight().insert(id.to_string());
-        let (message, defect) = to_message(id, fields, &self.settings);
+    /// The delivery of an entry already counted in flight.
+    fn delivery(&self, id: StreamId, text: String, fields: Fields, attempt: u32) -> Delivery {
+        let (message, defect) = to_message(text, fields, &self.settings);
         let delivery = Delivery::new(
             message,
             attempt,
             Box::new(StreamAcker {
-                id: Some(id.to_string()),
+                id: Some(id),
                 attempt,
                 settle: self.settle.clone(),
             }),
@@ -780,23 +931,14 @@ impl Shared {
         let oldest_unsettled = self
             .in_flight()
             .iter()
-            .filter_map(|id| parse_id(id))
             .min()
-            .map(|oldest| predecessor(oldest).unwrap_or((0, 0)));
-        let position = self
-            .position
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_deref()
-            .and_then(parse_id);
+            .map(|oldest| oldest.predecessor().unwrap_or(StreamId::ZERO));
+        let position = *self.position.lock().unwrap_or_else(PoisonError::into_inner);
         let resume = match (oldest_unsettled, position) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        resume.map_or_else(
-            || self.group_start.to_string(),
-            |(ms, seq)| format!("{ms}-{seq}"),
-        )
+        resume.map_or_else(|| self.group_start.to_string(), |id| id.to_string())
     }
 
     async fn recreate_group(&self, connection: &mut ConnectionManager) {
@@ -844,13 +986,13 @@ impl Shared {
                         // Read after the subscription ended: no handler will see them
                         // here; released for the group's other members at once.
                         if let Ok(entries) = parse_read(reply, "XREADGROUP") {
-                            let mut ids: Vec<String> =
+                            let mut ids: Vec<StreamId> =
                                 entries.into_iter().map(|entry| entry.id).collect();
                             self.release(&mut reader, &mut ids).await;
                         }
                         return;
                     }
-                    let entries = match parse_read(reply, "XREADGROUP") {
+                    let mut entries = match parse_read(reply, "XREADGROUP") {
                         Ok(entries) => entries,
                         Err(error) => {
                             // Left pending: taken over after claim_idle.
@@ -860,13 +1002,26 @@ impl Shared {
                     };
                     if let Some(last) = entries.last() {
                         *self.position.lock().unwrap_or_else(PoisonError::into_inner) =
-                            Some(last.id.clone());
+                            Some(last.id);
                     }
                     self.note_sizes(&entries);
-                    // COUNT = batch, so every entry has its permit.
+                    // COUNT = batch, so every entry has its permit (one that had none
+                    // would stay pending, taken over after claim_idle).
+                    entries.truncate(batch);
+                    {
+                        // One lock for the whole batch, before any of it is handed over.
+                        let mut in_flight = self.in_flight();
+                        for entry in &entries {
+                            if entry.fields.is_some() {
+                                in_flight.insert(entry.id);
+                            }
+                        }
+                    }
                     for (permit, entry) in permits.zip(entries) {
-                        match &entry.fields {
-                            Some(fields) => permit.send(self.delivery(&entry.id, fields, 1)),
+                        match entry.fields {
+                            Some(fields) => {
+                                permit.send(self.delivery(entry.id, entry.text, fields, 1))
+                            }
                             // Deleted before it was read: nothing to hand over.
                             None => {
                                 let _ = self.settle.send(Settle::Ack(entry.id));
@@ -906,7 +1061,7 @@ impl Shared {
         let mut batch = Batch::default();
         // Handled entries whose XACK failed (Redis restarting, a failover): still in
         // flight (refreshed, never claimed here), acknowledged again at every tick.
-        let mut unacked: VecDeque<String> = VecDeque::new();
+        let mut unacked: VecDeque<StreamId> = VecDeque::new();
         let mut cursor = "0-0".to_string();
         // Whether `close` flushed this subscription, and since when it has ended.
         let mut closed = false;
@@ -973,14 +1128,14 @@ impl Shared {
     }
 
     /// Whether every entry still in flight is one whose XACK failed.
-    fn only_unacked_left(&self, unacked: &VecDeque<String>) -> bool {
-        let unacked: HashSet<&String> = unacked.iter().collect();
+    fn only_unacked_left(&self, unacked: &VecDeque<StreamId>) -> bool {
+        let unacked: IdSet = unacked.iter().copied().collect();
         self.in_flight().iter().all(|id| unacked.contains(id))
     }
 
     /// Stops holding `ids` (handled, not acknowledged): they stay pending and are
     /// delivered again after `claim_idle`.
-    fn give_up(&self, ids: impl Iterator<Item = String>, why: &'static str) {
+    fn give_up(&self, ids: impl Iterator<Item = StreamId>, why: &'static str) {
         let mut in_flight = self.in_flight();
         let mut count = 0usize;
         for id in ids {
@@ -1019,7 +1174,7 @@ impl Shared {
     /// stop, or dropped unsettled) claimable at once: their idle time becomes
     /// `claim_idle` (`XCLAIM ... IDLE`, no delivery counted), so the next `XAUTOCLAIM` of
     /// any member of the group takes them instead of waiting for `claim_idle`.
-    async fn release(&self, connection: &mut ConnectionManager, ids: &mut Vec<String>) {
+    async fn release(&self, connection: &mut ConnectionManager, ids: &mut Vec<StreamId>) {
         if ids.is_empty() {
             return;
         }
@@ -1053,8 +1208,8 @@ impl Shared {
     async fn ack(
         &self,
         connection: &mut ConnectionManager,
-        ids: &mut Vec<String>,
-        unacked: &mut VecDeque<String>,
+        ids: &mut Vec<StreamId>,
+        unacked: &mut VecDeque<StreamId>,
     ) {
         if ids.is_empty() {
             return;
@@ -1092,11 +1247,15 @@ impl Shared {
     }
 
     /// Acknowledges again what failed before (see [`Shared::ack`]).
-    async fn retry_acks(&self, connection: &mut ConnectionManager, unacked: &mut VecDeque<String>) {
+    async fn retry_acks(
+        &self,
+        connection: &mut ConnectionManager,
+        unacked: &mut VecDeque<StreamId>,
+    ) {
         if unacked.is_empty() {
             return;
         }
-        let mut ids: Vec<String> = unacked.drain(..).collect();
+        let mut ids: Vec<StreamId> = unacked.drain(..).collect();
         let count = ids.len();
         self.ack(connection, &mut ids, unacked).await;
         if unacked.is_empty() {
@@ -1106,7 +1265,7 @@ impl Shared {
 
     /// Claims one entry back to this consumer after a failed attempt (`XCLAIM`, min idle
     /// 0, which counts one more delivery) and delivers it again, ahead of new entries.
-    async fn redeliver(&self, id: String, attempt: u32, claims: mpsc::Sender<Delivery>) {
+    async fn redeliver(&self, id: StreamId, attempt: u32, claims: mpsc::Sender<Delivery>) {
         if claims.is_closed() {
             // The subscription ended while the entry waited: hand it to the group.
             let _ = self.settle.send(Settle::Release(id));
@@ -1118,14 +1277,14 @@ impl Shared {
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(0)
-            .arg(&id)
+            .arg(id)
             .query_async(&mut connection)
             .await;
         let entry = match claimed {
             Ok(reply) => match parse_entries(reply, "XCLAIM") {
                 Ok(entries) => entries.into_iter().next(),
                 Err(error) => {
-                    tracing::warn!(backend = KIND, %error, id, "unreadable XCLAIM reply; the entry stays pending");
+                    tracing::warn!(backend = KIND, %error, %id, "unreadable XCLAIM reply; the entry stays pending");
                     self.in_flight().remove(&id);
                     return;
                 }
@@ -1134,7 +1293,7 @@ impl Shared {
                 if is_no_group(&error) {
                     self.recreate_group(&mut connection).await;
                 }
-                tracing::warn!(backend = KIND, %error, id, "XCLAIM failed; the entry stays pending");
+                tracing::warn!(backend = KIND, %error, %id, "XCLAIM failed; the entry stays pending");
                 self.in_flight().remove(&id);
                 return;
             }
@@ -1142,11 +1301,13 @@ impl Shared {
         match entry {
             Some(RawEntry {
                 id,
+                text,
                 fields: Some(fields),
             }) => {
-                // A closed subscription drops the delivery, which releases the entry: it
-                // stays pending and is claimed again (here or by another consumer).
-                let _ = claims.send(self.delivery(&id, &fields, attempt)).await;
+                // Still in flight since its first delivery. A closed subscription drops
+                // the delivery, which releases the entry: it stays pending and is claimed
+                // again (here or by another consumer).
+                let _ = claims.send(self.delivery(id, text, fields, attempt)).await;
             }
             _ => {
                 // Trimmed or deleted meanwhile, or no longer pending (a recreated group
@@ -1155,7 +1316,7 @@ impl Shared {
                 let _ = redis::cmd("XACK")
                     .arg(&self.stream)
                     .arg(&self.group)
-                    .arg(&id)
+                    .arg(id)
                     .query_async::<i64>(&mut connection)
                     .await;
             }
@@ -1167,7 +1328,7 @@ impl Shared {
     /// takes them over while their handlers run. `XCLAIM ... 0 ... JUSTID` counts no
     /// delivery.
     async fn refresh(&self, connection: &mut ConnectionManager) {
-        let ids: Vec<String> = self.in_flight().iter().cloned().collect();
+        let ids: Vec<StreamId> = self.in_flight().iter().copied().collect();
         if ids.is_empty() {
             return;
         }
@@ -1246,15 +1407,16 @@ impl Shared {
         }
         let counts = self.delivery_counts(connection, &fresh).await;
         for entry in fresh {
-            let Some(fields) = &entry.fields else {
+            let Some(fields) = entry.fields else {
                 // Deleted (Redis 6.2 still lists it): nothing to deliver.
                 let _ = self.settle.send(Settle::Ack(entry.id));
                 continue;
             };
             // XAUTOCLAIM counted this delivery already.
             let attempt = counts.get(&entry.id).copied().unwrap_or(2);
+            self.in_flight().insert(entry.id);
             if claims
-                .try_send(self.delivery(&entry.id, fields, attempt))
+                .try_send(self.delivery(entry.id, entry.text, fields, attempt))
                 .is_err()
             {
                 // No room after all (a retry took it): the dropped delivery released
@@ -1270,9 +1432,9 @@ impl Shared {
         &self,
         connection: &mut ConnectionManager,
         entries: &[RawEntry],
-    ) -> HashMap<String, u32> {
-        let ids: Vec<(u64, u64)> = entries.iter().filter_map(|e| parse_id(&e.id)).collect();
-        let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
+    ) -> HashMap<StreamId, u32> {
+        let ids = entries.iter().map(|e| e.id);
+        let (Some(first), Some(last)) = (ids.clone().min(), ids.max()) else {
             return HashMap::new();
         };
         // Entries of this consumer in that range: the claimed ones, and at most every
@@ -1281,8 +1443,8 @@ impl Shared {
         let pending: Result<Value, RedisError> = redis::cmd("XPENDING")
             .arg(&self.stream)
             .arg(&self.group)
-            .arg(format!("{}-{}", first.0, first.1))
-            .arg(format!("{}-{}", last.0, last.1))
+            .arg(first)
+            .arg(last)
             .arg(limit)
             .arg(&self.consumer)
             .query_async(connection)
@@ -1294,7 +1456,7 @@ impl Shared {
         rows.into_iter()
             .filter_map(|row| {
                 let Value::Array(row) = row else { return None };
-                let id = text_of(row.first()?)?;
+                let id = StreamId::parse(&text_of(row.first()?)?)?;
                 let Value::Int(count) = row.get(3)? else {
                     return None;
                 };
@@ -1305,7 +1467,7 @@ impl Shared {
 }
 
 struct StreamAcker {
-    id: Option<String>,
+    id: Option<StreamId>,
     attempt: u32,
     settle: mpsc::UnboundedSender<Settle>,
 }
@@ -1423,8 +1585,8 @@ mod tests {
         ])]);
         let entries = parse_read(reply, "XREADGROUP").unwrap();
         let results: Vec<(Message, Option<String>)> = entries
-            .iter()
-            .map(|e| to_message(&e.id, e.fields.as_deref().unwrap(), &settings))
+            .into_iter()
+            .map(|e| to_message(e.text, e.fields.unwrap(), &settings))
             .collect();
         let (good, defect) = &results[0];
         assert_eq!(defect, &None);
@@ -1456,19 +1618,46 @@ mod tests {
         )]);
         let entries = parse_read(reply, "XREAD").unwrap();
         let (message, defect) = to_message(
-            &entries[0].id,
-            entries[0].fields.as_deref().unwrap(),
+            entries[0].text.clone(),
+            entries.into_iter().next().unwrap().fields.unwrap(),
             &settings,
         );
         assert_eq!((&message.payload[..], defect), (&b"x"[..], None));
+        // A name without a value, fields that are not a list: defective, kept whole.
+        let reply = Value::Array(vec![
+            entry("6-0", &[b"payload", b"x", b"lone"]),
+            Value::Array(vec![bulk(b"7-0"), Value::Int(1)]),
+        ]);
+        let entries = parse_entries(reply, "XRANGE").unwrap();
+        assert_eq!(entries.len(), 2);
+        for entry in entries {
+            let (raw, defect) = to_message(entry.text, entry.fields.unwrap(), &settings);
+            assert!(
+                defect
+                    .as_deref()
+                    .is_some_and(|d| d.contains("not a string")),
+                "{defect:?}"
+            );
+            assert_eq!(raw.headers.get(RAW_ENTRY_HEADER), Some(RAW_ENTRY_ENCODING));
+        }
         assert!(parse_read(Value::Nil, "XREAD").unwrap().is_empty());
         assert!(parse_read(Value::Int(3), "XREAD").is_err());
     }
 
     #[test]
     fn ids_step_back_and_reads_shrink_for_large_entries() {
-        assert_eq!(parse_id("1700-3"), Some((1700, 3)));
-        assert_eq!(parse_id("$"), None);
+        let id = |ms, seq| StreamId { ms, seq };
+        assert_eq!(StreamId::parse("1700-3"), Some(id(1700, 3)));
+        assert_eq!(StreamId::parse("$"), None);
+        assert_eq!(StreamId::parse("+1-2"), None);
+        assert_eq!(StreamId::parse("1-"), None);
+        assert_eq!(StreamId::parse("18446744073709551616-0"), None);
+        for id in [id(0, 0), id(1700, 3), id(u64::MAX, u64::MAX)] {
+            let mut buf = [0; 41];
+            assert_eq!(id.write(&mut buf), id.to_string().as_bytes());
+            assert_eq!(StreamId::parse(&id.to_string()), Some(id));
+        }
+        assert_eq!(id(1700, 0).predecessor(), Some(id(1699, u64::MAX)));
         assert_eq!(predecessor((1700, 3)), Some((1700, 2)));
         assert_eq!(predecessor((1700, 0)), Some((1699, u64::MAX)));
         assert_eq!(predecessor((0, 0)), None);
