@@ -44,18 +44,23 @@ fn reachable(port: u16) -> bool {
     transport_tests::require_broker(port, if port == 4222 { "nats" } else { "redis" })
 }
 
+/// An App running only `Shop::order`, on `config`.
+async fn start_shop(config: Config, tx: UnboundedSender<Seen>) -> Running {
+    App::new(config)
+        .select(|r| r.name == "Shop::order")
+        .service(Shop(tx))
+        .start()
+        .await
+        .unwrap_or_else(|error| panic!("the app starts: {error}"))
+}
+
 async fn start(kind: &str, prefix: &str, tx: UnboundedSender<Seen>) -> Running {
     init_tracing();
     let config = Config::from_toml(&format!(
         "[broker]\nkind = \"{kind}\"\ntopic_prefix = \"{prefix}\""
     ))
     .expect("config");
-    App::new(config)
-        .select(|r| r.name == "Shop::order")
-        .service(Shop(tx))
-        .start()
-        .await
-        .expect("app starts")
+    start_shop(config, tx).await
 }
 
 fn redis_cli(args: &[&str]) -> String {
@@ -350,12 +355,7 @@ async fn entries_a_dead_consumer_left_pending_are_taken_over() {
         "[broker]\nkind = \"redis-streams\"\ntopic_prefix = \"{prefix}\"\n[broker.redis]\nclaim_idle = \"300ms\"\nclaim_interval = \"100ms\""
     ))
     .expect("config");
-    let app = App::new(config)
-        .select(|r| r.name == "Shop::order")
-        .service(Shop(tx))
-        .start()
-        .await
-        .expect("app starts");
+    let app = start_shop(config, tx).await;
     let mut ids: Vec<u64> = receive(&mut rx, 2)
         .await
         .into_iter()
@@ -389,12 +389,7 @@ async fn jetstream_messages_a_dead_consumer_held_come_back_after_ack_wait() {
     };
     // The framework creates the stream and the group's durable consumer.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let first = App::new(config())
-        .select(|r| r.name == "Shop::order")
-        .service(Shop(tx.clone()))
-        .start()
-        .await
-        .expect("starts");
+    let first = start_shop(config(), tx.clone()).await;
     first.shutdown().await.unwrap();
 
     // Another member of the group takes two messages and dies without acknowledging.
@@ -421,12 +416,7 @@ async fn jetstream_messages_a_dead_consumer_held_come_back_after_ack_wait() {
     }
     assert_eq!(taken, 2, "the doomed member held both messages");
 
-    let second = App::new(config())
-        .select(|r| r.name == "Shop::order")
-        .service(Shop(tx))
-        .start()
-        .await
-        .expect("starts");
+    let second = start_shop(config(), tx).await;
     let mut ids: Vec<u64> = receive(&mut rx, 2)
         .await
         .into_iter()
@@ -722,12 +712,7 @@ async fn a_recreated_redis_group_resumes_where_it_was_not_at_the_newest_entry() 
         "[broker]\nkind = \"redis-streams\"\ntopic_prefix = \"{prefix}\"\n[broker.redis]\ngroup_start = \"latest\"\nclaim_idle = \"1s\"\nclaim_interval = \"100ms\""
     ))
     .expect("config");
-    let app = App::new(config)
-        .select(|r| r.name == "Shop::order")
-        .service(Shop(tx))
-        .start()
-        .await
-        .expect("app starts");
+    let app = start_shop(config, tx).await;
     let order = |id| Order {
         id,
         item: "x".into(),
@@ -1363,12 +1348,7 @@ mod nats_hardening {
         ))
         .expect("config");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let app = App::new(config)
-            .select(|r| r.name == "Shop::order")
-            .service(Shop(tx))
-            .start()
-            .await
-            .expect("starts");
+        let app = start_shop(config, tx).await;
         app.publisher()
             .publish(
                 "interop.orders",
@@ -1426,12 +1406,7 @@ mod nats_hardening {
         let id = unique("interop");
         let prefix = format!("{id}.");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let app = App::new(config(&prefix, "jetstream", ""))
-            .select(|r| r.name == "Shop::order")
-            .service(Shop(tx))
-            .start()
-            .await
-            .expect("starts");
+        let app = start_shop(config(&prefix, "jetstream", ""), tx).await;
         tokio::time::sleep(Duration::from_secs(13)).await;
         let order = Order {
             id: 5,
@@ -1457,12 +1432,7 @@ mod nats_hardening {
         let id = unique("interop");
         let prefix = format!("{id}.");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let app = App::new(config(&prefix, "jetstream", ""))
-            .select(|r| r.name == "Shop::order")
-            .service(Shop(tx))
-            .start()
-            .await
-            .expect("starts");
+        let app = start_shop(config(&prefix, "jetstream", ""), tx).await;
         let order = |id| Order {
             id,
             item: "kale".into(),
@@ -2051,12 +2021,7 @@ mod nats_hardening {
         let id = unique("interop");
         let prefix = format!("{id}.");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let app = App::new(config(&prefix, "jetstream", ""))
-            .select(|r| r.name == "Shop::order")
-            .service(Shop(tx))
-            .start()
-            .await
-            .expect("starts");
+        let app = start_shop(config(&prefix, "jetstream", ""), tx).await;
         let order = |id| Order {
             id,
             item: "plums".into(),

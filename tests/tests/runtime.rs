@@ -985,12 +985,8 @@ mod full_queue {
 
 mod settling_panics {
     use super::*;
-    use futures_util::StreamExt;
-    use futures_util::future::{BoxFuture, FutureExt};
-    use std::sync::Mutex;
-    use transport::backend::{
-        Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec,
-    };
+    use transport::backend::{Acknowledge, Delivery};
+    use transport_tests::scripted::{Scripted, Settled};
 
     pub struct Seen(pub UnboundedSender<u32>);
 
@@ -1013,66 +1009,18 @@ mod settling_panics {
         }
     }
 
-    struct RecordingAcker(UnboundedSender<&'static str>);
-    impl Acknowledge for RecordingAcker {
-        fn ack(self: Box<Self>) {
-            let _ = self.0.send("ack");
-        }
-        fn nack(self: Box<Self>, _delay: Duration) {
-            let _ = self.0.send("nack");
-        }
-    }
-
-    /// A backend that hands out two prepared deliveries.
-    struct Scripted(Mutex<Vec<Delivery>>);
-
-    impl Backend for Scripted {
-        fn kind(&self) -> &'static str {
-            "scripted"
-        }
-        fn capabilities(&self) -> Capabilities {
-            Capabilities {
-                groups: false,
-                persistence: false,
-                ordering: true,
-                at_least_once: true,
-                native_redelivery: true,
-                headers: true,
-                keys: true,
-            }
-        }
-        fn publish<'a>(
-            &'a self,
-            _topic: &'a str,
-            _message: Message,
-        ) -> BoxFuture<'a, Result<(), transport::BackendError>> {
-            async { Ok(()) }.boxed()
-        }
-        fn subscribe<'a>(
-            &'a self,
-            _spec: &'a SubscriptionSpec,
-        ) -> BoxFuture<'a, Result<Subscription, transport::BackendError>> {
-            let deliveries = std::mem::take(&mut *self.0.lock().unwrap());
-            async move {
-                Ok(futures_util::stream::iter(deliveries)
-                    .chain(futures_util::stream::pending())
-                    .boxed())
-            }
-            .boxed()
-        }
-        fn close(&self) -> BoxFuture<'_, Result<(), transport::BackendError>> {
-            async { Ok(()) }.boxed()
-        }
-    }
-
     #[tokio::test]
     async fn a_backend_panicking_while_settling_does_not_stop_the_subscriber() {
         init_tracing();
-        let (acks, mut acks_rx) = mpsc::unbounded_channel();
-        let backend = Scripted(Mutex::new(vec![
-            Delivery::new(Message::new(&b"1"[..]), 1, Box::new(PanickingAcker)),
-            Delivery::new(Message::new(&b"2"[..]), 1, Box::new(RecordingAcker(acks))),
-        ]));
+        let (backend, mut settled) = Scripted::new(true);
+        let second = backend.delivery("2", 1);
+        let backend = backend.script(
+            vec![
+                Delivery::new(Message::new(&b"1"[..]), 1, Box::new(PanickingAcker)),
+                second,
+            ],
+            false,
+        );
         let (tx, mut rx) = mpsc::unbounded_channel();
         let app = App::new(memory_config(""))
             .select_module(module_path!())
@@ -1086,7 +1034,7 @@ mod settling_panics {
             [1, 2],
             "the second delivery is still handled"
         );
-        assert_eq!(receive(&mut acks_rx, 1).await, ["ack"]);
+        assert_eq!(receive(&mut settled, 1).await, [Settled::Ack("2".into())]);
         app.shutdown().await.unwrap();
     }
 }
