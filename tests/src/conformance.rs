@@ -505,6 +505,22 @@ async fn quiet_for_slow(rx: &mut UnboundedReceiver<Event>, done: &mut BTreeSet<u
     }
 }
 
+/// A private broker process for a case that kills it; `None` (skipped, with the reason)
+/// where one cannot start, which fails the test in CI.
+fn private_broker(server: Server) -> Option<PrivateBroker> {
+    match PrivateBroker::start(server) {
+        Ok(broker) => Some(broker),
+        Err(reason) => {
+            assert!(
+                !crate::in_ci(),
+                "cannot start a private broker in CI: {reason}"
+            );
+            eprintln!("SKIPPED: {reason}");
+            None
+        }
+    }
+}
+
 /// Asserts no further event arrives for `quiet`.
 pub async fn quiet(rx: &mut UnboundedReceiver<Event>, quiet: Duration) {
     if let Ok(Some(event)) = tokio::time::timeout(quiet, rx.recv()).await {
@@ -1215,16 +1231,8 @@ pub mod cases {
         let Some(server) = target.server else {
             return;
         };
-        let mut broker = match PrivateBroker::start(server) {
-            Ok(broker) => broker,
-            Err(reason) => {
-                assert!(
-                    !crate::in_ci(),
-                    "cannot start a private broker in CI: {reason}"
-                );
-                eprintln!("SKIPPED: {reason}");
-                return;
-            }
+        let Some(mut broker) = private_broker(server) else {
+            return;
         };
         let run = Run::at(target, Some(broker.url()));
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -1335,16 +1343,8 @@ pub mod cases {
         let Some(server) = target.server else {
             return;
         };
-        let mut broker = match PrivateBroker::start(server) {
-            Ok(broker) => broker,
-            Err(reason) => {
-                assert!(
-                    !crate::in_ci(),
-                    "cannot start a private broker in CI: {reason}"
-                );
-                eprintln!("SKIPPED: {reason}");
-                return;
-            }
+        let Some(mut broker) = private_broker(server) else {
+            return;
         };
         let run = Run::at(target, Some(broker.url()));
         let (tx, mut rx) = mpsc::unbounded_channel();

@@ -117,42 +117,23 @@ impl App {
     /// assert!(app.check().is_ok());
     /// ```
     pub fn check(&self) -> Result<(), Error> {
-        let kind: &'static str = backend::KINDS
-            .iter()
-            .find(|(name, _, _)| *name == self.config.broker.kind)
-            .map_or("broker", |(name, _, _)| name);
-        match &self.backend {
-            Some(backend) => self.prepare(&|topic| backend.validate_topic(topic)),
-            None => self.prepare(&|topic| backend::check_topic(kind, topic)),
-        }
-        .map(drop)
+        self.prepare().map(drop)
     }
 
-    fn dead_letter_topic(&self, registration: &Registration) -> String {
-        self.config
-            .subscriber(registration.name)
-            .dead_letter
-            .replace("{topic}", registration.topic)
-    }
-
-    /// The checks shared by [`App::check`] and [`App::start`]; the bound handlers.
-    /// Topics are checked with `validate_topic` (the backend's rule once connected, the
-    /// portable rule offline).
-    fn prepare(
+    /// Every subscribed, dead-letter and reply topic `validate_topic` refuses.
+    fn topic_errors(
         &self,
+        registrations: &[&'static Registration],
         validate_topic: &dyn Fn(&str) -> Result<(), crate::error::BackendError>,
-    ) -> Result<Vec<(&'static Registration, HandlerFn)>, Error> {
-        self.config.validate()?;
-        if self.backend.is_none() {
-            backend::check_kind(&self.config.broker.kind)?;
-        }
-        let registrations = self.registrations();
+    ) -> Vec<StartupError> {
         let mut errors = Vec::new();
-        for registration in &registrations {
-            let dead_letter = self.dead_letter_topic(registration);
+        for registration in registrations {
             let topics = [
                 ("topic", Some(registration.topic.to_string())),
-                ("dead-letter topic", Some(dead_letter)),
+                (
+                    "dead-letter topic",
+                    Some(self.dead_letter_topic(registration)),
+                ),
                 ("reply topic", registration.reply.map(str::to_string)),
             ];
             for (role, topic) in topics {
@@ -168,6 +149,35 @@ impl App {
                 }
             }
         }
+        errors
+    }
+
+    fn dead_letter_topic(&self, registration: &Registration) -> String {
+        self.config
+            .subscriber(registration.name)
+            .dead_letter
+            .replace("{topic}", registration.topic)
+    }
+
+    /// The checks shared by [`App::check`] and [`App::start`], all before connecting;
+    /// the bound handlers. Topics are checked with the given backend's rule, else with
+    /// the portable one ([`App::start`] checks them again with the backend it connects).
+    fn prepare(&self) -> Result<Vec<(&'static Registration, HandlerFn)>, Error> {
+        self.config.validate()?;
+        if self.backend.is_none() {
+            backend::check_kind(&self.config.broker.kind)?;
+        }
+        let registrations = self.registrations();
+        let mut errors = match &self.backend {
+            Some(backend) => self.topic_errors(&registrations, &|t| backend.validate_topic(t)),
+            None => {
+                let kind: &'static str = backend::KINDS
+                    .iter()
+                    .find(|(name, _, _)| *name == self.config.broker.kind)
+                    .map_or("broker", |(name, _, _)| name);
+                self.topic_errors(&registrations, &|t| backend::check_topic(kind, t))
+            }
+        };
         for name in self.config.subscribers.keys() {
             if !registrations
                 .iter()
@@ -200,16 +210,19 @@ impl App {
     /// subscriptions are in place; the returned handle publishes and shuts down.
     pub async fn start(self) -> Result<Running, Error> {
         // everything that can be checked offline, before connecting
-        self.check()?;
+        let bound = self.prepare()?;
         let backend = match &self.backend {
             Some(backend) => Arc::clone(backend),
-            None => backend::connect(&self.config.broker).await?,
-        };
-        let bound = match self.prepare(&|topic| backend.validate_topic(topic)) {
-            Ok(bound) => bound,
-            Err(error) => {
-                self.close_within(&backend).await;
-                return Err(error);
+            None => {
+                let backend = backend::connect(&self.config.broker).await?;
+                // the connected backend's own topic rule (it may be stricter)
+                let registrations: Vec<_> = bound.iter().map(|(r, _)| *r).collect();
+                let errors = self.topic_errors(&registrations, &|t| backend.validate_topic(t));
+                if let Some(error) = StartupError::from_all(errors) {
+                    self.close_within(&backend).await;
+                    return Err(error.into());
+                }
+                backend
             }
         };
         let capabilities = backend.capabilities();
@@ -262,19 +275,15 @@ impl App {
                 backend = backend.kind(),
                 "subscribed"
             );
-            let topic: Arc<str> = Arc::from(registration.topic);
-            let group: Option<Arc<str>> = group.map(Arc::from);
             let info = Arc::new(SubscriptionInfo {
-                topic: Arc::clone(&topic),
-                group: group.clone(),
+                topic: Arc::from(registration.topic),
+                group: group.map(Arc::from),
                 subscriber: registration.name,
                 publisher: publisher.clone(),
             });
             let dispatcher = Dispatcher {
                 registration,
                 handler,
-                topic,
-                group,
                 info,
                 concurrency: settings.concurrency,
                 dead_letter_topic: settings.dead_letter.replace("{topic}", registration.topic),
@@ -283,7 +292,6 @@ impl App {
                 handler_timeout: settings.handler_timeout,
                 max_message_bytes: self.config.broker.max_message_bytes,
                 capabilities,
-                publisher: publisher.clone(),
                 backend: Arc::clone(&backend),
                 spec,
                 dead_letters: dead_letters.clone(),

@@ -19,7 +19,6 @@ use crate::backend::{Backend, Capabilities, Delivery, Subscription, Subscription
 use crate::context::{Context, SubscriptionInfo};
 use crate::dead_letter::{self, DeadLetters, Reason};
 use crate::error::{BackendError, Error, PublishError};
-use crate::publisher::Publisher;
 use crate::registry::{HandlerFn, Outcome, Registration};
 
 pub use crate::config::RetryPolicy;
@@ -31,8 +30,6 @@ pub use crate::dead_letter::headers;
 pub(crate) struct Dispatcher {
     pub registration: &'static Registration,
     pub handler: HandlerFn,
-    pub topic: Arc<str>,
-    pub group: Option<Arc<str>>,
     pub concurrency: usize,
     pub retry: RetryPolicy,
     /// Retry in place (never through the broker), so nothing overtakes a failing message.
@@ -42,11 +39,10 @@ pub(crate) struct Dispatcher {
     pub max_message_bytes: usize,
     pub dead_letter_topic: String,
     pub capabilities: Capabilities,
-    pub publisher: Publisher,
     pub backend: Arc<dyn Backend>,
     pub spec: SubscriptionSpec,
     pub dead_letters: DeadLetters,
-    /// What each delivery's `Context` shares.
+    /// Topic, group and publisher: what each delivery's `Context` shares.
     pub info: Arc<SubscriptionInfo>,
 }
 
@@ -313,7 +309,7 @@ impl Dispatcher {
             let defect = defect.to_string();
             tracing::error!(
                 subscriber = self.registration.name,
-                topic = &*self.topic,
+                topic = &*self.info.topic,
                 message_id = delivery.message.id.as_deref(),
                 dead_letter = %self.dead_letter_topic,
                 %defect,
@@ -331,7 +327,7 @@ impl Dispatcher {
             );
             tracing::error!(
                 subscriber = self.registration.name,
-                topic = &*self.topic,
+                topic = &*self.info.topic,
                 message_id = delivery.message.id.as_deref(),
                 dead_letter = %self.dead_letter_topic,
                 "{error}; dead-lettering it undecoded"
@@ -356,7 +352,7 @@ impl Dispatcher {
                 Ok(Ok(Outcome::Undecodable(error))) => {
                     tracing::error!(
                         subscriber = self.registration.name,
-                        topic = &*self.topic,
+                        topic = &*self.info.topic,
                         message_id = delivery.message.id.as_deref(),
                         dead_letter = %self.dead_letter_topic,
                         %error,
@@ -373,7 +369,7 @@ impl Dispatcher {
             if attempt >= self.retry.max_attempts {
                 tracing::warn!(
                     subscriber = self.registration.name,
-                    topic = &*self.topic,
+                    topic = &*self.info.topic,
                     attempt,
                     error = %failure.describe(),
                     "giving up; dead-lettering"
@@ -431,9 +427,9 @@ impl Dispatcher {
             kind,
             error,
             attempts,
-            topic: &self.topic,
+            topic: &self.info.topic,
             subscriber: self.registration.name,
-            group: self.group.as_deref(),
+            group: self.info.group.as_deref(),
         };
         let mut letter = dead_letter::letter(
             &delivery.message,
@@ -444,6 +440,7 @@ impl Dispatcher {
         let mut failures = 0u32;
         loop {
             let published = self
+                .info
                 .publisher
                 .publish_dead_letter(&self.dead_letter_topic, letter.clone())
                 .await;
