@@ -554,7 +554,9 @@ mod replies {
             .send(&6)
             .await
             .unwrap();
-        let got = replies.wait_for(2, PATIENCE).await;
+        // published without an id: the publisher gives it one, so the reply names it
+        app.publisher().publish("dl.request", &7).await.unwrap();
+        let got = replies.wait_for(3, PATIENCE).await;
         let first = got
             .iter()
             .find(|m| &m.payload[..] == b"5")
@@ -572,6 +574,15 @@ mod replies {
             second.headers.get("correlation-id"),
             Some("msg-2"),
             "without a correlation id, the request's message id"
+        );
+        let third = got
+            .iter()
+            .find(|m| &m.payload[..] == b"7")
+            .expect("reply to 7");
+        let correlation = third.headers.get("correlation-id");
+        assert!(
+            correlation.is_some_and(transport::is_generated_id),
+            "a request published without an id is still correlated: {correlation:?}"
         );
         app.shutdown().await.unwrap();
     }
