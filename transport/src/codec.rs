@@ -77,10 +77,37 @@ impl Codec for Json {
 
 impl<T: Serialize + ?Sized> Encoder<T> for Json {
     fn encode(value: &T) -> Result<Bytes, CodecError> {
-        serde_json::to_vec(value)
-            .map(Bytes::from)
+        with_scratch(|buffer| serde_json::to_writer(buffer, value))
             .map_err(|e| CodecError::new(Self::NAME, e))
     }
+}
+
+/// Encodes into a buffer kept per thread, then copies the result into a payload of
+/// exactly its size: one allocation per message (an encoder writing into a fresh `Vec`
+/// grows it, and turning a `Vec` whose capacity exceeds its length into `Bytes` adds a
+/// second allocation for the shared header).
+fn with_scratch<E>(encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Bytes, E> {
+    use std::cell::RefCell;
+    /// Buffers that grew past this are not kept (one huge message does not pin memory).
+    const KEEP: usize = 64 * 1024;
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            let encoded = encode(&mut buffer).map(|()| Bytes::copy_from_slice(&buffer));
+            if buffer.capacity() > KEEP {
+                *buffer = Vec::new();
+            }
+            encoded
+        }
+        // an encoder that encodes while encoding (a `Serialize` impl publishing, say)
+        Err(_) => {
+            let mut buffer = Vec::new();
+            encode(&mut buffer).map(|()| Bytes::from(buffer))
+        }
+    })
 }
 
 impl<T: DeserializeOwned> Decoder<T> for Json {
@@ -100,9 +127,10 @@ impl Codec for MsgPack {
 
 impl<T: Serialize + ?Sized> Encoder<T> for MsgPack {
     fn encode(value: &T) -> Result<Bytes, CodecError> {
-        rmp_serde::to_vec_named(value)
-            .map(Bytes::from)
-            .map_err(|e| CodecError::new(Self::NAME, e))
+        with_scratch(|buffer| {
+            value.serialize(&mut rmp_serde::Serializer::new(buffer).with_struct_map())
+        })
+        .map_err(|e| CodecError::new(Self::NAME, e))
     }
 }
 

@@ -15,9 +15,12 @@ pub const CONTENT_TYPE: &str = "content-type";
 /// headers.insert("trace-id", "abc");
 /// assert_eq!(headers.get("trace-id"), Some("abc"));
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Headers {
-    /// Names and values the framework sets (`content-type`...) are borrowed, not copied.
+    /// A header the framework sets from constants (the codec's `content-type`), held
+    /// without an allocation; it comes first in iteration.
+    fixed: Option<(&'static str, &'static str)>,
+    /// Every other header, in insertion order.
     entries: Vec<(Cow<'static, str>, Cow<'static, str>)>,
 }
 
@@ -25,37 +28,60 @@ impl Headers {
     /// No headers.
     pub const fn new() -> Self {
         Headers {
+            fixed: None,
             entries: Vec::new(),
         }
     }
 
     /// The value of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_ref())
+        match self.fixed {
+            Some((fixed, value)) if fixed == name => Some(value),
+            _ => self
+                .entries
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_ref()),
+        }
     }
 
     /// Sets `name` to `value`, replacing a previous value.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.set(Cow::Owned(name.into()), Cow::Owned(value.into()));
-    }
-
-    /// Sets a header whose name and value live for the whole program, copying nothing.
-    pub(crate) fn insert_static(&mut self, name: &'static str, value: &'static str) {
-        self.set(Cow::Borrowed(name), Cow::Borrowed(value));
-    }
-
-    fn set(&mut self, name: Cow<'static, str>, value: Cow<'static, str>) {
-        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+        let name = name.into();
+        if self.fixed.is_some_and(|(fixed, _)| fixed == name) {
+            self.fixed = None;
+        }
+        let value = Cow::Owned(value.into());
+        match self.entries.iter_mut().find(|(n, _)| *n == *name) {
             Some(entry) => entry.1 = value,
-            None => self.entries.push((name, value)),
+            None => self.entries.push((Cow::Owned(name), value)),
+        }
+    }
+
+    /// Sets a header whose name and value live for the whole program, copying nothing
+    /// (and allocating nothing when it is the only such header).
+    pub(crate) fn insert_static(&mut self, name: &'static str, value: &'static str) {
+        if let Some(entry) = self.entries.iter_mut().find(|(n, _)| n == name) {
+            entry.1 = Cow::Borrowed(value);
+            return;
+        }
+        match self.fixed {
+            Some((fixed, _)) if fixed != name => {
+                self.entries
+                    .push((Cow::Borrowed(name), Cow::Borrowed(value)));
+            }
+            _ => self.fixed = Some((name, value)),
         }
     }
 
     /// Removes `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
+        if let Some((fixed, value)) = self.fixed
+            && fixed == name
+        {
+            self.fixed = None;
+            return Some(value.to_string());
+        }
         let index = self.entries.iter().position(|(n, _)| n == name)?;
         Some(self.entries.remove(index).1.into_owned())
     }
@@ -65,21 +91,33 @@ impl Headers {
         self.get(name).is_some()
     }
 
-    /// Every header, in insertion order.
+    /// Every header: the framework's content type first, then the others in insertion
+    /// order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
+        self.fixed
+            .into_iter()
+            .chain(self.entries.iter().map(|(n, v)| (n.as_ref(), v.as_ref())))
     }
 
     /// How many headers there are.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + usize::from(self.fixed.is_some())
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
+
+/// Equal when the same names carry the same values in the same order.
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
@@ -181,5 +219,62 @@ impl Message {
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_framework_header_is_held_inline_and_behaves_like_any_other() {
+        let mut headers = Headers::new();
+        headers.insert("trace-id", "t-1");
+        headers.insert_static(CONTENT_TYPE, "application/json");
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers.get(CONTENT_TYPE), Some("application/json"));
+        // iteration: the framework's header first, then the others in insertion order
+        let all: Vec<_> = headers.iter().collect();
+        assert_eq!(
+            all,
+            [(CONTENT_TYPE, "application/json"), ("trace-id", "t-1")]
+        );
+
+        // a user's value replaces it, once
+        headers.insert(CONTENT_TYPE, "text/csv");
+        assert_eq!(headers.get(CONTENT_TYPE), Some("text/csv"));
+        assert_eq!(headers.len(), 2);
+        // and a later framework value replaces the user's in place
+        headers.insert_static(CONTENT_TYPE, "application/msgpack");
+        assert_eq!(headers.get(CONTENT_TYPE), Some("application/msgpack"));
+        assert_eq!(headers.len(), 2);
+
+        assert_eq!(
+            headers.remove(CONTENT_TYPE).as_deref(),
+            Some("application/msgpack")
+        );
+        assert!(!headers.contains(CONTENT_TYPE));
+        assert_eq!(headers.len(), 1);
+
+        // a second static header goes with the others
+        let mut two = Headers::new();
+        two.insert_static("a", "1");
+        two.insert_static("b", "2");
+        assert_eq!(two.iter().collect::<Vec<_>>(), [("a", "1"), ("b", "2")]);
+        two.insert_static("a", "3");
+        assert_eq!(two.get("a"), Some("3"));
+        assert_eq!(two.len(), 2);
+    }
+
+    #[test]
+    fn headers_are_equal_by_what_they_hold() {
+        let mut inline = Headers::new();
+        inline.insert_static(CONTENT_TYPE, "application/json");
+        let mut owned = Headers::new();
+        owned.insert(CONTENT_TYPE, "application/json");
+        assert_eq!(inline, owned);
+        owned.insert("x", "1");
+        assert_ne!(inline, owned);
+        assert_eq!(Headers::new(), Headers::default());
     }
 }
