@@ -219,7 +219,7 @@ async fn fill_stream(stream: &str, n: u64) {
                 .arg("content-type")
                 .arg("application/json")
                 .arg("message-id")
-                .arg(transport::message_id())
+                .arg(transport::message_id().as_str())
                 .ignore();
         }
         let _: () = pipe

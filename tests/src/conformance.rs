@@ -556,11 +556,7 @@ impl transport::backend::Backend for FailingDeadLetters {
     fn capabilities(&self) -> transport::backend::Capabilities {
         self.inner.capabilities()
     }
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        message: Message,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), transport::BackendError>> {
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> transport::backend::Publish<'a> {
         use std::sync::atomic::Ordering;
         let fail = topic == self.topic
             && self
@@ -568,13 +564,11 @@ impl transport::backend::Backend for FailingDeadLetters {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
         if fail {
-            return Box::pin(async {
-                Err(transport::BackendError::Operation {
-                    backend: "test",
-                    operation: "publish",
-                    reason: "injected dead-letter failure".into(),
-                })
-            });
+            return transport::backend::Publish::ready(Err(transport::BackendError::Operation {
+                backend: "test",
+                operation: "publish",
+                reason: "injected dead-letter failure".into(),
+            }));
         }
         self.inner.publish(topic, message)
     }

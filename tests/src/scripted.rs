@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use transport::backend::{
-    Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec,
+    Acknowledge, Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec,
 };
 use transport::{BackendError, Message};
 
@@ -144,11 +144,7 @@ impl Backend for Scripted {
         }
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        message: Message,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
         let fail = {
             let mut failures = self
                 .failures
@@ -177,14 +173,11 @@ impl Backend for Scripted {
         if let Some(limit) = limit
             && size > limit
         {
-            return async move {
-                Err(BackendError::TooLarge {
-                    backend: "scripted",
-                    size,
-                    limit,
-                })
-            }
-            .boxed();
+            return Publish::ready(Err(BackendError::TooLarge {
+                backend: "scripted",
+                size,
+                limit,
+            }));
         }
         if !fail {
             self.published
@@ -192,18 +185,15 @@ impl Backend for Scripted {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push((topic.to_string(), message));
         }
-        async move {
-            if fail {
-                Err(BackendError::Operation {
-                    backend: "scripted",
-                    operation: "publish",
-                    reason: "scripted failure".into(),
-                })
-            } else {
-                Ok(())
-            }
-        }
-        .boxed()
+        Publish::ready(if fail {
+            Err(BackendError::Operation {
+                backend: "scripted",
+                operation: "publish",
+                reason: "scripted failure".into(),
+            })
+        } else {
+            Ok(())
+        })
     }
 
     fn subscribe<'a>(

@@ -1126,7 +1126,7 @@ mod nats_hardening {
             .expect("a producer's own id seen again is an idempotent retry: a success");
         for generated in [
             transport::message_id(),
-            format!("dlq-{}", transport::message_id()),
+            format!("dlq-{}", transport::message_id()).into(),
         ] {
             assert!(transport::is_generated_id(&generated));
             app.publisher()

@@ -114,7 +114,7 @@ fn header_bytes(message: &Message) -> usize {
             .map(|(n, v)| n.len() + v.len() + 4)
             .sum::<usize>()
         + message.key.as_ref().map_or(0, String::len)
-        + message.id.as_ref().map_or(0, String::len)
+        + message.id.as_ref().map_or(0, |id| id.len())
 }
 
 /// Fits an already built letter under a lower `limit` a broker reported; `false` when it
@@ -157,8 +157,8 @@ fn fit(message: &mut Message, limit: usize) {
 }
 
 /// A dead letter's own id.
-fn new_id() -> String {
-    format!("dlq-{}", crate::message::message_id())
+fn new_id() -> crate::message::MessageId {
+    format!("dlq-{}", crate::message::message_id()).into()
 }
 
 /// An error message as a header value: one line (CR/LF and other control characters

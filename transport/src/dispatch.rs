@@ -8,6 +8,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -258,10 +259,22 @@ impl Dispatcher {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
-            let delivery = tokio::select! {
-                biased;
-                _ = &mut cancelled => return,
-                delivery = source.next() => delivery,
+            // shutdown first; its future (a lock to register) is only polled when no
+            // delivery is ready, the flag read otherwise
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let delivery = {
+                let next = source.next();
+                tokio::pin!(next);
+                match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+                    Poll::Ready(delivery) => delivery,
+                    Poll::Pending => tokio::select! {
+                        biased;
+                        _ = &mut cancelled => return,
+                        delivery = &mut next => delivery,
+                    },
+                }
             };
             let work = self.guarded(delivery, &shutdown);
             tokio::pin!(work);
@@ -343,8 +356,15 @@ impl Dispatcher {
                 attempt,
                 reply_headers: Default::default(),
             };
-            let run = AssertUnwindSafe((self.handler)(context)).catch_unwind();
-            let failure = match tokio::time::timeout(self.handler_timeout, run).await {
+            let mut run = std::pin::pin!(AssertUnwindSafe((self.handler)(context)).catch_unwind());
+            // the timer (a clock read, a timer entry) only for a handler that does not
+            // finish on its first poll
+            let finished = match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await
+            {
+                Poll::Ready(result) => Ok(result),
+                Poll::Pending => tokio::time::timeout(self.handler_timeout, run).await,
+            };
+            let failure = match finished {
                 Ok(Ok(Outcome::Handled)) => {
                     delivery.ack();
                     return;

@@ -47,7 +47,7 @@ pub use error::{
     StartupError,
 };
 pub use message::{
-    CONTENT_TYPE, GENERATED_ID_PREFIX, Headers, Message, is_generated_id, message_id,
+    CONTENT_TYPE, GENERATED_ID_PREFIX, Headers, Message, MessageId, is_generated_id, message_id,
 };
 pub use publisher::{CORRELATION_ID, Destination, Outgoing, Publisher, TypedOutgoing};
 pub use topic::Topic;

@@ -132,10 +132,168 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
 /// What every id [`message_id`] makes begins with.
 pub const GENERATED_ID_PREFIX: &str = "tp-";
 
+/// A message id. Ids of up to 46 bytes (every id [`message_id`] makes, and most
+/// brokers' and producers' ids) are held inline, without an allocation; it reads as a
+/// `&str` (`Deref`), compares with strings, and converts from `String` and `&str`.
+///
+/// ```
+/// let id = transport::MessageId::from("order-7");
+/// assert_eq!(id, "order-7");
+/// assert_eq!(id.len(), 7);
+/// assert_eq!(id.to_string(), "order-7");
+/// ```
+#[derive(Clone)]
+pub struct MessageId(IdRepr);
+
+#[derive(Clone)]
+enum IdRepr {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Heap(Box<str>),
+}
+
+/// The longest id held inline (a generated id is at most 45 bytes).
+const INLINE_ID: usize = 46;
+
+impl MessageId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // the bytes were copied from a `&str`, whole
+            IdRepr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            IdRepr::Heap(text) => text,
+        }
+    }
+
+    fn inline(parts: &[&[u8]]) -> Option<Self> {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        if len > INLINE_ID {
+            return None;
+        }
+        let mut bytes = [0u8; INLINE_ID];
+        let mut at = 0;
+        for part in parts {
+            bytes[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        Some(MessageId(IdRepr::Inline {
+            len: u8::try_from(len).ok()?,
+            bytes,
+        }))
+    }
+}
+
+impl std::ops::Deref for MessageId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for MessageId {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for MessageId {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for MessageId {
+    fn from(id: &str) -> Self {
+        MessageId::inline(&[id.as_bytes()]).unwrap_or_else(|| MessageId(IdRepr::Heap(id.into())))
+    }
+}
+
+impl From<&String> for MessageId {
+    fn from(id: &String) -> Self {
+        MessageId::from(id.as_str())
+    }
+}
+
+impl From<String> for MessageId {
+    fn from(id: String) -> Self {
+        MessageId::inline(&[id.as_bytes()])
+            .unwrap_or_else(|| MessageId(IdRepr::Heap(id.into_boxed_str())))
+    }
+}
+
+impl From<&MessageId> for MessageId {
+    fn from(id: &MessageId) -> Self {
+        id.clone()
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> Self {
+        id.as_str().to_string()
+    }
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for MessageId {}
+
+impl PartialEq<str> for MessageId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for MessageId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for MessageId {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl std::hash::Hash for MessageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for MessageId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for MessageId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A new message id: [`GENERATED_ID_PREFIX`], a part made once per process (start time
 /// and pid, so ids of different processes differ) and a counter. What the publisher
 /// gives every message published without an id, so replies and dead letters can always
-/// name their original.
+/// name their original. Held inline: making one allocates nothing.
 ///
 /// ```
 /// let (a, b) = (transport::message_id(), transport::message_id());
@@ -143,7 +301,7 @@ pub const GENERATED_ID_PREFIX: &str = "tp-";
 /// assert!(transport::is_generated_id(&a));
 /// assert!(!transport::is_generated_id("order-7"));
 /// ```
-pub fn message_id() -> String {
+pub fn message_id() -> MessageId {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     static PREFIX: OnceLock<String> = OnceLock::new();
@@ -151,7 +309,7 @@ pub fn message_id() -> String {
     let prefix = PREFIX.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+            .map_or(0, |d| d.as_nanos() as u64);
         format!("{GENERATED_ID_PREFIX}{nanos:x}-{:x}-", std::process::id())
     });
     // the counter in hex, without the formatting machinery (this runs on every publish)
@@ -166,12 +324,12 @@ pub fn message_id() -> String {
             break;
         }
     }
-    let mut id = String::with_capacity(prefix.len() + digits.len() - at);
-    id.push_str(prefix);
-    for &digit in &digits[at..] {
-        id.push(char::from(digit));
-    }
-    id
+    // at most 3 + 16 + 1 + 8 + 1 + 16 = 45 bytes: always inline
+    MessageId::inline(&[prefix.as_bytes(), &digits[at..]]).unwrap_or_else(|| {
+        let mut id = prefix.clone();
+        id.extend(digits[at..].iter().map(|&digit| char::from(digit)));
+        MessageId::from(id)
+    })
 }
 
 /// Whether `id` was made by the framework ([`message_id`], dead letters), not given by a
@@ -194,7 +352,7 @@ pub struct Message {
     /// Partitioning / ordering key, where the broker has one.
     pub key: Option<String>,
     /// Broker-assigned or producer-assigned message id.
-    pub id: Option<String>,
+    pub id: Option<MessageId>,
     /// A broker-native reply address the sender is waiting on (a NATS reply subject,
     /// AMQP `reply-to`, MQTT 5 response topic). A subscriber's reply goes there when set.
     pub reply_to: Option<String>,
@@ -264,6 +422,33 @@ mod tests {
         two.insert_static("a", "3");
         assert_eq!(two.get("a"), Some("3"));
         assert_eq!(two.len(), 2);
+    }
+
+    #[test]
+    fn ids_read_the_same_inline_or_not() {
+        let short = MessageId::from("order-7");
+        let long_text = "x".repeat(INLINE_ID + 1);
+        let long = MessageId::from(long_text.clone());
+        assert!(matches!(short.0, IdRepr::Inline { .. }));
+        assert!(matches!(long.0, IdRepr::Heap(_)));
+        assert_eq!(short, "order-7");
+        assert_eq!(long.as_str(), long_text);
+        assert_eq!(MessageId::from("x".repeat(INLINE_ID)).len(), INLINE_ID);
+        assert_eq!(MessageId::from(String::from("order-7")), short);
+        assert_eq!(format!("{short}|{short:?}"), "order-7|\"order-7\"");
+        assert_eq!(String::from(short.clone()), "order-7");
+        assert_eq!(MessageId::from("ünï"), "ünï");
+    }
+
+    #[test]
+    fn generated_ids_are_inline_distinct_and_recognised() {
+        let ids: Vec<MessageId> = (0..1000).map(|_| message_id()).collect();
+        for id in &ids {
+            assert!(matches!(id.0, IdRepr::Inline { .. }), "{id}");
+            assert!(is_generated_id(id));
+        }
+        let distinct: std::collections::HashSet<&str> = ids.iter().map(|id| id.as_str()).collect();
+        assert_eq!(distinct.len(), ids.len());
     }
 
     #[test]

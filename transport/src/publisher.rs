@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::codec::{Codec, Encoder, SerdeCodec};
 use crate::error::{BackendError, PublishError};
-use crate::message::{CONTENT_TYPE, Headers, Message};
+use crate::message::{CONTENT_TYPE, Headers, Message, MessageId};
 use crate::topic::Topic;
 
 /// Publishes messages through the App's backend. Cheap to clone; reach it with
@@ -229,7 +229,7 @@ impl<T, C> TypedOutgoing<'_, T, C> {
     }
 
     /// Sets the message id.
-    pub fn id(mut self, id: impl Into<String>) -> Self {
+    pub fn id(mut self, id: impl Into<MessageId>) -> Self {
         self.inner = self.inner.id(id);
         self
     }
@@ -273,7 +273,7 @@ impl Outgoing<'_> {
     }
 
     /// Sets the message id.
-    pub fn id(mut self, id: impl Into<String>) -> Self {
+    pub fn id(mut self, id: impl Into<MessageId>) -> Self {
         self.message.id = Some(id.into());
         self
     }

@@ -69,7 +69,9 @@ use super::nats::{
     PUBLISH_TIMEOUT, bounded_flush, check_payload, connect_client, from_nats, is_nats_header,
     operation_error, to_nats_headers, wire_size,
 };
-use super::{Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
+use super::{
+    Acknowledge, Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec,
+};
 use crate::config::{BrokerConfig, JetStreamConfig};
 use crate::error::BackendError;
 use crate::message::Message;
@@ -816,12 +818,8 @@ impl Backend for JetStreamBackend {
         }
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        message: Message,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        async move {
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
+        Publish::boxed(async move {
             check_payload(&self.client, KIND, &message)?;
             let headers = to_nats_headers(&message, KIND)?;
             self.streams.for_topic(topic).await?;
@@ -882,8 +880,7 @@ impl Backend for JetStreamBackend {
                 }
             }
             Ok(())
-        }
-        .boxed()
+        })
     }
 
     fn subscribe<'a>(

@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 
-use super::{Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
+use super::{Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec};
 use crate::error::BackendError;
 use crate::message::Message;
 
@@ -169,6 +169,44 @@ impl MemoryBroker {
         queues.prune();
         pair
     }
+
+    /// Puts `message` in every queue of `topic`, at once (never waiting).
+    fn enqueue(&self, topic: &str, message: Message) -> Result<(), BackendError> {
+        // sending never waits, so it happens under the lock (no copy of the queue list)
+        let mut topics = self.topics();
+        let Some(queues) = topics.get_mut(topic) else {
+            return Ok(());
+        };
+        // Never wait for room: a handler publishing into its own full queue would wait
+        // for itself. A full queue is an error the publisher sees (and a handler
+        // retries); every queue is checked first so a message goes to all or none.
+        let capacity = self.inner.options.queue_capacity.max(1);
+        if queues
+            .targets
+            .iter()
+            .any(|q| !q.is_closed() && q.len() >= capacity)
+        {
+            return Err(BackendError::Operation {
+                backend: KIND,
+                operation: "publish",
+                reason: format!(
+                    "a queue of topic `{topic}` is full ({capacity} messages, `broker.queue_capacity`): its subscribers are behind"
+                ),
+            });
+        }
+        let mut closed = false;
+        let envelope = Envelope {
+            message: Arc::new(message),
+            attempt: 1,
+        };
+        for queue in queues.targets.iter() {
+            closed |= queue.try_send(envelope.clone()).is_err();
+        }
+        if closed {
+            queues.prune();
+        }
+        Ok(())
+    }
 }
 
 impl Backend for MemoryBroker {
@@ -188,43 +226,8 @@ impl Backend for MemoryBroker {
         }
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        message: Message,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        async move {
-            let targets = match self.topics().get(topic) {
-                Some(queues) => Arc::clone(&queues.targets),
-                None => return Ok(()),
-            };
-            // Never wait for room: a handler publishing into its own full queue would wait
-            // for itself. A full queue is an error the publisher sees (and a handler
-            // retries); every queue is checked first so a message goes to all or none.
-            let capacity = self.inner.options.queue_capacity.max(1);
-            if targets.iter().any(|q| !q.is_closed() && q.len() >= capacity) {
-                return Err(BackendError::Operation {
-                    backend: KIND,
-                    operation: "publish",
-                    reason: format!(
-                        "a queue of topic `{topic}` is full ({capacity} messages, `broker.queue_capacity`): its subscribers are behind"
-                    ),
-                });
-            }
-            let mut closed = false;
-            let envelope = Envelope {
-                message: Arc::new(message),
-                attempt: 1,
-            };
-            for queue in targets.iter() {
-                closed |= queue.try_send(envelope.clone()).is_err();
-            }
-            if closed && let Some(queues) = self.topics().get_mut(topic) {
-                queues.prune();
-            }
-            Ok(())
-        }
-        .boxed()
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
+        Publish::ready(self.enqueue(topic, message))
     }
 
     fn subscribe<'a>(
@@ -232,15 +235,10 @@ impl Backend for MemoryBroker {
         spec: &'a SubscriptionSpec,
     ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
         async move {
-            let (receiver, requeue) = self.queue_for(spec);
+            let (receiver, queue) = self.queue_for(spec);
+            let settle: Arc<dyn Settle> = Arc::new(Requeue { queue });
             let stream = receiver.map(move |envelope: Envelope| {
-                let message = Arc::clone(&envelope.message);
-                let attempt = envelope.attempt;
-                let acker = MemoryAcker {
-                    queue: requeue.clone(),
-                    envelope: Some(envelope),
-                };
-                Delivery::new(message, attempt, Box::new(acker))
+                Delivery::settled_by(envelope.message, envelope.attempt, Arc::clone(&settle), 0)
             });
             Ok(stream.boxed())
         }
@@ -254,18 +252,18 @@ impl Backend for MemoryBroker {
     }
 }
 
-struct MemoryAcker {
+/// Settles a subscription's deliveries: an ack forgets the message (nothing to tell
+/// anyone), a nack or a delivery dropped unsettled puts it back in the queue.
+struct Requeue {
     queue: Queue,
-    /// What goes back to the queue unless acked.
-    envelope: Option<Envelope>,
 }
 
-impl MemoryAcker {
-    fn requeue(&mut self, delay: Duration) {
-        let Some(mut envelope) = self.envelope.take() else {
-            return;
+impl Requeue {
+    fn requeue(&self, message: &Arc<Message>, attempt: u32, delay: Duration) {
+        let envelope = Envelope {
+            message: Arc::clone(message),
+            attempt: attempt.saturating_add(1),
         };
-        envelope.attempt = envelope.attempt.saturating_add(1);
         if delay.is_zero() {
             // Queues are unbounded: this fails only when every subscriber left, and the
             // message goes with them.
@@ -290,19 +288,15 @@ impl MemoryAcker {
     }
 }
 
-impl Acknowledge for MemoryAcker {
-    fn ack(mut self: Box<Self>) {
-        self.envelope = None;
+impl Settle for Requeue {
+    fn ack(&self, _token: u64) {}
+
+    fn nack(&self, _token: u64, delay: Duration, message: &Arc<Message>, attempt: u32) {
+        self.requeue(message, attempt, delay);
     }
 
-    fn nack(mut self: Box<Self>, delay: Duration) {
-        self.requeue(delay);
-    }
-}
-
-impl Drop for MemoryAcker {
-    fn drop(&mut self) {
+    fn dropped(&self, _token: u64, message: &Arc<Message>, attempt: u32) {
         // Neither acked nor nacked: the handler never finished. Redeliver at once.
-        self.requeue(Duration::ZERO);
+        self.requeue(message, attempt, Duration::ZERO);
     }
 }

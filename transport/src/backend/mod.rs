@@ -17,6 +17,10 @@ pub mod redis;
 pub mod redis_streams;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -67,7 +71,8 @@ pub struct SubscriptionSpec {
 pub type Subscription = BoxStream<'static, Delivery>;
 
 /// Settles one delivery with the broker. Implementations do not wait for the broker:
-/// acks are batched or pipelined behind this call.
+/// acks are batched or pipelined behind this call. For a backend whose deliveries are
+/// told apart by a number (a delivery tag, an offset), [`Settle`] avoids the box.
 pub trait Acknowledge: Send + 'static {
     /// The message was handled (or dead-lettered); the broker may forget it.
     fn ack(self: Box<Self>);
@@ -75,28 +80,68 @@ pub trait Acknowledge: Send + 'static {
     fn nack(self: Box<Self>, delay: Duration);
 }
 
+/// Settles the deliveries of one subscription, each named by a `token` the backend
+/// chose (a delivery tag, an offset...): one shared handle, so a delivery carries no
+/// allocation of its own. The delivery's message and attempt number are passed back for
+/// a backend that requeues by itself.
+pub trait Settle: Send + Sync + 'static {
+    /// The message was handled (or dead-lettered); the broker may forget it.
+    fn ack(&self, token: u64);
+    /// The message was not handled; deliver it again after `delay`.
+    fn nack(&self, token: u64, delay: Duration, message: &Arc<Message>, attempt: u32);
+    /// The delivery was dropped unsettled (its handler was cancelled). The default does
+    /// nothing: the broker hands it out again by itself (an ack deadline, a dead
+    /// connection).
+    fn dropped(&self, token: u64, message: &Arc<Message>, attempt: u32) {
+        let _ = (token, message, attempt);
+    }
+}
+
+/// How a delivery is settled.
+enum Acker {
+    /// At-most-once: nothing to settle.
+    None,
+    Boxed(Box<dyn Acknowledge>),
+    Shared(Arc<dyn Settle>, u64),
+}
+
 /// One message handed to the runtime by a backend.
 pub struct Delivery {
     /// The message (shared, so handing it to a handler and keeping it for a retry or the
     /// dead-letter topic copies nothing).
-    pub message: std::sync::Arc<Message>,
+    pub message: Arc<Message>,
     /// 1 for a first delivery; the broker's delivery count where it keeps one.
     pub attempt: u32,
-    acker: Option<Box<dyn Acknowledge>>,
+    acker: Acker,
     defect: Option<Box<str>>,
 }
 
 impl Delivery {
     /// A delivery that must be settled through `acker` (at-least-once backends).
     pub fn new(
-        message: impl Into<std::sync::Arc<Message>>,
+        message: impl Into<Arc<Message>>,
         attempt: u32,
         acker: Box<dyn Acknowledge>,
     ) -> Self {
         Delivery {
             message: message.into(),
             attempt: attempt.max(1),
-            acker: Some(acker),
+            acker: Acker::Boxed(acker),
+            defect: None,
+        }
+    }
+
+    /// A delivery settled through the subscription's shared `settle` handle, as `token`.
+    pub fn settled_by(
+        message: impl Into<Arc<Message>>,
+        attempt: u32,
+        settle: Arc<dyn Settle>,
+        token: u64,
+    ) -> Self {
+        Delivery {
+            message: message.into(),
+            attempt: attempt.max(1),
+            acker: Acker::Shared(settle, token),
             defect: None,
         }
     }
@@ -115,32 +160,45 @@ impl Delivery {
     }
 
     /// A delivery that needs no settling (at-most-once backends).
-    pub fn unacknowledged(message: impl Into<std::sync::Arc<Message>>) -> Self {
+    pub fn unacknowledged(message: impl Into<Arc<Message>>) -> Self {
         Delivery {
             message: message.into(),
             attempt: 1,
-            acker: None,
+            acker: Acker::None,
             defect: None,
         }
     }
 
     /// Acknowledges the delivery.
-    pub fn ack(self) {
-        if let Some(acker) = self.acker {
-            acker.ack();
+    pub fn ack(mut self) {
+        match std::mem::replace(&mut self.acker, Acker::None) {
+            Acker::None => {}
+            Acker::Boxed(acker) => acker.ack(),
+            Acker::Shared(settle, token) => settle.ack(token),
         }
     }
 
     /// Whether the broker settles this delivery (it can come back); `false` for
     /// at-most-once deliveries, which the runtime must retry in place.
     pub fn is_settled_by_broker(&self) -> bool {
-        self.acker.is_some()
+        !matches!(self.acker, Acker::None)
     }
 
     /// Asks for redelivery after `delay`.
-    pub fn nack(self, delay: Duration) {
-        if let Some(acker) = self.acker {
-            acker.nack(delay);
+    pub fn nack(mut self, delay: Duration) {
+        match std::mem::replace(&mut self.acker, Acker::None) {
+            Acker::None => {}
+            Acker::Boxed(acker) => acker.nack(delay),
+            Acker::Shared(settle, token) => settle.nack(token, delay, &self.message, self.attempt),
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        // a boxed acker's own `Drop` speaks for it
+        if let Acker::Shared(settle, token) = std::mem::replace(&mut self.acker, Acker::None) {
+            settle.dropped(token, &self.message, self.attempt);
         }
     }
 }
@@ -150,8 +208,44 @@ impl fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("message", &self.message)
             .field("attempt", &self.attempt)
-            .field("acknowledged", &self.acker.is_some())
+            .field("acknowledged", &self.is_settled_by_broker())
             .finish()
+    }
+}
+
+/// What [`Backend::publish`] returns: the outcome itself from a backend that publishes
+/// without waiting (the in-process broker: nothing allocated), else a boxed future.
+#[must_use = "a publish does nothing unless awaited"]
+pub struct Publish<'a>(PublishState<'a>);
+
+enum PublishState<'a> {
+    Ready(Option<Result<(), BackendError>>),
+    Boxed(BoxFuture<'a, Result<(), BackendError>>),
+}
+
+impl<'a> Publish<'a> {
+    /// A publish that has already happened (or failed).
+    pub fn ready(outcome: Result<(), BackendError>) -> Self {
+        Publish(PublishState::Ready(Some(outcome)))
+    }
+
+    /// A publish that completes when `future` does.
+    pub fn boxed(future: impl Future<Output = Result<(), BackendError>> + Send + 'a) -> Self {
+        Publish(PublishState::Boxed(Box::pin(future)))
+    }
+}
+
+impl Future for Publish<'_> {
+    type Output = Result<(), BackendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            PublishState::Ready(outcome) => match outcome.take() {
+                Some(outcome) => Poll::Ready(outcome),
+                None => Poll::Pending, // polled after completion
+            },
+            PublishState::Boxed(future) => future.as_mut().poll(cx),
+        }
     }
 }
 
@@ -164,20 +258,12 @@ pub trait Backend: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
 
     /// Publishes `message` to `topic`; resolves once the broker has accepted it.
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        message: Message,
-    ) -> BoxFuture<'a, Result<(), BackendError>>;
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a>;
 
     /// Publishes a reply to a broker-native reply address taken from a consumed
     /// message (`Message::reply_to`: a NATS reply subject...). The address is used as it
     /// is: no topic prefix, no topic rule. The default publishes to it as a topic.
-    fn reply<'a>(
-        &'a self,
-        address: &'a str,
-        message: Message,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
+    fn reply<'a>(&'a self, address: &'a str, message: Message) -> Publish<'a> {
         self.publish(address, message)
     }
 
@@ -322,8 +408,7 @@ pub fn check_kind(kind: &str) -> Result<(), crate::error::ConfigError> {
 /// Connects the backend that `config` names (wrapped to apply `topic_prefix`).
 pub async fn connect(
     config: &crate::config::BrokerConfig,
-) -> Result<std::sync::Arc<dyn Backend>, crate::error::Error> {
-    use std::sync::Arc;
+) -> Result<Arc<dyn Backend>, crate::error::Error> {
     check_kind(&config.kind)?;
     let backend: Arc<dyn Backend> = match config.kind.as_str() {
         "memory" => Arc::new(memory::MemoryBroker::named(

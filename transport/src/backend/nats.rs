@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 
-use super::{Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
+use super::{Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec};
 use crate::config::BrokerConfig;
 use crate::error::BackendError;
 use crate::message::{CONTENT_TYPE, Headers, Message};
@@ -229,7 +229,7 @@ pub(crate) fn from_nats(
         let Some(value) = values.last() else { continue };
         match name {
             KEY_HEADER => message.key = Some(value.as_str().to_string()),
-            ID_HEADER => message.id = Some(value.as_str().to_string()),
+            ID_HEADER => message.id = Some(value.as_str().into()),
             CONTENT_TYPE => match known_content_type(value.as_str()) {
                 Some(known) => headers.insert_static(CONTENT_TYPE, known),
                 None => headers.insert(name, value.as_str()),
@@ -337,12 +337,8 @@ impl Backend for NatsBackend {
         }
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        message: Message,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        async move {
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
+        Publish::boxed(async move {
             check_payload(&self.client, KIND, &message)?;
             let headers = to_nats_headers(&message, KIND)?;
             let publish =
@@ -358,8 +354,7 @@ impl Backend for NatsBackend {
                     ),
                 )),
             }
-        }
-        .boxed()
+        })
     }
 
     fn subscribe<'a>(

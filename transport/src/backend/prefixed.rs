@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures_util::future::{BoxFuture, FutureExt};
 
-use super::{Backend, Capabilities, Subscription, SubscriptionSpec};
+use super::{Backend, Capabilities, Publish, Subscription, SubscriptionSpec};
 use crate::error::BackendError;
 use crate::message::Message;
 
@@ -35,23 +35,14 @@ impl Backend for Prefixed {
         self.inner.capabilities()
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        message: Message,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        async move {
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
+        Publish::boxed(async move {
             let topic = format!("{}{topic}", self.prefix);
             self.inner.publish(&topic, message).await
-        }
-        .boxed()
+        })
     }
 
-    fn reply<'a>(
-        &'a self,
-        address: &'a str,
-        message: Message,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
+    fn reply<'a>(&'a self, address: &'a str, message: Message) -> Publish<'a> {
         self.inner.reply(address, message)
     }
 

@@ -26,7 +26,7 @@ use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::{Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
+use super::{Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec};
 use crate::config::BrokerConfig;
 use crate::error::BackendError;
 use crate::message::Message;
@@ -241,12 +241,8 @@ impl Backend for RedisBackend {
         }
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        message: Message,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        async move {
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
+        Publish::boxed(async move {
             let mut connection = self.publisher.clone();
             redis::cmd("PUBLISH")
                 .arg(topic)
@@ -255,8 +251,7 @@ impl Backend for RedisBackend {
                 .await
                 .map(drop)
                 .map_err(|e| operation_error(KIND, "publish", e))
-        }
-        .boxed()
+        })
     }
 
     fn subscribe<'a>(

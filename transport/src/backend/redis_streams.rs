@@ -67,7 +67,9 @@ use redis::{RedisError, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::redis::{connect_manager, operation_error};
-use super::{Acknowledge, Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
+use super::{
+    Acknowledge, Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec,
+};
 use crate::config::{BrokerConfig, RedisConfig};
 use crate::error::BackendError;
 use crate::message::Message;
@@ -358,14 +360,14 @@ fn to_message(id: String, fields: Fields, settings: &RedisConfig) -> (Message, O
         let defect = format!("stream entry {id} is not a message: {reason}");
         let raw = Message {
             payload: Bytes::from(netstrings(&fields)),
-            id: Some(id),
+            id: Some(id.into()),
             ..Message::default()
         }
         .with_header(RAW_ENTRY_HEADER, RAW_ENTRY_ENCODING);
         return (raw, Some(defect));
     }
     let mut message = Message {
-        id: Some(id),
+        id: Some(id.into()),
         ..Message::default()
     };
     let payload_field = settings.payload_field.as_bytes();
@@ -595,12 +597,8 @@ impl Backend for RedisStreamsBackend {
         }
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        message: Message,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        async move {
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
+        Publish::boxed(async move {
             let settings = self.settings();
             let mut command = redis::cmd("XADD");
             command.arg(topic);
@@ -627,7 +625,7 @@ impl Backend for RedisStreamsBackend {
             if let Some(id) = &message.id
                 && !message.headers.contains("message-id")
             {
-                command.arg("message-id").arg(id);
+                command.arg("message-id").arg(id.as_str());
             }
             let mut connection = self.commands.clone();
             command
@@ -635,8 +633,7 @@ impl Backend for RedisStreamsBackend {
                 .await
                 .map(drop)
                 .map_err(|e| operation_error(KIND, "publish", e))
-        }
-        .boxed()
+        })
     }
 
     fn subscribe<'a>(
