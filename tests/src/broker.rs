@@ -16,6 +16,9 @@ pub enum Server {
     /// that survives restarts: a restart (even a kill) keeps streams, groups and their
     /// pending entries.
     RedisPersistent,
+    /// RabbitMQ on loopback (guest/guest). No private node yet: the restart cases are
+    /// skipped for it.
+    RabbitMq,
 }
 
 impl Server {
@@ -23,6 +26,7 @@ impl Server {
         match self {
             Server::Nats => "nats-server",
             Server::Redis | Server::RedisPersistent => "redis-server",
+            Server::RabbitMq => "rabbitmq-server",
         }
     }
 }
@@ -75,6 +79,9 @@ impl PrivateBroker {
     fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let mut command = match self.server {
+            Server::RabbitMq => {
+                return Err("a private rabbitmq-server node is not supported yet".into());
+            }
             Server::Nats => {
                 let mut c = Command::new(self.server.binary());
                 c.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
@@ -133,6 +140,7 @@ impl PrivateBroker {
             Server::Redis | Server::RedisPersistent => {
                 format!("redis://127.0.0.1:{}", self.port)
             }
+            Server::RabbitMq => format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
         }
     }
 

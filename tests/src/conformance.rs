@@ -107,6 +107,16 @@ impl Target {
             storage: "file",
         }
     }
+    /// RabbitMQ on 5672.
+    pub fn rabbitmq() -> Self {
+        Target {
+            kind: "rabbitmq",
+            port: 5672,
+            server: Some(Server::RabbitMq),
+            max_payload: 16 << 20,
+            storage: "file",
+        }
+    }
     /// Redis streams on 6379.
     pub fn redis_streams() -> Self {
         Target {
@@ -124,6 +134,7 @@ impl Target {
             Some(Server::Redis | Server::RedisPersistent) => {
                 Some(format!("redis://127.0.0.1:{port}"))
             }
+            Some(Server::RabbitMq) => Some(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
             None => None,
         }
     }

@@ -19,7 +19,7 @@ pub enum Broker {
     Redis,
     /// Redis streams (at-least-once).
     RedisStreams,
-    /// RabbitMQ (AMQP 0.9.1); no backend yet.
+    /// RabbitMQ (AMQP 0.9.1).
     Rabbitmq,
     /// An MQTT 5 broker; no backend yet.
     Mqtt,
@@ -63,7 +63,7 @@ impl Broker {
                 "rabbitmq",
                 Some("rabbitmq"),
                 Some("amqp://guest:guest@127.0.0.1:5672/%2f"),
-                false,
+                true,
             ),
             Broker::Mqtt => ("mqtt", Some("mqtt"), Some("mqtt://127.0.0.1:1883"), false),
             Broker::Kafka => ("kafka", Some("kafka"), Some("127.0.0.1:9092"), false),
@@ -126,7 +126,7 @@ mod tests {
         };
         assert_eq!(
             error,
-            "broker `kafka` is not available yet: the transport crate has no `kafka` backend (available: memory, nats, jetstream, redis, redis-streams)"
+            "broker `kafka` is not available yet: the transport crate has no `kafka` backend (available: memory, nats, jetstream, redis, redis-streams, rabbitmq)"
         );
         assert!(Broker::Nats.supported_info().is_ok());
     }

@@ -87,6 +87,8 @@ pub struct BrokerConfig {
     pub jetstream: JetStreamConfig,
     /// `[broker.redis]`: Redis streams.
     pub redis: RedisConfig,
+    /// `[broker.rabbitmq]`: RabbitMQ topology and publishing.
+    pub rabbitmq: RabbitMqConfig,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -101,6 +103,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("jetstream", &self.jetstream)
             .field("redis", &self.redis)
+            .field("rabbitmq", &self.rabbitmq)
             .finish()
     }
 }
@@ -117,6 +120,31 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(5),
             jetstream: JetStreamConfig::default(),
             redis: RedisConfig::default(),
+            rabbitmq: RabbitMqConfig::default(),
+        }
+    }
+}
+
+/// `[broker.rabbitmq]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitMqConfig {
+    /// The durable topic exchange every topic is published to (the topic is the
+    /// routing key).
+    pub exchange: String,
+    /// Declare group queues as quorum queues (replicated; the broker counts deliveries).
+    pub quorum: bool,
+    /// Publish as `mandatory`: a message no queue is bound for is an error instead of
+    /// being dropped by the broker.
+    pub mandatory: bool,
+}
+
+impl Default for RabbitMqConfig {
+    fn default() -> Self {
+        RabbitMqConfig {
+            exchange: "transport".into(),
+            quorum: false,
+            mandatory: false,
         }
     }
 }

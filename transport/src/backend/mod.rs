@@ -11,6 +11,8 @@ pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod prefixed;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "redis")]
@@ -380,12 +382,13 @@ fn topic_problem(topic: &str) -> Option<String> {
 
 /// Every broker kind: its name in config, the cargo feature of `transport` that enables
 /// it, and whether this build has that feature.
-pub const KINDS: [(&str, &str, bool); 5] = [
+pub const KINDS: [(&str, &str, bool); 6] = [
     ("memory", "", true),
     ("nats", "nats", cfg!(feature = "nats")),
     ("jetstream", "nats", cfg!(feature = "nats")),
     ("redis", "redis", cfg!(feature = "redis")),
     ("redis-streams", "redis", cfg!(feature = "redis")),
+    ("rabbitmq", "rabbitmq", cfg!(feature = "rabbitmq")),
 ];
 
 /// Whether `kind` names a backend compiled into this build: an unknown name, or one whose
@@ -425,6 +428,8 @@ pub async fn connect(
         "redis" => Arc::new(redis::RedisBackend::connect(config).await?),
         #[cfg(feature = "redis")]
         "redis-streams" => Arc::new(redis_streams::RedisStreamsBackend::connect(config).await?),
+        #[cfg(feature = "rabbitmq")]
+        "rabbitmq" => Arc::new(rabbitmq::RabbitMqBackend::connect(config).await?),
         // check_kind admitted only kinds that have an arm above in this build.
         other => {
             return Err(crate::error::ConfigError::UnknownBackend {
