@@ -12,8 +12,9 @@
 //!   `x-transport-attempt` header, to a delay queue `transport.retry.<ms>.<queue>` whose TTL
 //!   dead-letters it back to its queue (one delay queue per delay, so a long delay never
 //!   holds a short one back; unused ones expire), then the original is acked. Nothing
-//!   behind it waits. The republish is confirmed before the ack; if it fails, the original
-//!   stays unacked and comes back with its channel.
+//!   behind it waits. The republish is confirmed before the ack; while it fails it is
+//!   tried again with backoff (the original unacked, coming back with its channel if that
+//!   goes).
 //! - Publish: publisher confirms (a publish returns after the broker's ack); `mandatory`
 //!   (config) makes an unroutable message an error. Headers travel as AMQP headers
 //!   (strings); content type, message id, correlation id and reply-to as properties; the
@@ -438,14 +439,14 @@ async fn settle_task(
                     delay,
                     message,
                     attempt,
-                } => match republish(&inner, &queue, durable, delay, &message, attempt).await {
-                    Ok(()) => ready.push(tag),
-                    Err(error) => {
-                        tracing::error!(%queue, %error, "retry could not be queued; the message is handed back to the broker");
-                        nack(&channel, tag).await;
-                        settled.insert(tag);
+                } => {
+                    if queue_retry(&inner, &channel, &queue, durable, delay, &message, attempt)
+                        .await
+                    {
+                        ready.push(tag);
                     }
-                },
+                    // else the channel is gone: the message comes back with it
+                }
                 Settlement::Dropped(tag) => {
                     nack(&channel, tag).await;
                     settled.insert(tag);
@@ -503,6 +504,35 @@ async fn nack(channel: &Channel, tag: u64) {
         .await
     {
         tracing::warn!(%error, tag, "nack not sent (the channel is gone: the message comes back)");
+    }
+}
+
+/// Publishes a retry's copy, trying again with backoff while it fails (never handing
+/// the original back with `requeue`: it would come back without its attempt number and
+/// could run its handler without end). `false` once the channel is gone, whose unacked
+/// message the broker gives out again by itself.
+async fn queue_retry(
+    inner: &Inner,
+    channel: &Channel,
+    queue: &str,
+    durable: bool,
+    delay: Duration,
+    message: &Message,
+    attempt: u32,
+) -> bool {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match republish(inner, queue, durable, delay, message, attempt).await {
+            Ok(()) => return true,
+            Err(error) => {
+                if !channel.status().connected() {
+                    return false;
+                }
+                tracing::error!(%queue, %error, retry_in = ?wait, "a retry could not be queued; trying again (the message stays unacknowledged)");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
