@@ -16,8 +16,8 @@ pub enum Server {
     /// that survives restarts: a restart (even a kill) keeps streams, groups and their
     /// pending entries.
     RedisPersistent,
-    /// RabbitMQ on loopback (guest/guest). No private node yet: the restart cases are
-    /// skipped for it.
+    /// A RabbitMQ node of its own (name, data directory, AMQP and distribution ports),
+    /// its durable queues kept across restarts; guest/guest.
     RabbitMq,
 }
 
@@ -35,6 +35,8 @@ impl Server {
 pub struct PrivateBroker {
     server: Server,
     port: u16,
+    /// A second port, for servers that need one (RabbitMQ's Erlang distribution).
+    other_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -42,6 +44,26 @@ pub struct PrivateBroker {
 /// Whether `port` on loopback accepts connections.
 pub fn listening(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// The processes started by `pid` and by them, from `/proc` (Linux).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        for child in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            if child > 1 {
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    found
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -65,10 +87,12 @@ impl PrivateBroker {
             ));
         }
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let other_port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
         let mut broker = PrivateBroker {
             server,
             port,
+            other_port,
             dir,
             child: None,
         };
@@ -80,7 +104,28 @@ impl PrivateBroker {
         let port = self.port.to_string();
         let mut command = match self.server {
             Server::RabbitMq => {
-                return Err("a private rabbitmq-server node is not supported yet".into());
+                // the server script itself, not Debian's wrapper (which switches user as
+                // root); it runs the node as its child, which `kill` ends too
+                let script = Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+                let mut c = if script.is_file() {
+                    Command::new(script)
+                } else {
+                    Command::new(self.server.binary())
+                };
+                let dir = self.dir.path();
+                c.env(
+                    "RABBITMQ_NODENAME",
+                    format!("transport-test-{port}@localhost"),
+                )
+                .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+                .env("RABBITMQ_NODE_PORT", &port)
+                .env("RABBITMQ_DIST_PORT", self.other_port.to_string())
+                .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+                .env("RABBITMQ_LOG_BASE", dir.join("log"))
+                .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+                .env("RABBITMQ_PID_FILE", dir.join("pid"))
+                .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"));
+                c
             }
             Server::Nats => {
                 let mut c = Command::new(self.server.binary());
@@ -119,7 +164,12 @@ impl PrivateBroker {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.server.binary()))?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // a RabbitMQ node boots in several seconds (more on a busy machine)
+        let boot = match self.server {
+            Server::RabbitMq => Duration::from_secs(90),
+            _ => Duration::from_secs(15),
+        };
+        let deadline = Instant::now() + boot;
         while !listening(self.port) {
             if Instant::now() > deadline {
                 return Err(format!(
@@ -147,6 +197,15 @@ impl PrivateBroker {
     /// Kills the process (SIGKILL) and waits until the port is closed.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.server == Server::RabbitMq {
+                // the Erlang node the script started, by its own pid (never a negative
+                // pid: procps-ng 4.0.2's `kill` takes `-PGID` for -1, every process)
+                for pid in descendants(child.id()) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -104,9 +104,9 @@ mod rabbitmq {
         undecodable_payload, many_topics, large_payload, oversized_payload_is_refused,
         late_subscriber_sees_old_messages = skip("rabbitmq: a message is kept only in queues that exist when it is published; a group's queue is created when its first member subscribes"),
         graceful_drain,
-        survives_broker_restart = skip("rabbitmq: the private rabbitmq-server node the restart case needs is not built yet"),
+        survives_broker_restart,
         dead_letter_is_a_new_message, dead_letter_publish_failing, handler_timeout,
-        shutdown_while_broker_down = skip("rabbitmq: the private rabbitmq-server node this case needs is not built yet"),
+        shutdown_while_broker_down,
         invalid_topics_are_refused,
         malformed_entry = skip("rabbitmq: every AMQP message is a body with properties: a bad body is `undecodable_payload`"),
     );
