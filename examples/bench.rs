@@ -1,6 +1,6 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,inprocess]
+//!     cargo run --release --example bench -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,inprocess]
 //!
 //! `--rounds R` alternates framework and raw R times per backend and prints the medians.
 //! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
@@ -323,6 +323,181 @@ async fn redis_streams(n: u64, run: &str) -> Measured {
     }
 }
 
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn fail<T>(error: lapin::Error) -> T {
+    panic!("rabbitmq: {error}")
+}
+
+async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("rabbitmq: {e}"));
+    let channel = connection
+        .create_channel()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (connection, channel)
+}
+
+/// Writes `n` readings with the raw client into durable queue `queue`, bound to the
+/// framework's exchange by `routing_key`, as the framework's publisher writes them
+/// (persistent, `content_type`, a generated `message_id`); waits for every confirm.
+async fn fill_amqp_here(queue: &str, routing_key: &str, n: u64) {
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    let (connection, channel) = amqp_channel().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap_or_else(fail);
+    channel
+        .exchange_declare(
+            "transport".into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(fail);
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(fail);
+    channel
+        .queue_bind(
+            queue.into(),
+            "transport".into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(fail);
+    let mut confirms = Vec::with_capacity(1024);
+    for i in 0..n {
+        let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
+        let properties = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(transport::message_id().as_str().into());
+        confirms.push(
+            channel
+                .basic_publish(
+                    "transport".into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .unwrap_or_else(fail),
+        );
+        if confirms.len() == 1024 || i + 1 == n {
+            for confirm in confirms.drain(..) {
+                confirm.await.unwrap_or_else(fail);
+            }
+        }
+    }
+    let _ = connection.close(200, "filled".into()).await;
+}
+
+/// `fill_amqp_here` in a child process (`bench --fill-amqp QUEUE ROUTING_KEY N`): a
+/// callgrind run of this one counts the drain alone.
+async fn fill_amqp(queue: &str, routing_key: &str, n: u64) {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("own executable: {e}"));
+    let mut child = std::process::Command::new(exe);
+    child
+        .arg("--fill-amqp")
+        .arg(queue)
+        .arg(routing_key)
+        .arg(n.to_string());
+    let status = tokio::task::spawn_blocking(move || child.status())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("fill: {e}"));
+    assert!(status.success(), "fill: {status}");
+}
+
+async fn delete_queues(queues: &[&str]) {
+    let (connection, channel) = amqp_channel().await;
+    for queue in queues {
+        let _ = channel
+            .queue_delete(
+                (*queue).into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+async fn rabbitmq(n: u64, run: &str) -> Measured {
+    use futures_util::StreamExt;
+    use lapin::options::*;
+    let prefix = format!("bench{run}.");
+    let topic = format!("{prefix}bench.readings");
+    let group_queue = format!("{topic}#bench");
+    fill_amqp(&group_queue, &topic, n).await;
+    let framework = framework_consume("rabbitmq", &prefix, n, false).await;
+    if framework_only() {
+        delete_queues(&[&group_queue]).await;
+        return alone(n, framework);
+    }
+    // raw: prefetch 1024, one `multiple` ack per 512 deliveries
+    let raw_queue = format!("{prefix}raw");
+    fill_amqp(&raw_queue, &raw_queue, n).await;
+    let (connection, channel) = amqp_channel().await;
+    let started = Instant::now();
+    channel
+        .basic_qos(1024, BasicQosOptions::default())
+        .await
+        .unwrap_or_else(fail);
+    let mut consumer = channel
+        .basic_consume(
+            raw_queue.as_str().into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(fail);
+    let mut seen = 0;
+    while seen < n {
+        let Some(delivery) = consumer.next().await else {
+            break;
+        };
+        let delivery = delivery.unwrap_or_else(fail);
+        let reading: Reading =
+            serde_json::from_slice(&delivery.data).unwrap_or_else(|e| panic!("{e}"));
+        std::hint::black_box(&reading);
+        seen += 1;
+        if seen % 512 == 0 || seen == n {
+            channel
+                .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                .await
+                .unwrap_or_else(fail);
+        }
+    }
+    let raw = started.elapsed();
+    let _ = connection.close(200, "done".into()).await;
+    delete_queues(&[&group_queue, &raw_queue]).await;
+    Measured {
+        framework: rate(n, framework),
+        raw: rate(n, raw),
+    }
+}
+
 const NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// Writes a backlog of `n` readings to `subject` with the raw client, into stream
@@ -453,6 +628,13 @@ async fn main() {
         fill_jetstream_here(stream, subject, n).await;
         return;
     }
+    if let [flag, queue, routing_key, n] = args.as_slice()
+        && flag == "--fill-amqp"
+    {
+        let n = n.parse().unwrap_or_else(|e| panic!("--fill-amqp {n}: {e}"));
+        fill_amqp_here(queue, routing_key, n).await;
+        return;
+    }
     if let [flag, stream, messages, n] = args.as_slice()
         && flag == "--fill"
         && messages == "--messages"
@@ -467,6 +649,7 @@ async fn main() {
         "memory".to_string(),
         "redis-streams".to_string(),
         "jetstream".to_string(),
+        "rabbitmq".to_string(),
     ];
     let mut i = 0;
     while i < args.len() {
@@ -489,7 +672,7 @@ async fn main() {
             }
             (other, _) => {
                 eprintln!(
-                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,inprocess] (got `{other}`)"
+                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,inprocess] (got `{other}`)"
                 );
                 std::process::exit(2);
             }
@@ -514,6 +697,7 @@ async fn main() {
                 "memory" => memory(messages).await,
                 "redis-streams" => redis_streams(messages, &run).await,
                 "jetstream" => jetstream(messages, &run).await,
+                "rabbitmq" => rabbitmq(messages, &run).await,
                 "inprocess" => inprocess(messages).await,
                 other => {
                     eprintln!("unknown backend `{other}`");

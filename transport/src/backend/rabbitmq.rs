@@ -55,6 +55,10 @@ pub const ATTEMPT_HEADER: &str = "x-transport-attempt";
 /// AMQP queue names are short strings (255 bytes); a group queue's name leaves room for
 /// its delay queues' prefix (`transport.retry.<ms>.`).
 const MAX_NAME_BYTES: usize = 255 - 37;
+/// How long the settle task lets acks gather before sending them.
+const ACK_COALESCE: Duration = Duration::from_millis(1);
+/// How long `close` waits for the settle tasks to send what they hold.
+const SETTLE_FLUSH: Duration = Duration::from_secs(5);
 /// An unused delay queue is deleted by the broker this long after its delay.
 const DELAY_QUEUE_IDLE: Duration = Duration::from_secs(60);
 
@@ -69,6 +73,9 @@ struct Inner {
     connect_timeout: Duration,
     /// The connection and its confirm-mode publishing channel; replaced when it dies.
     link: tokio::sync::Mutex<Option<Link>>,
+    /// The subscriptions' settle tasks, awaited by `close` so that their acks are sent
+    /// before the connection goes.
+    settlers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Clone)]
@@ -102,6 +109,7 @@ impl RabbitMqBackend {
             settings: config.rabbitmq.clone(),
             connect_timeout: config.connect_timeout,
             link: tokio::sync::Mutex::new(None),
+            settlers: std::sync::Mutex::new(Vec::new()),
         });
         inner.link().await?;
         Ok(RabbitMqBackend { inner })
@@ -430,6 +438,17 @@ async fn settle_task(
     let mut settled = BTreeSet::new();
     let mut batch = Vec::new();
     while requests.recv_many(&mut batch, 1024).await > 0 {
+        // let a few more settle before acking: one `multiple` ack for many deliveries
+        // instead of a frame each (a millisecond of prefetch credit is nothing)
+        if batch.len() < 256 {
+            tokio::time::sleep(ACK_COALESCE).await;
+            while batch.len() < 1024 {
+                match requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut ready = Vec::new();
         for request in batch.drain(..) {
             match request {
@@ -631,13 +650,22 @@ impl RabbitMqBackend {
             .await
             .map_err(failed("consume"))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(settle_task(
+        let settling = tokio::spawn(settle_task(
             Arc::clone(&self.inner),
             channel,
             queue.clone(),
             durable,
             rx,
         ));
+        {
+            let mut settlers = self
+                .inner
+                .settlers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            settlers.retain(|task| !task.is_finished());
+            settlers.push(settling);
+        }
         let settle: Arc<dyn Settle> = Arc::new(Settler { queue: tx });
         let subscriber = spec.subscriber.clone();
         let stream = consumer
@@ -714,6 +742,23 @@ impl Backend for RabbitMqBackend {
 
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         async move {
+            // the settle tasks end once their subscriptions and deliveries are gone
+            // (the dispatchers have drained): let them send their last acks
+            let settlers = std::mem::take(
+                &mut *self
+                    .inner
+                    .settlers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if tokio::time::timeout(SETTLE_FLUSH, futures_util::future::join_all(settlers))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "rabbitmq: acks still unsent at close; their messages will be delivered again"
+                );
+            }
             let link = self.inner.link.lock().await.take();
             if let Some(link) = link
                 && link.connection.status().connected()
