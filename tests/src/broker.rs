@@ -19,6 +19,8 @@ pub enum Server {
     /// A RabbitMQ node of its own (name, data directory, AMQP and distribution ports),
     /// its durable queues kept across restarts; guest/guest.
     RabbitMq,
+    /// `mosquitto` on a port of its own (sessions in memory).
+    Mosquitto,
 }
 
 impl Server {
@@ -27,6 +29,7 @@ impl Server {
             Server::Nats => "nats-server",
             Server::Redis | Server::RedisPersistent => "redis-server",
             Server::RabbitMq => "rabbitmq-server",
+            Server::Mosquitto => "mosquitto",
         }
     }
 }
@@ -103,6 +106,11 @@ impl PrivateBroker {
     fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let mut command = match self.server {
+            Server::Mosquitto => {
+                let mut c = Command::new(self.server.binary());
+                c.args(["-p", &port]);
+                c
+            }
             Server::RabbitMq => {
                 // the server script itself, not Debian's wrapper (which switches user as
                 // root); it runs the node as its child, which `kill` ends too
@@ -191,6 +199,7 @@ impl PrivateBroker {
                 format!("redis://127.0.0.1:{}", self.port)
             }
             Server::RabbitMq => format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
+            Server::Mosquitto => format!("mqtt://127.0.0.1:{}", self.port),
         }
     }
 

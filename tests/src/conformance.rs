@@ -117,6 +117,16 @@ impl Target {
             storage: "file",
         }
     }
+    /// MQTT 5 (Mosquitto) on 1883.
+    pub fn mqtt() -> Self {
+        Target {
+            kind: "mqtt",
+            port: 1883,
+            server: Some(Server::Mosquitto),
+            max_payload: 16 << 20,
+            storage: "file",
+        }
+    }
     /// Redis streams on 6379.
     pub fn redis_streams() -> Self {
         Target {
@@ -135,6 +145,7 @@ impl Target {
                 Some(format!("redis://127.0.0.1:{port}"))
             }
             Some(Server::RabbitMq) => Some(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+            Some(Server::Mosquitto) => Some(format!("mqtt://127.0.0.1:{port}")),
             None => None,
         }
     }

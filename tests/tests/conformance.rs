@@ -111,3 +111,18 @@ mod rabbitmq {
         malformed_entry = skip("rabbitmq: every AMQP message is a body with properties: a bad body is `undecodable_payload`"),
     );
 }
+
+mod mqtt {
+    use super::*;
+    conformance_suite!(Target::mqtt();
+        round_trip, many_messages, fan_out, competing_consumers,
+        two_groups_and_a_fan_out_subscriber, headers_and_key, ordering,
+        redelivery_after_error, no_ack_on_panic, dead_letter_after_max_attempts,
+        undecodable_payload, many_topics, large_payload, oversized_payload_is_refused,
+        late_subscriber_sees_old_messages = skip("mqtt: a broker keeps messages only for sessions that exist; a subscriber that never connected gets nothing"),
+        graceful_drain, survives_broker_restart,
+        dead_letter_is_a_new_message, dead_letter_publish_failing, handler_timeout,
+        shutdown_while_broker_down, invalid_topics_are_refused,
+        malformed_entry = skip("mqtt: every MQTT message is a payload with properties: a bad payload is `undecodable_payload`"),
+    );
+}

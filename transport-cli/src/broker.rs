@@ -21,7 +21,7 @@ pub enum Broker {
     RedisStreams,
     /// RabbitMQ (AMQP 0.9.1).
     Rabbitmq,
-    /// An MQTT 5 broker; no backend yet.
+    /// An MQTT 5 broker.
     Mqtt,
     /// Kafka; no backend yet.
     Kafka,
@@ -65,7 +65,7 @@ impl Broker {
                 Some("amqp://guest:guest@127.0.0.1:5672/%2f"),
                 true,
             ),
-            Broker::Mqtt => ("mqtt", Some("mqtt"), Some("mqtt://127.0.0.1:1883"), false),
+            Broker::Mqtt => ("mqtt", Some("mqtt"), Some("mqtt://127.0.0.1:1883"), true),
             Broker::Kafka => ("kafka", Some("kafka"), Some("127.0.0.1:9092"), false),
         };
         BrokerInfo {
@@ -126,7 +126,7 @@ mod tests {
         };
         assert_eq!(
             error,
-            "broker `kafka` is not available yet: the transport crate has no `kafka` backend (available: memory, nats, jetstream, redis, redis-streams, rabbitmq)"
+            "broker `kafka` is not available yet: the transport crate has no `kafka` backend (available: memory, nats, jetstream, redis, redis-streams, rabbitmq, mqtt)"
         );
         assert!(Broker::Nats.supported_info().is_ok());
     }

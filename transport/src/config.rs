@@ -89,6 +89,8 @@ pub struct BrokerConfig {
     pub redis: RedisConfig,
     /// `[broker.rabbitmq]`: RabbitMQ topology and publishing.
     pub rabbitmq: RabbitMqConfig,
+    /// `[broker.mqtt]`: MQTT sessions.
+    pub mqtt: MqttConfig,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -104,6 +106,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("jetstream", &self.jetstream)
             .field("redis", &self.redis)
             .field("rabbitmq", &self.rabbitmq)
+            .field("mqtt", &self.mqtt)
             .finish()
     }
 }
@@ -121,6 +124,29 @@ impl Default for BrokerConfig {
             jetstream: JetStreamConfig::default(),
             redis: RedisConfig::default(),
             rabbitmq: RabbitMqConfig::default(),
+            mqtt: MqttConfig::default(),
+        }
+    }
+}
+
+/// `[broker.mqtt]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// A stable client id: each subscription's session is then persistent (client id
+    /// `<client_id>.<subscriber>`), so what was unacknowledged when a connection dropped
+    /// comes back (at-least-once). Without one, sessions are clean (at-most-once).
+    pub client_id: Option<String>,
+    /// How long the broker keeps a persistent session while its client is away.
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            client_id: None,
+            session_expiry: Duration::from_secs(3600),
         }
     }
 }

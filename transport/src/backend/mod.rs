@@ -8,6 +8,8 @@
 #[cfg(feature = "nats")]
 pub mod jetstream;
 pub mod memory;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod prefixed;
@@ -382,13 +384,14 @@ fn topic_problem(topic: &str) -> Option<String> {
 
 /// Every broker kind: its name in config, the cargo feature of `transport` that enables
 /// it, and whether this build has that feature.
-pub const KINDS: [(&str, &str, bool); 6] = [
+pub const KINDS: [(&str, &str, bool); 7] = [
     ("memory", "", true),
     ("nats", "nats", cfg!(feature = "nats")),
     ("jetstream", "nats", cfg!(feature = "nats")),
     ("redis", "redis", cfg!(feature = "redis")),
     ("redis-streams", "redis", cfg!(feature = "redis")),
     ("rabbitmq", "rabbitmq", cfg!(feature = "rabbitmq")),
+    ("mqtt", "mqtt", cfg!(feature = "mqtt")),
 ];
 
 /// Whether `kind` names a backend compiled into this build: an unknown name, or one whose
@@ -430,6 +433,8 @@ pub async fn connect(
         "redis-streams" => Arc::new(redis_streams::RedisStreamsBackend::connect(config).await?),
         #[cfg(feature = "rabbitmq")]
         "rabbitmq" => Arc::new(rabbitmq::RabbitMqBackend::connect(config).await?),
+        #[cfg(feature = "mqtt")]
+        "mqtt" => Arc::new(mqtt::MqttBackend::connect(config).await?),
         // check_kind admitted only kinds that have an arm above in this build.
         other => {
             return Err(crate::error::ConfigError::UnknownBackend {

@@ -1,0 +1,587 @@
+//! MQTT 5 (through `rumqttc`), for Mosquitto and other MQTT 5 brokers.
+//!
+//! - Topics: a dotted name is an MQTT topic of levels (`sensor.readings` <->
+//!   `sensor/readings`); a name holding `/` is refused (the two spellings would meet).
+//! - Subscriptions: each has a connection of its own (its own session), QoS 1, manual
+//!   acks sent only after the handler succeeded or the message was dead-lettered; a group
+//!   is a shared subscription (`$share/<group>/<filter>`). `prefetch` is the session's
+//!   receive maximum (how many unacknowledged messages the broker sends ahead).
+//! - Sessions: with `[broker.mqtt] client_id`, each subscription's session is persistent
+//!   (client id `<client_id>.<subscriber>`, `clean_start = false`, `session_expiry`):
+//!   unacknowledged messages come back when it reconnects (at-least-once). Without one,
+//!   sessions are clean: what is in flight when a connection drops is lost
+//!   (at-most-once).
+//! - MQTT has no negative acknowledgement or broker-side delay: retries happen in place.
+//! - Publish: QoS 1, returns after the broker's PUBACK. Headers travel as user
+//!   properties, the key as user property `x-transport-key`, the id as `message-id`;
+//!   content type, `correlation-id` (as correlation data) and `reply_to` (as response
+//!   topic) as MQTT 5 properties.
+//! - Recovery: a lost connection ends its subscription (the dispatcher subscribes again,
+//!   with backoff, on a new connection); the publishing connection is made again on the
+//!   next publish.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish as MqttPublish, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec};
+use crate::config::{BrokerConfig, MqttConfig};
+use crate::error::BackendError;
+use crate::message::{CONTENT_TYPE, Headers, Message};
+use crate::publisher::CORRELATION_ID;
+
+const KIND: &str = "mqtt";
+const DEFAULT_URL: &str = "mqtt://127.0.0.1:1883";
+/// User property carrying the message key.
+pub const KEY_PROPERTY: &str = "x-transport-key";
+/// User property carrying the message id.
+pub const ID_PROPERTY: &str = "message-id";
+/// Requests a client may queue for its event loop.
+const REQUESTS: usize = 1024;
+
+/// An MQTT 5 broker connection for publishing; subscriptions open their own.
+pub struct MqttBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    host: String,
+    port: u16,
+    credentials: Credentials,
+    settings: MqttConfig,
+    connect_timeout: Duration,
+    /// Incoming packets up to this size are accepted.
+    max_packet: u32,
+    publisher: tokio::sync::Mutex<Option<PublishLink>>,
+}
+
+fn operation_error(operation: &'static str, error: impl std::fmt::Display) -> BackendError {
+    BackendError::Operation {
+        backend: KIND,
+        operation,
+        reason: error.to_string(),
+    }
+}
+
+/// A user name and password.
+type Credentials = Option<(String, String)>;
+
+/// `mqtt://[user:password@]host[:port]` (also `tcp://`).
+fn parse_url(url: &str) -> Result<(String, u16, Credentials), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or("the URL must begin with mqtt:// (no TLS: mqtts is not supported)")?;
+    let rest = rest.trim_end_matches('/');
+    let (credentials, address) = match rest.rsplit_once('@') {
+        Some((credentials, address)) => {
+            let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+            (Some((user.to_string(), password.to_string())), address)
+        }
+        None => (None, rest),
+    };
+    let (host, port) = match address.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse()
+                .map_err(|_| format!("`{port}` is not a port number"))?,
+        ),
+        None => (address, 1883),
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    Ok((host.to_string(), port, credentials))
+}
+
+/// A topic name as MQTT levels.
+fn mqtt_topic(topic: &str) -> String {
+    topic.replace('.', "/")
+}
+
+/// Waits for the broker's CONNACK (and the SUBACK, when `subscribing`), polling `events`.
+async fn handshake(events: &mut EventLoop, subscribing: bool) -> Result<(), String> {
+    let mut connected = false;
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if ack.code != rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success {
+                    return Err(format!("connection refused: {:?}", ack.code));
+                }
+                connected = true;
+                if !subscribing {
+                    return Ok(());
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) if connected => {
+                use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
+                return match ack.return_codes.first() {
+                    Some(SubscribeReasonCode::Success(_)) => Ok(()),
+                    other => Err(format!("subscription refused: {other:?}")),
+                };
+            }
+            Ok(_) => {}
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+impl MqttBackend {
+    /// Checks the URL and connects the publishing connection (within
+    /// `broker.connect_timeout`).
+    pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
+        let url = config
+            .url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_URL.to_string());
+        let (host, port, credentials) =
+            parse_url(&url).map_err(|reason| BackendError::Connect {
+                backend: KIND,
+                url: crate::redact::redact_url(&url),
+                reason,
+            })?;
+        let max_packet =
+            u32::try_from(config.max_message_bytes.saturating_add(64 * 1024)).unwrap_or(u32::MAX);
+        let inner = Arc::new(Inner {
+            host,
+            port,
+            credentials,
+            settings: config.mqtt.clone(),
+            connect_timeout: config.connect_timeout,
+            max_packet,
+            publisher: tokio::sync::Mutex::new(None),
+        });
+        inner.publisher().await?;
+        Ok(MqttBackend { inner })
+    }
+}
+
+impl Inner {
+    fn options(&self, client_id: String) -> MqttOptions {
+        let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
+        options
+            .set_keep_alive(Duration::from_secs(10))
+            .set_max_packet_size(Some(self.max_packet));
+        if let Some((user, password)) = &self.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        options
+    }
+
+    fn connect_error(&self, reason: String) -> BackendError {
+        BackendError::Connect {
+            backend: KIND,
+            url: format!("mqtt://{}:{}", self.host, self.port),
+            reason,
+        }
+    }
+
+    /// A client id unique in this process (two clients with one id take each other's
+    /// session over) and, by pid, across processes on a host.
+    fn client_id(&self, role: &str) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        format!("transport-{}-{role}-{n}", std::process::id())
+    }
+
+    /// The live publishing link, connecting again if the last one died.
+    async fn publisher(&self) -> Result<PublishLink, BackendError> {
+        let mut link = self.publisher.lock().await;
+        if let Some(live) = link.as_ref().filter(|l| l.alive.load(Ordering::Acquire)) {
+            return Ok(live.clone());
+        }
+        *link = None;
+        let (client, mut events) =
+            AsyncClient::new(self.options(self.client_id("publisher")), REQUESTS);
+        tokio::time::timeout(self.connect_timeout, handshake(&mut events, false))
+            .await
+            .map_err(|_| {
+                self.connect_error(format!("no CONNACK within {:?}", self.connect_timeout))
+            })?
+            .map_err(|reason| self.connect_error(reason))?;
+        let fresh = PublishLink {
+            client,
+            alive: Arc::new(AtomicBool::new(true)),
+            confirms: Arc::new(Mutex::new(Confirms::default())),
+            order: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        tokio::spawn(confirm_task(
+            events,
+            Arc::clone(&fresh.confirms),
+            Arc::clone(&fresh.alive),
+        ));
+        *link = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+/// The publishing connection: its client, whether its event loop still runs, and who
+/// waits for which PUBACK.
+#[derive(Clone)]
+struct PublishLink {
+    client: AsyncClient,
+    alive: Arc<AtomicBool>,
+    confirms: Arc<Mutex<Confirms>>,
+    /// Held while a publish is queued, so that waiters are queued in request order.
+    order: Arc<tokio::sync::Mutex<()>>,
+}
+
+type Confirm = oneshot::Sender<Result<(), String>>;
+
+/// Waiters for PUBACKs: in request order until the event loop names their packet id.
+#[derive(Default)]
+struct Confirms {
+    queued: VecDeque<Confirm>,
+    sent: HashMap<u16, Confirm>,
+}
+
+/// Polls the publishing connection; completes each publish when its PUBACK arrives.
+/// Ends (failing every waiter) when the connection drops: the next publish connects
+/// anew, so no packet id of this connection is ever matched with another's publish.
+async fn confirm_task(
+    mut events: EventLoop,
+    confirms: Arc<Mutex<Confirms>>,
+    alive: Arc<AtomicBool>,
+) {
+    // (a guard is never held across an await)
+    fn lock(confirms: &Mutex<Confirms>) -> std::sync::MutexGuard<'_, Confirms> {
+        confirms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+    loop {
+        match events.poll().await {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                let mut confirms = lock(&confirms);
+                if let Some(waiter) = confirms.queued.pop_front() {
+                    confirms.sent.insert(pkid, waiter);
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                let waiter = lock(&confirms).sent.remove(&ack.pkid);
+                if let Some(waiter) = waiter {
+                    let outcome = match ack.reason {
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
+                        other => Err(format!("the broker refused the message: {other:?}")),
+                    };
+                    let _ = waiter.send(outcome);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                alive.store(false, Ordering::Release);
+                let mut confirms = lock(&confirms);
+                let confirms = &mut *confirms;
+                let reason = format!("connection lost before the broker's PUBACK: {error}");
+                let waiting = confirms.sent.drain().map(|(_, waiter)| waiter);
+                for waiter in confirms.queued.drain(..).chain(waiting) {
+                    let _ = waiter.send(Err(reason.clone()));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Our message as an MQTT 5 publish's properties.
+fn to_properties(message: &Message) -> PublishProperties {
+    let mut properties = PublishProperties::default();
+    for (name, value) in message.headers.iter() {
+        match name {
+            CONTENT_TYPE => properties.content_type = Some(value.to_string()),
+            CORRELATION_ID => {
+                properties.correlation_data = Some(Bytes::copy_from_slice(value.as_bytes()));
+            }
+            _ => properties
+                .user_properties
+                .push((name.to_string(), value.to_string())),
+        }
+    }
+    if let Some(key) = &message.key {
+        properties
+            .user_properties
+            .push((KEY_PROPERTY.to_string(), key.clone()));
+    }
+    if let Some(id) = &message.id {
+        properties
+            .user_properties
+            .push((ID_PROPERTY.to_string(), id.as_str().to_string()));
+    }
+    properties.response_topic.clone_from(&message.reply_to);
+    properties
+}
+
+/// A consumed MQTT publish as our message.
+fn from_publish(publish: MqttPublish) -> Message {
+    let mut message = Message::new(publish.payload);
+    let mut headers = Headers::new();
+    if let Some(properties) = publish.properties {
+        if let Some(content_type) = properties.content_type {
+            headers.insert(CONTENT_TYPE, content_type);
+        }
+        if let Some(correlation) = properties.correlation_data {
+            headers.insert(CORRELATION_ID, String::from_utf8_lossy(&correlation));
+        }
+        for (name, value) in properties.user_properties {
+            match name.as_str() {
+                KEY_PROPERTY => message.key = Some(value),
+                ID_PROPERTY => message.id = Some(value.into()),
+                _ => headers.insert(name, value),
+            }
+        }
+        message.reply_to = properties.response_topic;
+    }
+    message.headers = headers;
+    message
+}
+
+/// Acknowledges a subscription's deliveries (tokens are packet ids).
+struct Acker {
+    client: AsyncClient,
+}
+
+impl Acker {
+    fn puback(&self, pkid: u64) {
+        let Ok(pkid) = u16::try_from(pkid) else {
+            return;
+        };
+        let mut publish = MqttPublish::new("", QoS::AtLeastOnce, Bytes::new(), None);
+        publish.pkid = pkid;
+        if let Err(rumqttc::v5::ClientError::TryRequest(_)) = self.client.try_ack(&publish) {
+            // the request queue is full: queue it without blocking the caller
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                let _ = client.ack(&publish).await;
+            });
+        }
+    }
+}
+
+impl Settle for Acker {
+    fn ack(&self, token: u64) {
+        self.puback(token);
+    }
+
+    fn nack(&self, _token: u64, _delay: Duration, _message: &Arc<Message>, _attempt: u32) {
+        // MQTT has no negative acknowledgement: left unacknowledged, the message comes
+        // back when a persistent session reconnects
+    }
+}
+
+impl MqttBackend {
+    async fn start(&self, spec: &SubscriptionSpec) -> Result<Subscription, BackendError> {
+        let inner = &self.inner;
+        let persistent = inner.settings.client_id.as_ref();
+        let client_id = match persistent {
+            Some(id) => format!("{id}.{}", spec.subscriber.replace("::", ".")),
+            None => inner.client_id("subscriber"),
+        };
+        let mut options = inner.options(client_id);
+        options
+            .set_manual_acks(true)
+            .set_clean_start(persistent.is_none())
+            .set_receive_maximum(Some(
+                u16::try_from(spec.prefetch.clamp(1, 65_535)).unwrap_or(u16::MAX),
+            ));
+        if persistent.is_some() {
+            let expiry = u32::try_from(inner.settings.session_expiry.as_secs()).unwrap_or(u32::MAX);
+            options.set_session_expiry_interval(Some(expiry));
+        }
+        let topic = mqtt_topic(&spec.topic);
+        let filter = match &spec.group {
+            Some(group) => format!("$share/{group}/{topic}"),
+            None => topic,
+        };
+        let (client, mut events) = AsyncClient::new(options, REQUESTS);
+        client
+            .subscribe(filter.clone(), QoS::AtLeastOnce)
+            .await
+            .map_err(|e| operation_error("subscribe", e))?;
+        tokio::time::timeout(inner.connect_timeout, handshake(&mut events, true))
+            .await
+            .map_err(|_| {
+                inner.connect_error(format!("no SUBACK within {:?}", inner.connect_timeout))
+            })?
+            .map_err(|reason| operation_error("subscribe", format!("`{filter}`: {reason}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let settle: Arc<dyn Settle> = Arc::new(Acker {
+            client: client.clone(),
+        });
+        let subscriber = spec.subscriber.clone();
+        tokio::spawn(async move {
+            // keeps the client (and so the connection) alive as long as the subscription
+            let _client = client;
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    event = events.poll() => match event {
+                        Ok(Event::Incoming(Packet::Publish(publish))) => {
+                            let pkid = u64::from(publish.pkid);
+                            let attempt = if publish.dup { 2 } else { 1 };
+                            let message = from_publish(publish);
+                            let delivery =
+                                Delivery::settled_by(message, attempt, Arc::clone(&settle), pkid);
+                            if tx.send(delivery).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%subscriber, %error, "mqtt subscription connection lost");
+                            return;
+                        }
+                    },
+                }
+            }
+        });
+        Ok(tokio_stream_of(rx))
+    }
+}
+
+fn tokio_stream_of(mut rx: mpsc::UnboundedReceiver<Delivery>) -> Subscription {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+impl MqttBackend {
+    /// Publishes to the MQTT topic `topic` at QoS 1; returns after the broker's PUBACK.
+    async fn send(&self, topic: String, message: Message) -> Result<(), BackendError> {
+        let link = self.inner.publisher().await?;
+        let (done, confirmed) = oneshot::channel();
+        {
+            let _order = link.order.lock().await;
+            link.confirms
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .queued
+                .push_back(done);
+            let queued = link
+                .client
+                .publish_with_properties(
+                    topic,
+                    QoS::AtLeastOnce,
+                    false,
+                    message.payload.clone(),
+                    to_properties(&message),
+                )
+                .await;
+            if let Err(error) = queued {
+                link.confirms
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .queued
+                    .pop_back();
+                return Err(operation_error("publish", error));
+            }
+        }
+        match confirmed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(operation_error("publish", reason)),
+            Err(_) => Err(operation_error("publish", "the connection closed")),
+        }
+    }
+}
+
+impl Backend for MqttBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            groups: true,
+            persistence: false,
+            ordering: true,
+            at_least_once: self.inner.settings.client_id.is_some(),
+            native_redelivery: false,
+            headers: true,
+            keys: true,
+        }
+    }
+
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
+        Publish::boxed(self.send(mqtt_topic(topic), message))
+    }
+
+    fn reply<'a>(&'a self, address: &'a str, message: Message) -> Publish<'a> {
+        // a response topic is an MQTT topic already
+        Publish::boxed(self.send(address.to_string(), message))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        spec: &'a SubscriptionSpec,
+    ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
+        self.start(spec).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        async move {
+            if let Some(link) = self.inner.publisher.lock().await.take() {
+                let _ = link.client.disconnect().await;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn validate_topic(&self, topic: &str) -> Result<(), BackendError> {
+        super::check_topic(KIND, topic)?;
+        if topic.contains('/') || topic.starts_with('$') {
+            return Err(BackendError::InvalidTopic {
+                backend: KIND,
+                topic: topic.to_string(),
+                reason: "holds `/` or begins with `$`: topics are dotted names, `.` becomes MQTT's level separator".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".to_string(), 1884, None)
+        );
+        assert_eq!(
+            parse_url("mqtt://u:p@broker").unwrap(),
+            ("broker".to_string(), 1883, Some(("u".into(), "p".into())))
+        );
+        assert!(parse_url("mqtts://broker").is_err());
+        assert!(parse_url("mqtt://broker:port").is_err());
+    }
+
+    #[test]
+    fn properties_round_trip() {
+        let mut message = Message::new(&b"{}"[..])
+            .with_header("trace-id", "t-1")
+            .with_header(CORRELATION_ID, "c-1")
+            .with_key("k-1");
+        message
+            .headers
+            .insert_static(CONTENT_TYPE, "application/json");
+        message.id = Some("m-1".into());
+        message.reply_to = Some("replies/here".into());
+        let mut publish = MqttPublish::new("a/b", QoS::AtLeastOnce, message.payload.clone(), None);
+        publish.properties = Some(to_properties(&message));
+        let back = from_publish(publish);
+        assert_eq!(back.headers.get("trace-id"), Some("t-1"));
+        assert_eq!(back.headers.get(CORRELATION_ID), Some("c-1"));
+        assert_eq!(back.headers.get(CONTENT_TYPE), Some("application/json"));
+        assert_eq!(back.key.as_deref(), Some("k-1"));
+        assert_eq!(back.id.as_deref(), Some("m-1"));
+        assert_eq!(back.reply_to.as_deref(), Some("replies/here"));
+    }
+}
