@@ -109,24 +109,27 @@ fn mqtt_topic(topic: &str) -> String {
     topic.replace('.', "/")
 }
 
-/// Waits for the broker's CONNACK (and the SUBACK, when `subscribing`), polling `events`.
-async fn handshake(events: &mut EventLoop, subscribing: bool) -> Result<(), String> {
+/// Waits for the broker's CONNACK (and the SUBACK, when `subscribing`), polling `events`;
+/// returns what a resumed session was sent meanwhile (to be handled first, not dropped).
+async fn handshake(events: &mut EventLoop, subscribing: bool) -> Result<Vec<MqttPublish>, String> {
     let mut connected = false;
+    let mut early = Vec::new();
     loop {
         match events.poll().await {
+            Ok(Event::Incoming(Packet::Publish(publish))) => early.push(publish),
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 if ack.code != rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success {
                     return Err(format!("connection refused: {:?}", ack.code));
                 }
                 connected = true;
                 if !subscribing {
-                    return Ok(());
+                    return Ok(early);
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) if connected => {
                 use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
                 return match ack.return_codes.first() {
-                    Some(SubscribeReasonCode::Success(_)) => Ok(()),
+                    Some(SubscribeReasonCode::Success(_)) => Ok(early),
                     other => Err(format!("subscription refused: {other:?}")),
                 };
             }
@@ -405,7 +408,7 @@ impl MqttBackend {
             .subscribe(filter.clone(), QoS::AtLeastOnce)
             .await
             .map_err(|e| operation_error("subscribe", e))?;
-        tokio::time::timeout(inner.connect_timeout, handshake(&mut events, true))
+        let early = tokio::time::timeout(inner.connect_timeout, handshake(&mut events, true))
             .await
             .map_err(|_| {
                 inner.connect_error(format!("no SUBACK within {:?}", inner.connect_timeout))
@@ -416,6 +419,14 @@ impl MqttBackend {
             client: client.clone(),
         });
         let subscriber = spec.subscriber.clone();
+        let deliver = move |publish: MqttPublish| {
+            let pkid = u64::from(publish.pkid);
+            let attempt = if publish.dup { 2 } else { 1 };
+            Delivery::settled_by(from_publish(publish), attempt, Arc::clone(&settle), pkid)
+        };
+        for publish in early {
+            let _ = tx.send(deliver(publish));
+        }
         tokio::spawn(async move {
             // keeps the client (and so the connection) alive as long as the subscription
             let _client = client;
@@ -424,12 +435,7 @@ impl MqttBackend {
                     () = tx.closed() => return,
                     event = events.poll() => match event {
                         Ok(Event::Incoming(Packet::Publish(publish))) => {
-                            let pkid = u64::from(publish.pkid);
-                            let attempt = if publish.dup { 2 } else { 1 };
-                            let message = from_publish(publish);
-                            let delivery =
-                                Delivery::settled_by(message, attempt, Arc::clone(&settle), pkid);
-                            if tx.send(delivery).is_err() {
+                            if tx.send(deliver(publish)).is_err() {
                                 return;
                             }
                         }

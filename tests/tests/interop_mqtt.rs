@@ -1,0 +1,234 @@
+//! Interop with Mosquitto's own clients (`mosquitto_pub`, `mosquitto_sub` from
+//! `mosquitto-clients`, installed by `scripts/brokers up`), MQTT 5: what they publish
+//! reaches typed subscribers, user properties included, and what the framework publishes
+//! reads as plain MQTT (the wire format in the README).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc::{self, UnboundedSender};
+use transport::prelude::*;
+use transport::{App, Config, Running};
+use transport_tests::{init_tracing, receive, unique};
+
+#[derive(Debug, PartialEq, Deserialize, serde::Serialize)]
+pub struct Order {
+    pub id: u64,
+    pub item: String,
+}
+
+#[derive(Debug)]
+pub struct Seen {
+    order: Order,
+    headers: Headers,
+    key: Option<String>,
+    id: Option<String>,
+}
+
+pub struct Shop(pub UnboundedSender<Seen>);
+
+#[transport::service]
+impl Shop {
+    #[subscriber(topic = "interop.mqtt.orders", group = "shop")]
+    async fn order(&self, order: Order, ctx: &Context) {
+        let _ = self.0.send(Seen {
+            order,
+            headers: ctx.headers().clone(),
+            key: ctx.key().map(str::to_string),
+            id: ctx.message_id().map(str::to_string),
+        });
+    }
+}
+
+fn config(prefix: &str) -> Config {
+    Config::from_toml(&format!(
+        "[broker]\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\ntopic_prefix = \"{prefix}\""
+    ))
+    .expect("config")
+}
+
+async fn start(prefix: &str, tx: UnboundedSender<Seen>) -> Running {
+    init_tracing();
+    App::new(config(prefix))
+        .select(|r| r.name == "Shop::order")
+        .service(Shop(tx))
+        .start()
+        .await
+        .unwrap_or_else(|error| panic!("the app starts: {error}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_reaches_a_typed_subscriber() {
+    if !transport_tests::require_broker(1883, "mqtt") {
+        return;
+    }
+    let prefix = format!("{}.", unique("mqtt"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = start(&prefix, tx).await;
+    // dotted names are MQTT levels
+    let topic = format!("{prefix}interop.mqtt.orders").replace('.', "/");
+    let status = Command::new("mosquitto_pub")
+        .args(["-V", "mqttv5", "-h", "127.0.0.1", "-p", "1883", "-q", "1"])
+        .args(["-t", &topic, "-m", r#"{"id":7,"item":"tea"}"#])
+        .args(["-D", "publish", "user-property", "trace-id", "t-1"])
+        .args(["-D", "publish", "user-property", "x-transport-key", "k-7"])
+        .args(["-D", "publish", "user-property", "message-id", "m-7"])
+        .args(["-D", "publish", "content-type", "application/json"])
+        .args(["-D", "publish", "correlation-data", "c-7"])
+        .status()
+        .expect("mosquitto_pub is installed with mosquitto-clients");
+    assert!(status.success(), "mosquitto_pub: {status}");
+    let seen = receive(&mut rx, 1).await.remove(0);
+    assert_eq!(
+        seen.order,
+        Order {
+            id: 7,
+            item: "tea".into()
+        }
+    );
+    assert_eq!(seen.headers.get("trace-id"), Some("t-1"));
+    assert_eq!(seen.headers.get("content-type"), Some("application/json"));
+    assert_eq!(seen.headers.get("correlation-id"), Some("c-7"));
+    assert_eq!(seen.key.as_deref(), Some("k-7"));
+    assert_eq!(seen.id.as_deref(), Some("m-7"));
+    app.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_sub_reads_what_the_framework_publishes() {
+    if !transport_tests::require_broker(1883, "mqtt") {
+        return;
+    }
+    init_tracing();
+    let prefix = format!("{}.", unique("mqtt"));
+    let topic = format!("{prefix}interop.mqtt.audit").replace('.', "/");
+    let mut reader = Command::new("mosquitto_sub")
+        .args(["-V", "mqttv5", "-h", "127.0.0.1", "-p", "1883", "-q", "1"])
+        .args(["-t", &topic, "-C", "1", "-W", "20", "-F", "%J"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub is installed with mosquitto-clients");
+    let stdout = reader.stdout.take().expect("stdout");
+    let app = App::new(config(&prefix))
+        .select(|_| false)
+        .start()
+        .await
+        .expect("the app starts");
+    // mosquitto_sub says nothing when it has subscribed: publish until it has a message
+    let line = tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().next());
+    tokio::pin!(line);
+    let line = loop {
+        app.publisher()
+            .to("interop.mqtt.audit")
+            .header("trace-id", "t-2")
+            .header("correlation-id", "c-2")
+            .key("k-2")
+            .id("m-2")
+            .send(&Order {
+                id: 8,
+                item: "bread".into(),
+            })
+            .await
+            .expect("published");
+        if let Ok(read) = tokio::time::timeout(Duration::from_millis(300), &mut line).await {
+            break read
+                .expect("reader")
+                .and_then(Result::ok)
+                .expect("a message");
+        }
+    };
+    let _ = reader.wait();
+    let got: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(got["topic"], topic.as_str());
+    assert_eq!(
+        got["payload"],
+        serde_json::json!({"id": 8, "item": "bread"})
+    );
+    assert_eq!(got["properties"]["content-type"], "application/json");
+    assert_eq!(got["properties"]["correlation-data"], "c-2");
+    let user = &got["properties"]["user-properties"];
+    assert_eq!(user["trace-id"], "t-2");
+    assert_eq!(user["x-transport-key"], "k-2");
+    assert_eq!(user["message-id"], "m-2");
+    app.shutdown().await.expect("shutdown");
+}
+
+/// Records what it is given; with `hang`, never finishes (its message stays unacknowledged).
+pub struct Session {
+    seen: UnboundedSender<(u64, u32)>,
+    hang: bool,
+}
+
+#[transport::service]
+impl Session {
+    #[subscriber(topic = "interop.mqtt.session")]
+    async fn take(&self, n: u64, ctx: &Context) {
+        let _ = self.seen.send((n, ctx.attempt()));
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// With `[broker.mqtt] client_id`, sessions persist: a message left unacknowledged when
+/// the App stopped, and one published while it was away, both arrive when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_gets_back_what_was_unacknowledged_or_sent_while_away() {
+    if !transport_tests::require_broker(1883, "mqtt") {
+        return;
+    }
+    init_tracing();
+    let prefix = format!("{}.", unique("mqtt"));
+    let client_id = unique("session");
+    let config = || {
+        Config::from_toml(&format!(
+            "[broker]\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\ntopic_prefix = \"{prefix}\"\n\
+             [broker.mqtt]\nclient_id = \"{client_id}\"\nsession_expiry = \"30s\"\n\
+             [shutdown]\ndrain_timeout = \"200ms\""
+        ))
+        .expect("config")
+    };
+    let run = |hang: bool, seen: UnboundedSender<(u64, u32)>| {
+        let config = config();
+        async move {
+            App::new(config)
+                .select(|r| r.name == "Session::take")
+                .service(Session { seen, hang })
+                .start()
+                .await
+                .expect("the app starts")
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first = run(true, tx).await;
+    first
+        .publisher()
+        .publish("interop.mqtt.session", &1u64)
+        .await
+        .expect("published");
+    assert_eq!(receive(&mut rx, 1).await, [(1, 1)]);
+    // stops with the handler still running: message 1 is not acknowledged
+    first.shutdown().await.expect("shutdown");
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let producer = App::new(config())
+        .select(|_| false)
+        .start()
+        .await
+        .expect("the producer starts");
+    producer
+        .publisher()
+        .publish("interop.mqtt.session", &2u64)
+        .await
+        .expect("published while the subscriber is away");
+    let second = run(false, tx).await;
+    let mut got = receive(&mut rx, 2).await;
+    got.sort_unstable();
+    assert_eq!(got[0].0, 1, "the unacknowledged message came back: {got:?}");
+    assert!(got[0].1 >= 2, "marked as a redelivery: {got:?}");
+    assert_eq!(got[1], (2, 1), "kept for the session while it was away");
+    second.shutdown().await.expect("shutdown");
+    producer.shutdown().await.expect("shutdown");
+}
