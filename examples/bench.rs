@@ -1,6 +1,6 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,inprocess]
+//!     cargo run --release --example bench -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,inprocess]
 //!
 //! `--rounds R` alternates framework and raw R times per backend and prints the medians.
 //! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
@@ -498,6 +498,114 @@ async fn rabbitmq(n: u64, run: &str) -> Measured {
     }
 }
 
+/// MQTT keeps nothing for a subscriber that is not there: both sides publish and drain
+/// inside the clock, the framework through its publisher (each publish confirmed by its
+/// PUBACK, 256 at a time), the raw side with a second rumqttc client (pipelined QoS 1).
+async fn mqtt(n: u64, run: &str) -> Measured {
+    use futures_util::StreamExt;
+    let prefix = format!("bench{run}.");
+    let counter = Counter::global();
+    counter.reset(n);
+    let done = counter.done.notified();
+    tokio::pin!(done);
+    done.as_mut().enable();
+    let started = Instant::now();
+    let app = App::new(config("mqtt", &prefix, n))
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("app: {e}"));
+    let publisher = app.publisher().clone();
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let publisher = publisher.clone();
+            async move { publisher.publish("bench.readings", &reading(i)).await }
+        })
+        .buffer_unordered(256)
+        .for_each(|published| {
+            published.unwrap_or_else(|e| panic!("publish: {e}"));
+            std::future::ready(())
+        })
+        .await;
+    done.await;
+    let framework = started.elapsed();
+    app.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    if framework_only() {
+        return alone(n, framework);
+    }
+
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let topic = format!("bench{run}/raw");
+    let mut options = MqttOptions::new(format!("bench-raw-sub-{run}"), "127.0.0.1", 1883);
+    options
+        .set_manual_acks(true)
+        .set_receive_maximum(Some(1024))
+        .set_max_packet_size(Some(1 << 20));
+    let (subscriber, mut events) = AsyncClient::new(options, 1024);
+    subscriber
+        .subscribe(topic.clone(), QoS::AtLeastOnce)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::SubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("mqtt: {e}"),
+        }
+    }
+    let started = Instant::now();
+    let mut options = MqttOptions::new(format!("bench-raw-pub-{run}"), "127.0.0.1", 1883);
+    options.set_max_packet_size(Some(1 << 20));
+    let (producer, mut producer_events) = AsyncClient::new(options, 1024);
+    let pump = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < n {
+            match producer_events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("mqtt: {e}"),
+            }
+        }
+    });
+    let sending = tokio::spawn(async move {
+        for i in 0..n {
+            let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
+            producer
+                .publish(topic.clone(), QoS::AtLeastOnce, false, body)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        producer
+    });
+    let mut seen = 0;
+    while seen < n {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let reading: Reading =
+                    serde_json::from_slice(&publish.payload).unwrap_or_else(|e| panic!("{e}"));
+                std::hint::black_box(&reading);
+                subscriber
+                    .try_ack(&publish)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("mqtt: {e}"),
+        }
+    }
+    let raw = started.elapsed();
+    let _ = pump.await;
+    if let Ok(producer) = sending.await {
+        let _ = producer.disconnect().await;
+    }
+    let _ = subscriber.disconnect().await;
+    Measured {
+        framework: rate(n, framework),
+        raw: rate(n, raw),
+    }
+}
+
 const NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// Writes a backlog of `n` readings to `subject` with the raw client, into stream
@@ -650,6 +758,7 @@ async fn main() {
         "redis-streams".to_string(),
         "jetstream".to_string(),
         "rabbitmq".to_string(),
+        "mqtt".to_string(),
     ];
     let mut i = 0;
     while i < args.len() {
@@ -672,7 +781,7 @@ async fn main() {
             }
             (other, _) => {
                 eprintln!(
-                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,inprocess] (got `{other}`)"
+                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,inprocess] (got `{other}`)"
                 );
                 std::process::exit(2);
             }
@@ -698,6 +807,7 @@ async fn main() {
                 "redis-streams" => redis_streams(messages, &run).await,
                 "jetstream" => jetstream(messages, &run).await,
                 "rabbitmq" => rabbitmq(messages, &run).await,
+                "mqtt" => mqtt(messages, &run).await,
                 "inprocess" => inprocess(messages).await,
                 other => {
                     eprintln!("unknown backend `{other}`");
