@@ -211,3 +211,81 @@ async fn pika_reads_what_the_framework_publishes() {
     assert_eq!(got["headers"]["x-transport-key"], "k-2");
     app.shutdown().await.expect("shutdown");
 }
+
+/// Records what it is given; with `hang`, never finishes.
+pub struct Counted {
+    seen: UnboundedSender<(u64, u32)>,
+    hang: bool,
+}
+
+#[transport::service]
+impl Counted {
+    #[subscriber(topic = "interop.amqp.quorum", group = "counted")]
+    async fn take(&self, n: u64, ctx: &Context) {
+        let _ = self.seen.send((n, ctx.attempt()));
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+const IS_QUORUM: &str = r#"
+import sys, pika
+connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+channel = connection.channel()
+# a declaration with other arguments than the queue's own is refused (406)
+channel.queue_declare(sys.argv[2], durable=True, arguments={"x-queue-type": "quorum"})
+channel.queue_delete(sys.argv[2])
+connection.close()
+"#;
+
+/// `quorum = true`: group queues are quorum queues, and a message handed back by an App
+/// stopped mid-handler comes to the next member with the broker's delivery count as its
+/// attempt number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_count_deliveries() {
+    if !transport_tests::require_broker(5672, "rabbitmq") {
+        return;
+    }
+    init_tracing();
+    let prefix = format!("{}.", unique("amqp"));
+    let config = || {
+        Config::from_toml(&format!(
+            "[broker]\nkind = \"rabbitmq\"\nurl = \"{URL}\"\ntopic_prefix = \"{prefix}\"\n\
+             [broker.rabbitmq]\nquorum = true\n[shutdown]\ndrain_timeout = \"200ms\""
+        ))
+        .expect("config")
+    };
+    let run = |hang: bool, seen: UnboundedSender<(u64, u32)>| {
+        let config = config();
+        async move {
+            App::new(config)
+                .select(|r| r.name == "Counted::take")
+                .service(Counted { seen, hang })
+                .start()
+                .await
+                .expect("the app starts")
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first = run(true, tx).await;
+    first
+        .publisher()
+        .publish("interop.amqp.quorum", &1u64)
+        .await
+        .expect("published");
+    assert_eq!(receive(&mut rx, 1).await, [(1, 1)]);
+    // stops while the handler runs: the message goes back to the queue
+    first.shutdown().await.expect("shutdown");
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let second = run(false, tx).await;
+    assert_eq!(
+        receive(&mut rx, 1).await,
+        [(1, 2)],
+        "the delivery count makes it attempt 2"
+    );
+    second.shutdown().await.expect("shutdown");
+    let queue = format!("{prefix}interop.amqp.quorum#counted");
+    python(IS_QUORUM, &[URL, &queue]);
+}
