@@ -81,6 +81,16 @@ fn on_redis_streams() {
     run_on(Some("redis-streams"), 6379);
 }
 
+#[test]
+fn on_rabbitmq() {
+    run_on(Some("rabbitmq"), 5672);
+}
+
+#[test]
+fn on_mqtt() {
+    run_on(Some("mqtt"), 1883);
+}
+
 /// The benchmark binary keeps working (tiny run; its numbers are not checked here).
 #[test]
 fn the_benchmark_runs() {
