@@ -332,11 +332,8 @@ fn fail<T>(error: lapin::Error) -> T {
 async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
     let connection = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
         .await
-        .unwrap_or_else(|e| panic!("rabbitmq: {e}"));
-    let channel = connection
-        .create_channel()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(fail);
+    let channel = connection.create_channel().await.unwrap_or_else(fail);
     (connection, channel)
 }
 

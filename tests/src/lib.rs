@@ -2,6 +2,7 @@
 
 pub mod broker;
 pub mod conformance;
+pub mod interop;
 pub mod scripted;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -7,24 +7,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::Deserialize;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use transport::prelude::*;
 use transport::{App, Config, Running};
+use transport_tests::interop::{Order, Seen};
 use transport_tests::{init_tracing, receive, unique};
-
-#[derive(Debug, PartialEq, Deserialize, serde::Serialize)]
-pub struct Order {
-    pub id: u64,
-    pub item: String,
-}
-
-#[derive(Debug)]
-pub struct Seen {
-    order: Order,
-    headers: Headers,
-    key: Option<String>,
-}
 
 pub struct Shop(pub UnboundedSender<Seen>);
 
@@ -32,11 +19,7 @@ pub struct Shop(pub UnboundedSender<Seen>);
 impl Shop {
     #[subscriber(topic = "interop.orders", group = "shop")]
     async fn order(&self, order: Order, ctx: &Context) {
-        let _ = self.0.send(Seen {
-            order,
-            headers: ctx.headers().clone(),
-            key: ctx.key().map(str::to_string),
-        });
+        let _ = self.0.send(Seen::of(order, ctx));
     }
 }
 
@@ -537,11 +520,7 @@ mod defects {
     impl Watcher {
         #[subscriber(topic = "interop.watch")]
         async fn watch(&self, order: Order, ctx: &Context) {
-            let _ = self.0.send(Seen {
-                order,
-                headers: ctx.headers().clone(),
-                key: ctx.key().map(str::to_string),
-            });
+            let _ = self.0.send(Seen::of(order, ctx));
         }
     }
 

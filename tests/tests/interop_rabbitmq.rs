@@ -6,27 +6,13 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use serde::Deserialize;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use transport::prelude::*;
 use transport::{App, Config, Running};
+use transport_tests::interop::{Order, Seen};
 use transport_tests::{init_tracing, receive, unique};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-#[derive(Debug, PartialEq, Deserialize, serde::Serialize)]
-pub struct Order {
-    pub id: u64,
-    pub item: String,
-}
-
-#[derive(Debug)]
-pub struct Seen {
-    order: Order,
-    headers: Headers,
-    key: Option<String>,
-    id: Option<String>,
-}
 
 pub struct Shop(pub UnboundedSender<Seen>);
 
@@ -34,12 +20,7 @@ pub struct Shop(pub UnboundedSender<Seen>);
 impl Shop {
     #[subscriber(topic = "interop.amqp.orders", group = "shop")]
     async fn order(&self, order: Order, ctx: &Context) {
-        let _ = self.0.send(Seen {
-            order,
-            headers: ctx.headers().clone(),
-            key: ctx.key().map(str::to_string),
-            id: ctx.message_id().map(str::to_string),
-        });
+        let _ = self.0.send(Seen::of(order, ctx));
     }
 }
 

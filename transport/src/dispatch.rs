@@ -267,7 +267,7 @@ impl Dispatcher {
             let delivery = {
                 let next = source.next();
                 tokio::pin!(next);
-                match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+                match poll_once(next.as_mut()).await {
                     Poll::Ready(delivery) => delivery,
                     Poll::Pending => tokio::select! {
                         biased;
@@ -359,8 +359,7 @@ impl Dispatcher {
             let mut run = std::pin::pin!(AssertUnwindSafe((self.handler)(context)).catch_unwind());
             // the timer (a clock read, a timer entry) only for a handler that does not
             // finish on its first poll
-            let finished = match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await
-            {
+            let finished = match poll_once(run.as_mut()).await {
                 Poll::Ready(result) => Ok(result),
                 Poll::Pending => tokio::time::timeout(self.handler_timeout, run).await,
             };
@@ -532,6 +531,12 @@ impl Dispatcher {
             );
         }
     }
+}
+
+/// Polls `future` once: its output if it is ready at once, else `Pending` (its waker is
+/// registered, and it may be awaited further).
+async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {

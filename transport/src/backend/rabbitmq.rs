@@ -174,8 +174,8 @@ impl Inner {
         })
     }
 
-    /// Publishes and waits for the broker's confirm. A failure drops the link, so the
-    /// next publish connects again.
+    /// Publishes and waits for the broker's confirm. (A link whose connection or channel
+    /// died is replaced by the next `link()`.)
     async fn publish(
         &self,
         exchange: &str,
@@ -185,48 +185,35 @@ impl Inner {
         properties: BasicProperties,
     ) -> Result<(), BackendError> {
         let link = self.link().await?;
-        let outcome = async {
-            let confirm = link
-                .publish
-                .basic_publish(
-                    ShortString::from(exchange),
-                    ShortString::from(routing_key),
-                    BasicPublishOptions {
-                        mandatory,
-                        ..BasicPublishOptions::default()
-                    },
-                    payload,
-                    properties,
-                )
-                .await
-                .map_err(|e| operation_error("publish", e))?;
-            match confirm.await.map_err(|e| operation_error("publish", e))? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                Confirmation::Ack(Some(_returned)) => Err(BackendError::Operation {
-                    backend: KIND,
-                    operation: "publish",
-                    reason: format!(
-                        "unroutable: no queue is bound to `{routing_key}` on exchange `{exchange}` (mandatory publish)"
-                    ),
-                }),
-                Confirmation::Nack(_) => Err(BackendError::Operation {
-                    backend: KIND,
-                    operation: "publish",
-                    reason: "the broker refused the message (negative confirm)".into(),
-                }),
-            }
+        let confirm = link
+            .publish
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                BasicPublishOptions {
+                    mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                payload,
+                properties,
+            )
+            .await
+            .map_err(|e| operation_error("publish", e))?;
+        match confirm.await.map_err(|e| operation_error("publish", e))? {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(BackendError::Operation {
+                backend: KIND,
+                operation: "publish",
+                reason: format!(
+                    "unroutable: no queue is bound to `{routing_key}` on exchange `{exchange}` (mandatory publish)"
+                ),
+            }),
+            Confirmation::Nack(_) => Err(BackendError::Operation {
+                backend: KIND,
+                operation: "publish",
+                reason: "the broker refused the message (negative confirm)".into(),
+            }),
         }
-        .await;
-        if outcome.is_err() && !link.alive() {
-            let mut current = self.link.lock().await;
-            if current
-                .as_ref()
-                .is_some_and(|l| Arc::ptr_eq(&l.connection, &link.connection))
-            {
-                *current = None;
-            }
-        }
-        outcome
     }
 
     /// Declares the delay queue for `delay` in front of `queue` (idempotent).
@@ -771,10 +758,6 @@ impl Backend for RabbitMqBackend {
             Ok(())
         }
         .boxed()
-    }
-
-    fn validate_topic(&self, topic: &str) -> Result<(), BackendError> {
-        super::check_topic(KIND, topic)
     }
 
     fn owns_header(&self, name: &str) -> bool {
