@@ -519,6 +519,148 @@ mod topic_names {
     }
 }
 
+/// MQTT filters on the in-process broker, which matches them itself (the mqtt backend's
+/// are the broker's: `interop_mqtt`).
+mod mqtt_filters {
+    use super::*;
+
+    pub struct Map(pub UnboundedSender<(String, u32, u32)>);
+
+    pub mod sensors {
+        use super::*;
+
+        pub struct Sensors(pub UnboundedSender<String>);
+
+        #[transport::service]
+        impl Sensors {
+            #[subscriber(mqtt_filter = "sensors/+/temperature")]
+            async fn temperature(&self, _celsius: f64, ctx: &Context) {
+                let _ = self.0.send(ctx.topic().to_string());
+            }
+        }
+    }
+    use sensors::Sensors;
+
+    /// Selects the subscribers of one service of this module.
+    fn only(
+        service: &'static str,
+    ) -> impl Fn(&transport::registry::Registration) -> bool + Send + Sync + 'static {
+        move |registration| registration.name.starts_with(service)
+    }
+
+    #[transport::service]
+    impl Map {
+        /// Fails the first attempt of 7 and every attempt of 9.
+        #[subscriber(mqtt_filter = "/hfp/v2/+/bus/#", group = "map")]
+        async fn position(&self, value: u32, ctx: &Context) -> Result<(), Error> {
+            let _ = self.0.send((ctx.topic().to_string(), value, ctx.attempt()));
+            match value {
+                7 if ctx.attempt() == 1 => Err(Error::msg("once")),
+                9 => Err(Error::msg("always")),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_filter_subscriber_gets_every_matching_topic_and_sees_which() {
+        let (tx, mut seen) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config("max_attempts = 2"), |app| {
+            app.select(only("Map::")).service(Map(tx))
+        })
+        .await;
+        let publisher = app.publisher();
+        let dead = app.record("Map.position.dlq").await.unwrap();
+        for (topic, value) in [
+            ("/hfp/v2/journey/bus/0018/00423", 1),
+            ("/hfp/v2/journey/tram/0040/00012", 2), // another level: not matched
+            ("/hfp/v2/deadrun/bus", 3),             // `#` matches the parent level too
+            ("hfp/v2/journey/bus/1", 4),            // no leading `/`: not matched
+            ("/hfp/v2/journey/bus/0018/00424", 7),
+            ("/hfp/v2/journey/bus/0018/00425", 9),
+        ] {
+            publisher.publish(topic, &value).await.unwrap();
+        }
+        let mut got = receive(&mut seen, 6).await;
+        got.sort_by_key(|(_, value, attempt)| (*value, *attempt));
+        assert_eq!(
+            got,
+            [
+                ("/hfp/v2/journey/bus/0018/00423".to_string(), 1, 1),
+                ("/hfp/v2/deadrun/bus".to_string(), 3, 1),
+                ("/hfp/v2/journey/bus/0018/00424".to_string(), 7, 1),
+                // a retry keeps the concrete topic
+                ("/hfp/v2/journey/bus/0018/00424".to_string(), 7, 2),
+                ("/hfp/v2/journey/bus/0018/00425".to_string(), 9, 1),
+                ("/hfp/v2/journey/bus/0018/00425".to_string(), 9, 2),
+            ]
+        );
+        // the dead letter goes to a topic named for the subscriber, naming the concrete topic
+        let letters = dead.wait_for(1, PATIENCE).await;
+        assert_eq!(
+            letters[0].headers.get(dlq::ORIGINAL_TOPIC),
+            Some("/hfp/v2/journey/bus/0018/00425")
+        );
+        assert_quiet(&mut seen, Duration::from_millis(100)).await;
+        app.shutdown().await.unwrap();
+    }
+
+    /// Dotted names are matched in their MQTT form, as the mqtt backend publishes them.
+    #[tokio::test]
+    async fn dotted_names_match_filters_level_by_level() {
+        let (tx, mut seen) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config(""), |app| {
+            app.select(only("Sensors::")).service(Sensors(tx))
+        })
+        .await;
+        let publisher = app.publisher();
+        publisher
+            .publish("sensors.lab.temperature", &21.5)
+            .await
+            .unwrap();
+        publisher
+            .publish("sensors.lab.humidity", &40.0)
+            .await
+            .unwrap();
+        publisher
+            .publish("sensors/roof/temperature", &3.0)
+            .await
+            .unwrap();
+        let mut got = receive(&mut seen, 2).await;
+        got.sort();
+        assert_eq!(got, ["sensors.lab.temperature", "sensors/roof/temperature"]);
+        assert_quiet(&mut seen, Duration::from_millis(100)).await;
+        app.shutdown().await.unwrap();
+    }
+
+    /// Only mqtt and memory subscribe to filters: elsewhere it is a startup error naming
+    /// the subscriber, before anything connects.
+    #[test]
+    fn a_backend_without_filters_refuses_them_at_startup() {
+        for kind in ["nats", "jetstream", "redis", "redis-streams", "rabbitmq"] {
+            let config = Config::from_toml(&format!("[broker]\nkind = \"{kind}\"")).unwrap();
+            let error = App::new(config)
+                .select(only("Sensors::"))
+                .service(Sensors(mpsc::unbounded_channel().0))
+                .check()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("Sensors::temperature"), "{kind}: {error}");
+            assert!(
+                error.contains("`sensors/+/temperature`")
+                    && error.contains(&format!("the {kind} backend cannot subscribe to one")),
+                "{kind}: {error}"
+            );
+        }
+        let config = Config::from_toml("[broker]\nkind = \"mqtt\"").unwrap();
+        App::new(config)
+            .select(only("Sensors::"))
+            .service(Sensors(mpsc::unbounded_channel().0))
+            .check()
+            .unwrap();
+    }
+}
+
 mod replies {
     use super::*;
 

@@ -1622,6 +1622,7 @@ mod nats_hardening {
                 prefetch: 1,
                 max_attempts: 1,
                 consumer: None,
+                filter: false,
             },
         )
         .await

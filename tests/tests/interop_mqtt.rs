@@ -213,3 +213,90 @@ async fn a_persistent_session_gets_back_what_was_unacknowledged_or_sent_while_aw
     second.shutdown().await.expect("shutdown");
     producer.shutdown().await.expect("shutdown");
 }
+
+/// A subscriber to a foreign topic tree (HFP-like levels under a leading `/`).
+pub struct Map(pub UnboundedSender<(String, Order)>);
+
+#[transport::service]
+impl Map {
+    #[subscriber(
+        mqtt_filter = "/transport-interop/hfp/v2/journey/ongoing/vp/bus/#",
+        group = "map"
+    )]
+    async fn position(&self, order: Order, ctx: &Context) {
+        let _ = self.0.send((ctx.topic().to_string(), order));
+    }
+}
+
+/// The realtime-map case: a filter with `#` under a leading `/`, level names as HFP writes
+/// them (`Itäkeskus(M)`, `08:30`, `60;25`), fed by `mosquitto_pub` and by the framework's
+/// own publisher (a name holding `/` is an MQTT topic as it is); the handler sees each
+/// concrete topic, and a sibling tree (`tram`) does not reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_subscriber_gets_a_foreign_topic_tree_with_its_concrete_topics() {
+    if !transport_tests::require_broker(1883, "mqtt") {
+        return;
+    }
+    init_tracing();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = App::new(config(&format!("{}.", unique("mqtt"))))
+        .select(|r| r.name == "Map::position")
+        .service(Map(tx))
+        .start()
+        .await
+        .unwrap_or_else(|error| panic!("the app starts: {error}"));
+    let vehicle = unique("veh");
+    let root = "/transport-interop/hfp/v2/journey/ongoing/vp";
+    let tram = format!("{root}/tram/0040/{vehicle}");
+    let bus = format!("{root}/bus/0018/{vehicle}/1059/1/Itäkeskus(M)/08:30/1453126/5/60;25");
+    for (topic, id) in [(&tram, 1), (&bus, 2)] {
+        let status = Command::new("mosquitto_pub")
+            .args(["-V", "mqttv5", "-h", "127.0.0.1", "-p", "1883", "-q", "1"])
+            .args([
+                "-t",
+                topic,
+                "-m",
+                &format!(r#"{{"id":{id},"item":"{vehicle}"}}"#),
+            ])
+            .status()
+            .expect("mosquitto_pub is installed with mosquitto-clients");
+        assert!(status.success(), "mosquitto_pub: {status}");
+    }
+    let from_clients = receive(&mut rx, 1).await.remove(0);
+    assert_eq!(from_clients.0, bus);
+    assert_eq!(from_clients.1.id, 2, "the tram's message does not match");
+    // the framework publishes into the foreign tree too (no prefix: it is not ours)
+    let own = format!("{root}/bus/0022/{vehicle}");
+    let order = Order {
+        id: 3,
+        item: vehicle.clone(),
+    };
+    app.publisher()
+        .publish(&own, &order)
+        .await
+        .expect("published");
+    assert_eq!(receive(&mut rx, 1).await, [(own, order)]);
+    transport_tests::assert_quiet(&mut rx, Duration::from_millis(300)).await;
+    app.shutdown().await.expect("shutdown");
+}
+
+/// Wildcards in a topic one publishes to are refused, naming where they belong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_to_a_wildcard_topic_is_refused() {
+    if !transport_tests::require_broker(1883, "mqtt") {
+        return;
+    }
+    let app = App::new(config(""))
+        .select(|_| false)
+        .start()
+        .await
+        .expect("the app starts");
+    for bad in ["/hfp/+/bus", "/hfp/#", "$SYS/broker"] {
+        let error = app.publisher().publish(bad, &1).await.unwrap_err();
+        assert!(
+            error.to_string().contains("invalid topic"),
+            "{bad}: {error}"
+        );
+    }
+    app.shutdown().await.expect("shutdown");
+}

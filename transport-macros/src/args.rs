@@ -7,7 +7,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, Lit, LitStr, MetaNameValue, Path, Token};
 
 /// The keys `#[subscriber]` accepts.
-const KEYS: &[&str] = &["topic", "group", "codec", "reply"];
+const KEYS: &[&str] = &["topic", "mqtt_filter", "group", "codec", "reply"];
 
 /// The codecs known by name.
 pub const CODECS: &[&str] = &["json", "msgpack", "protobuf", "text", "bytes"];
@@ -26,7 +26,10 @@ pub enum CodecArg {
 
 /// The checked arguments.
 pub struct SubscriberArgs {
+    /// The topic, or the MQTT filter when `mqtt_filter` is set.
     pub topic: TopicArg,
+    /// `topic` came from `mqtt_filter = "..."`.
+    pub mqtt_filter: bool,
     pub group: Option<LitStr>,
     pub codec: Option<CodecArg>,
     pub reply: Option<TopicArg>,
@@ -60,8 +63,8 @@ impl Errors {
     }
 }
 
-/// Parses `topic = ..., group = ..., codec = ..., reply = ...`. Every problem is
-/// reported; `attr_span` is where a missing `topic` is reported.
+/// Parses `topic = ... | mqtt_filter = ..., group = ..., codec = ..., reply = ...`. Every
+/// problem is reported; `attr_span` is where a missing `topic` is reported.
 pub fn parse(tokens: TokenStream, attr_span: Span, errors: &mut Errors) -> Option<SubscriberArgs> {
     let pairs = match Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(tokens) {
         Ok(pairs) => pairs,
@@ -71,6 +74,7 @@ pub fn parse(tokens: TokenStream, attr_span: Span, errors: &mut Errors) -> Optio
         }
     };
     let mut topic = None;
+    let mut mqtt_filter = false;
     let mut group = None;
     let mut codec = None;
     let mut reply = None;
@@ -95,9 +99,27 @@ pub fn parse(tokens: TokenStream, attr_span: Span, errors: &mut Errors) -> Optio
             errors.spanned(pair.path.span(), format!("duplicate `{key}`: give it once"));
             continue;
         }
+        let other = match key.as_str() {
+            "topic" => Some("mqtt_filter"),
+            "mqtt_filter" => Some("topic"),
+            _ => None,
+        };
+        if let Some(other) = other
+            && seen.iter().any(|k| k == other)
+        {
+            errors.spanned(
+                pair.path.span(),
+                "give `topic` (a topic name) or `mqtt_filter` (an MQTT topic filter), not both",
+            );
+            continue;
+        }
         seen.push(key.clone());
         match key.as_str() {
             "topic" => topic = topic_value(&pair.value, "topic", errors),
+            "mqtt_filter" => {
+                mqtt_filter = true;
+                topic = filter_value(&pair.value, errors);
+            }
             "reply" => reply = topic_value(&pair.value, "reply", errors),
             "group" => group = group_value(&pair.value, errors),
             "codec" => codec = codec_value(&pair.value, errors),
@@ -105,7 +127,7 @@ pub fn parse(tokens: TokenStream, attr_span: Span, errors: &mut Errors) -> Optio
         }
     }
 
-    if !seen.iter().any(|k| k == "topic") && !topic_typo {
+    if !seen.iter().any(|k| k == "topic" || k == "mqtt_filter") && !topic_typo {
         errors.spanned(
             attr_span,
             "missing `topic`: write `#[subscriber(topic = \"orders.created\")]` or `topic = SOME_TOPIC_CONST`",
@@ -113,6 +135,7 @@ pub fn parse(tokens: TokenStream, attr_span: Span, errors: &mut Errors) -> Optio
     }
     Some(SubscriberArgs {
         topic: topic?,
+        mqtt_filter,
         group,
         codec,
         reply,
@@ -194,7 +217,7 @@ fn topic_value(value: &Expr, key: &str, errors: &mut Errors) -> Option<TopicArg>
             errors.spanned(
                 lit.span(),
                 format!(
-                    "`{key}` must not contain `{c}`: it is a wildcard on some brokers, and wildcard subscriptions are not supported"
+                    "`{key}` must not contain `{c}`: it is a wildcard on some brokers, so no topic name holds it; to subscribe to an MQTT topic tree, write `mqtt_filter = \"sensors/+/readings\"`"
                 ),
             );
             return None;
@@ -222,6 +245,52 @@ fn topic_value(value: &Expr, key: &str, errors: &mut Errors) -> Option<TopicArg>
         ),
     );
     None
+}
+
+/// An MQTT topic filter: MQTT's rules (the runtime's `backend::mqtt_filter::check_filter`,
+/// caught here so the mistake is a compile error on the user's token).
+fn filter_value(value: &Expr, errors: &mut Errors) -> Option<TopicArg> {
+    let Some(lit) = string_literal(value) else {
+        errors.spanned(
+            value.span(),
+            "`mqtt_filter` must be a string literal: `mqtt_filter = \"/hfp/v2/journey/+/vp/bus/#\"`",
+        );
+        return None;
+    };
+    let filter = lit.value();
+    let levels: Vec<&str> = filter.split('/').collect();
+    let problem = if filter.is_empty() {
+        Some("must not be empty".to_string())
+    } else if filter.len() > 65_535 {
+        Some("must be at most 65,535 bytes long".to_string())
+    } else if filter.chars().any(char::is_control) {
+        Some("must not contain control characters".to_string())
+    } else if filter.starts_with("$share/") {
+        Some("must not begin with `$share/`: give the shared subscription's name as `group = \"...\"`".to_string())
+    } else if let Some(level) = levels
+        .iter()
+        .find(|level| level.contains('#') && **level != "#")
+    {
+        Some(format!(
+            "has `#` inside level `{level}`: `#` must be a whole level (`sensors/#`)"
+        ))
+    } else if levels[..levels.len() - 1].contains(&"#") {
+        Some("has `#` before its last level: `#` stands for all the levels below, so it comes last (`sensors/#`)".to_string())
+    } else {
+        levels
+            .iter()
+            .find(|level| level.contains('+') && **level != "+")
+            .map(|level| {
+                format!(
+                    "has `+` in level `{level}`: `+` must be a whole level (`sensors/+/readings`)"
+                )
+            })
+    };
+    if let Some(problem) = problem {
+        errors.spanned(lit.span(), format!("`mqtt_filter` {problem}"));
+        return None;
+    }
+    Some(TopicArg::Name(lit.clone()))
 }
 
 fn group_value(value: &Expr, errors: &mut Errors) -> Option<LitStr> {

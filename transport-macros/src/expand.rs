@@ -405,6 +405,7 @@ pub fn registration(
             )
         }
     };
+    let mqtt_filter = sub.args.mqtt_filter;
     let group = match &sub.args.group {
         Some(lit) => quote!(::core::option::Option::Some(#lit)),
         None => quote!(::core::option::Option::None),
@@ -464,6 +465,7 @@ pub fn registration(
                 name: #name,
                 service: #service,
                 topic: #topic,
+                mqtt_filter: #mqtt_filter,
                 topic_const: #topic_const,
                 group: #group,
                 codec: #codec,

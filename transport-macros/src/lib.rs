@@ -24,6 +24,10 @@ pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Registers an `async fn` as a subscriber:
 /// `#[subscriber(topic = "t", group = "g", codec = "json", reply = "r")]`.
 ///
+/// Instead of `topic`, `mqtt_filter = "/hfp/v2/+/bus/#"` subscribes to an MQTT topic
+/// filter (`+` one level, `#` the rest), served by the mqtt and memory backends;
+/// `Context::topic` then gives each message's concrete topic.
+///
 /// On a free function it stands alone; on a method, the `impl` block needs
 /// `#[transport::service]`.
 #[proc_macro_attribute]

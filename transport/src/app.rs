@@ -120,16 +120,32 @@ impl App {
         self.prepare().map(drop)
     }
 
-    /// Every subscribed, dead-letter and reply topic `validate_topic` refuses.
+    /// Every subscribed, dead-letter and reply topic `validate_topic` refuses, and every
+    /// MQTT filter `validate_filter` refuses.
     fn topic_errors(
         &self,
         registrations: &[&'static Registration],
         validate_topic: &dyn Fn(&str) -> Result<(), crate::error::BackendError>,
+        validate_filter: &dyn Fn(&str) -> Result<(), crate::error::BackendError>,
     ) -> Vec<StartupError> {
         let mut errors = Vec::new();
         for registration in registrations {
+            if registration.mqtt_filter
+                && let Err(source) = validate_filter(registration.topic)
+            {
+                errors.push(StartupError::InvalidTopic {
+                    subscriber: registration.name.to_string(),
+                    location: registration.location(),
+                    role: "MQTT filter",
+                    topic: registration.topic.to_string(),
+                    source,
+                });
+            }
             let topics = [
-                ("topic", Some(registration.topic.to_string())),
+                (
+                    "topic",
+                    (!registration.mqtt_filter).then(|| registration.topic.to_string()),
+                ),
                 (
                     "dead-letter topic",
                     Some(self.dead_letter_topic(registration)),
@@ -153,10 +169,10 @@ impl App {
     }
 
     fn dead_letter_topic(&self, registration: &Registration) -> String {
-        self.config
-            .subscriber(registration.name)
-            .dead_letter
-            .replace("{topic}", registration.topic)
+        dead_letter_topic(
+            &self.config.subscriber(registration.name).dead_letter,
+            registration,
+        )
     }
 
     /// The checks shared by [`App::check`] and [`App::start`], all before connecting;
@@ -169,13 +185,22 @@ impl App {
         }
         let registrations = self.registrations();
         let mut errors = match &self.backend {
-            Some(backend) => self.topic_errors(&registrations, &|t| backend.validate_topic(t)),
+            Some(backend) => {
+                self.topic_errors(&registrations, &|t| backend.validate_topic(t), &|f| {
+                    backend.validate_filter(f)
+                })
+            }
             None => {
                 let kind: &'static str = backend::KINDS
                     .iter()
                     .find(|(name, _, _)| *name == self.config.broker.kind)
                     .map_or("broker", |(name, _, _)| name);
-                self.topic_errors(&registrations, &|t| backend::check_topic(kind, t))
+                self.topic_errors(&registrations, &|t| backend::check_topic(kind, t), &|f| {
+                    match kind {
+                        "memory" | "mqtt" => backend::mqtt_filter::check_filter(kind, f),
+                        _ => Err(backend::filters_unsupported(kind, f)),
+                    }
+                })
             }
         };
         for name in self.config.subscribers.keys() {
@@ -217,7 +242,10 @@ impl App {
                 let backend = backend::connect(&self.config.broker).await?;
                 // the connected backend's own topic rule (it may be stricter)
                 let registrations: Vec<_> = bound.iter().map(|(r, _)| *r).collect();
-                let errors = self.topic_errors(&registrations, &|t| backend.validate_topic(t));
+                let errors =
+                    self.topic_errors(&registrations, &|t| backend.validate_topic(t), &|f| {
+                        backend.validate_filter(f)
+                    });
                 if let Some(error) = StartupError::from_all(errors) {
                     self.close_within(&backend).await;
                     return Err(error.into());
@@ -252,6 +280,7 @@ impl App {
                 prefetch: settings.prefetch.max(settings.concurrency),
                 max_attempts: settings.retry.max_attempts,
                 consumer: settings.consumer.clone(),
+                filter: registration.mqtt_filter,
             };
             let subscription = match backend.subscribe(&spec).await {
                 Ok(subscription) => subscription,
@@ -286,7 +315,7 @@ impl App {
                 handler,
                 info,
                 concurrency: settings.concurrency,
-                dead_letter_topic: settings.dead_letter.replace("{topic}", registration.topic),
+                dead_letter_topic: dead_letter_topic(&settings.dead_letter, registration),
                 retry: settings.retry,
                 ordered: settings.ordered,
                 handler_timeout: settings.handler_timeout,
@@ -519,5 +548,16 @@ impl Running {
         }
         close_backend(&self.backend, self.close_timeout).await;
         Ok(())
+    }
+}
+
+/// A subscriber's dead-letter topic: `template` (`dead_letter` in config) with `{topic}`
+/// replaced by the topic, or, for an MQTT filter, by the subscriber's name with `::` as
+/// `.` (`RealtimeMap.position.dlq`): a filter is no topic one can publish to.
+fn dead_letter_topic(template: &str, registration: &Registration) -> String {
+    if registration.mqtt_filter {
+        template.replace("{topic}", &registration.name.replace("::", "."))
+    } else {
+        template.replace("{topic}", registration.topic)
     }
 }

@@ -25,6 +25,8 @@ pub struct Context {
     pub(crate) message: Arc<Message>,
     /// What every delivery of the subscriber shares (one reference count per delivery).
     pub(crate) subscription: Arc<SubscriptionInfo>,
+    /// The concrete topic, for a subscriber to an MQTT filter.
+    pub(crate) topic: Option<Arc<str>>,
     pub(crate) attempt: u32,
     /// Headers the handler adds to its reply.
     pub(crate) reply_headers: std::sync::Mutex<Headers>,
@@ -40,9 +42,11 @@ pub(crate) struct SubscriptionInfo {
 }
 
 impl Context {
-    /// The topic the message arrived on.
+    /// The topic the message arrived on: the subscriber's topic, or for a subscriber to
+    /// an MQTT filter (`mqtt_filter = "/hfp/v2/#"`), the concrete topic that matched it
+    /// (`/hfp/v2/journey/ongoing/vp/bus/0018/00423`).
     pub fn topic(&self) -> &str {
-        &self.subscription.topic
+        self.topic.as_deref().unwrap_or(&self.subscription.topic)
     }
 
     /// The subscriber's group, if it has one.

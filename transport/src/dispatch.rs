@@ -353,6 +353,7 @@ impl Dispatcher {
             let context = Context {
                 message: Arc::clone(&delivery.message),
                 subscription: Arc::clone(&self.info),
+                topic: delivery.topic().cloned(),
                 attempt,
                 reply_headers: Default::default(),
             };
@@ -446,7 +447,7 @@ impl Dispatcher {
             kind,
             error,
             attempts,
-            topic: &self.info.topic,
+            topic: delivery.topic().map_or(&self.info.topic, |topic| topic),
             subscriber: self.registration.name,
             group: self.info.group.as_deref(),
         };

@@ -21,6 +21,8 @@ pub struct Registration {
     pub service: Option<ServiceInfo>,
     /// The topic name.
     pub topic: &'static str,
+    /// `topic` is an MQTT topic filter (`mqtt_filter = "..."`), not a topic name.
+    pub mqtt_filter: bool,
     /// The path of the typed topic constant, when `topic = SOME_CONST` was used.
     pub topic_const: Option<&'static str>,
     /// The group, if any.
@@ -72,6 +74,7 @@ impl fmt::Debug for Registration {
             .field("name", &self.name)
             .field("service", &self.service.map(|s| s.type_name))
             .field("topic", &self.topic)
+            .field("mqtt_filter", &self.mqtt_filter)
             .field("topic_const", &self.topic_const)
             .field("group", &self.group)
             .field("codec", &self.codec)

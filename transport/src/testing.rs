@@ -45,6 +45,7 @@ impl Recording {
             prefetch: 1024,
             max_attempts: 1,
             consumer: None,
+            filter: false,
         };
         let mut subscription =
             backend

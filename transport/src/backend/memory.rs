@@ -10,6 +10,9 @@
 //! `name` shares one broker, so two Apps can compete in one group as two processes would
 //! on a real broker. Nothing is kept on disk, and a message published where no
 //! subscriber listens is dropped.
+//!
+//! MQTT topic filters (`mqtt_filter`) are matched here against each topic's MQTT form
+//! ([`mqtt_filter::mqtt_name`]), so a service written for MQTT runs on this broker too.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -19,7 +22,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 
-use super::{Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec};
+use super::mqtt_filter;
+use super::{
+    Acknowledge, Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec,
+};
 use crate::error::BackendError;
 use crate::message::Message;
 
@@ -51,9 +57,17 @@ struct Inner {
     topics: Mutex<Topics>,
 }
 
+/// The queues of every topic and filter.
+#[derive(Default)]
+struct Topics {
+    names: Names,
+    /// Subscriptions to MQTT filters, by filter; looked at only when there are some.
+    filters: Vec<(String, TopicQueues)>,
+}
+
 /// Topics by name. Hashed with FNV-1a: names are short and the application's own, and
 /// every publish looks one up (SipHash costs several times more on such keys).
-type Topics = HashMap<String, TopicQueues, BuildHasherDefault<Fnv>>;
+type Names = HashMap<String, TopicQueues, BuildHasherDefault<Fnv>>;
 
 #[derive(Default)]
 struct Fnv(u64);
@@ -107,6 +121,8 @@ struct Envelope {
     /// Shared by every queue of a fan-out and by the deliveries: never copied.
     message: Arc<Message>,
     attempt: u32,
+    /// The topic it was published to, for a subscription to a filter.
+    topic: Option<Arc<str>>,
 }
 
 fn registry() -> &'static Mutex<HashMap<String, MemoryBroker>> {
@@ -145,7 +161,19 @@ impl MemoryBroker {
     /// requeues.
     fn queue_for(&self, spec: &SubscriptionSpec) -> (async_channel::Receiver<Envelope>, Queue) {
         let mut topics = self.topics();
-        let queues = topics.entry(spec.topic.clone()).or_default();
+        let queues = if spec.filter {
+            let filters = &mut topics.filters;
+            let index = match filters.iter().position(|(f, _)| *f == spec.topic) {
+                Some(index) => index,
+                None => {
+                    filters.push((spec.topic.clone(), TopicQueues::default()));
+                    filters.len() - 1
+                }
+            };
+            &mut filters[index].1
+        } else {
+            topics.names.entry(spec.topic.clone()).or_default()
+        };
         queues.prune();
         let existing = spec.group.as_ref().and_then(|group| {
             let (tx, weak) = queues.groups.get(group)?;
@@ -174,18 +202,29 @@ impl MemoryBroker {
     fn enqueue(&self, topic: &str, message: Message) -> Result<(), BackendError> {
         // sending never waits, so it happens under the lock (no copy of the queue list)
         let mut topics = self.topics();
-        let Some(queues) = topics.get_mut(topic) else {
-            return Ok(());
-        };
+        let Topics { names, filters } = &mut *topics;
+        let named = names.get_mut(topic);
+        let mut matching: Vec<&mut TopicQueues> = Vec::new();
+        if !filters.is_empty() {
+            let name = mqtt_filter::mqtt_name(topic);
+            matching.extend(
+                filters
+                    .iter_mut()
+                    .filter(|(filter, _)| mqtt_filter::matches(filter, &name))
+                    .map(|(_, queues)| queues),
+            );
+        }
         // Never wait for room: a handler publishing into its own full queue would wait
         // for itself. A full queue is an error the publisher sees (and a handler
         // retries); every queue is checked first so a message goes to all or none.
         let capacity = self.inner.options.queue_capacity.max(1);
-        if queues
-            .targets
-            .iter()
-            .any(|q| !q.is_closed() && q.len() >= capacity)
-        {
+        let full = |queues: &TopicQueues| {
+            queues
+                .targets
+                .iter()
+                .any(|q| !q.is_closed() && q.len() >= capacity)
+        };
+        if named.as_deref().is_some_and(full) || matching.iter().any(|queues| full(queues)) {
             return Err(BackendError::Operation {
                 backend: KIND,
                 operation: "publish",
@@ -194,18 +233,32 @@ impl MemoryBroker {
                 ),
             });
         }
-        let mut closed = false;
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             message: Arc::new(message),
             attempt: 1,
+            topic: None,
         };
-        for queue in queues.targets.iter() {
-            closed |= queue.try_send(envelope.clone()).is_err();
+        if let Some(queues) = named {
+            send_to(queues, &envelope);
         }
-        if closed {
-            queues.prune();
+        if !matching.is_empty() {
+            envelope.topic = Some(Arc::from(topic));
+            for queues in matching {
+                send_to(queues, &envelope);
+            }
         }
         Ok(())
+    }
+}
+
+/// Puts `envelope` in every queue of `queues` (which have room).
+fn send_to(queues: &mut TopicQueues, envelope: &Envelope) {
+    let mut closed = false;
+    for queue in queues.targets.iter() {
+        closed |= queue.try_send(envelope.clone()).is_err();
+    }
+    if closed {
+        queues.prune();
     }
 }
 
@@ -236,13 +289,34 @@ impl Backend for MemoryBroker {
     ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
         async move {
             let (receiver, queue) = self.queue_for(spec);
-            let settle: Arc<dyn Settle> = Arc::new(Requeue { queue });
-            let stream = receiver.map(move |envelope: Envelope| {
-                Delivery::settled_by(envelope.message, envelope.attempt, Arc::clone(&settle), 0)
+            let requeue = Arc::new(Requeue { queue });
+            let settle: Arc<dyn Settle> = Arc::clone(&requeue) as Arc<dyn Settle>;
+            let stream = receiver.map(move |envelope: Envelope| match envelope.topic {
+                // a filter's delivery comes back with its topic: settled by a handle of
+                // its own (filters are rare; names take the shared one)
+                Some(topic) => Delivery::new(
+                    Arc::clone(&envelope.message),
+                    envelope.attempt,
+                    Box::new(TopicRequeue {
+                        requeue: Arc::clone(&requeue),
+                        envelope: Some(Envelope {
+                            topic: Some(Arc::clone(&topic)),
+                            ..envelope
+                        }),
+                    }),
+                )
+                .with_topic(topic),
+                None => {
+                    Delivery::settled_by(envelope.message, envelope.attempt, Arc::clone(&settle), 0)
+                }
             });
             Ok(stream.boxed())
         }
         .boxed()
+    }
+
+    fn validate_filter(&self, filter: &str) -> Result<(), BackendError> {
+        mqtt_filter::check_filter(KIND, filter)
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
@@ -260,10 +334,19 @@ struct Requeue {
 
 impl Requeue {
     fn requeue(&self, message: &Arc<Message>, attempt: u32, delay: Duration) {
-        let envelope = Envelope {
-            message: Arc::clone(message),
-            attempt: attempt.saturating_add(1),
-        };
+        self.requeue_envelope(
+            Envelope {
+                message: Arc::clone(message),
+                attempt,
+                topic: None,
+            },
+            delay,
+        );
+    }
+
+    /// Puts `envelope` back in the queue as its next attempt, after `delay`.
+    fn requeue_envelope(&self, mut envelope: Envelope, delay: Duration) {
+        envelope.attempt = envelope.attempt.saturating_add(1);
         if delay.is_zero() {
             // Queues are unbounded: this fails only when every subscriber left, and the
             // message goes with them.
@@ -298,5 +381,34 @@ impl Settle for Requeue {
     fn dropped(&self, _token: u64, message: &Arc<Message>, attempt: u32) {
         // Neither acked nor nacked: the handler never finished. Redeliver at once.
         self.requeue(message, attempt, Duration::ZERO);
+    }
+}
+
+/// Settles one delivery of a filter subscription, which comes back (nacked, or dropped
+/// unsettled) with the topic it was published to.
+struct TopicRequeue {
+    requeue: Arc<Requeue>,
+    /// Taken when settled.
+    envelope: Option<Envelope>,
+}
+
+impl Acknowledge for TopicRequeue {
+    fn ack(mut self: Box<Self>) {
+        self.envelope = None;
+    }
+
+    fn nack(mut self: Box<Self>, delay: Duration) {
+        if let Some(envelope) = self.envelope.take() {
+            self.requeue.requeue_envelope(envelope, delay);
+        }
+    }
+}
+
+impl Drop for TopicRequeue {
+    fn drop(&mut self) {
+        // neither acked nor nacked: the handler never finished; redeliver at once
+        if let Some(envelope) = self.envelope.take() {
+            self.requeue.requeue_envelope(envelope, Duration::ZERO);
+        }
     }
 }

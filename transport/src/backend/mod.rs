@@ -10,6 +10,7 @@ pub mod jetstream;
 pub mod memory;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+pub mod mqtt_filter;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod prefixed;
@@ -69,6 +70,10 @@ pub struct SubscriptionSpec {
     /// A broker-side consumer name to use instead of the backend's default (JetStream
     /// durable name), from `[subscribers."Name"] consumer`.
     pub consumer: Option<String>,
+    /// `topic` is an MQTT topic filter (`#[subscriber(mqtt_filter = ...)]`), taken as it
+    /// is; each delivery names its concrete topic ([`Delivery::with_topic`]). Only
+    /// backends whose [`Backend::validate_filter`] accepts filters get such a spec.
+    pub filter: bool,
 }
 
 /// A stream of deliveries for one subscription. Ends when the backend closes.
@@ -118,6 +123,7 @@ pub struct Delivery {
     pub attempt: u32,
     acker: Acker,
     defect: Option<Box<str>>,
+    topic: Option<Arc<str>>,
 }
 
 impl Delivery {
@@ -132,6 +138,7 @@ impl Delivery {
             attempt: attempt.max(1),
             acker: Acker::Boxed(acker),
             defect: None,
+            topic: None,
         }
     }
 
@@ -147,6 +154,7 @@ impl Delivery {
             attempt: attempt.max(1),
             acker: Acker::Shared(settle, token),
             defect: None,
+            topic: None,
         }
     }
 
@@ -163,6 +171,18 @@ impl Delivery {
         self.defect.as_deref()
     }
 
+    /// Names the concrete topic the message came on, for a subscription to a filter
+    /// (`SubscriptionSpec::filter`); the handler's `Context::topic` gives it.
+    pub fn with_topic(mut self, topic: impl Into<Arc<str>>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// The concrete topic the message came on, where it is not the subscribed one.
+    pub fn topic(&self) -> Option<&Arc<str>> {
+        self.topic.as_ref()
+    }
+
     /// A delivery that needs no settling (at-most-once backends).
     pub fn unacknowledged(message: impl Into<Arc<Message>>) -> Self {
         Delivery {
@@ -170,6 +190,7 @@ impl Delivery {
             attempt: 1,
             acker: Acker::None,
             defect: None,
+            topic: None,
         }
     }
 
@@ -287,6 +308,13 @@ pub trait Backend: Send + Sync + 'static {
         check_topic(self.kind(), topic)
     }
 
+    /// Checks an MQTT topic filter (`#[subscriber(mqtt_filter = ...)]`) at startup. The
+    /// default refuses it: only backends that can subscribe to a filter (mqtt, and the
+    /// in-process broker, which matches filters itself) accept one.
+    fn validate_filter(&self, filter: &str) -> Result<(), BackendError> {
+        Err(filters_unsupported(self.kind(), filter))
+    }
+
     /// Whether `name` is a header the broker itself acts on (a deduplication id, an
     /// expected stream or sequence...). Such headers are never copied from a consumed
     /// message into its dead letter, which is a new message.
@@ -298,6 +326,17 @@ pub trait Backend: Send + Sync + 'static {
     /// has a limit the backend knows. Dead letters are fitted under it.
     fn max_message_size(&self) -> Option<usize> {
         None
+    }
+}
+
+/// The error of a backend that cannot subscribe to an MQTT topic filter.
+pub(crate) fn filters_unsupported(backend: &'static str, filter: &str) -> BackendError {
+    BackendError::InvalidTopic {
+        backend,
+        topic: filter.to_string(),
+        reason: format!(
+            "is an MQTT topic filter (`mqtt_filter`): the {backend} backend cannot subscribe to one (mqtt and memory can)"
+        ),
     }
 }
 

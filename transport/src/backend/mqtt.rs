@@ -1,7 +1,9 @@
 //! MQTT 5 (through `rumqttc`), for Mosquitto and other MQTT 5 brokers.
 //!
 //! - Topics: a dotted name is an MQTT topic of levels (`sensor.readings` <->
-//!   `sensor/readings`); a name holding `/` is refused (the two spellings would meet).
+//!   `sensor/readings`); a name holding `/` is an MQTT topic as it is (a foreign tree:
+//!   `/hfp/v2/journey/...`). A subscriber's `mqtt_filter` is subscribed as it is, with
+//!   `+` and `#`; each delivery names the concrete topic it came on.
 //! - Subscriptions: each has a connection of its own (its own session), QoS 1, manual
 //!   acks sent only after the handler succeeded or the message was dead-lettered; a group
 //!   is a shared subscription (`$share/<group>/<filter>`). `prefetch` is the session's
@@ -34,6 +36,7 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish as MqttPublish, P
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, oneshot};
 
+use super::mqtt_filter::{self, mqtt_name};
 use super::{Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec};
 use crate::config::{BrokerConfig, MqttConfig};
 use crate::error::BackendError;
@@ -102,11 +105,6 @@ fn parse_url(url: &str) -> Result<(String, u16, Credentials), String> {
         return Err("no host".into());
     }
     Ok((host.to_string(), port, credentials))
-}
-
-/// A topic name as MQTT levels.
-fn mqtt_topic(topic: &str) -> String {
-    topic.replace('.', "/")
 }
 
 /// Waits for the broker's CONNACK (and the SUBACK, when `subscribing`), polling `events`;
@@ -398,7 +396,8 @@ impl MqttBackend {
             let expiry = u32::try_from(inner.settings.session_expiry.as_secs()).unwrap_or(u32::MAX);
             options.set_session_expiry_interval(Some(expiry));
         }
-        let topic = mqtt_topic(&spec.topic);
+        // a filter is the broker's already; a name takes its MQTT form
+        let topic = mqtt_name(&spec.topic).into_owned();
         let filter = match &spec.group {
             Some(group) => format!("$share/{group}/{topic}"),
             None => topic,
@@ -419,10 +418,18 @@ impl MqttBackend {
             client: client.clone(),
         });
         let subscriber = spec.subscriber.clone();
+        let concrete_topics = spec.filter;
         let deliver = move |publish: MqttPublish| {
             let pkid = u64::from(publish.pkid);
             let attempt = if publish.dup { 2 } else { 1 };
-            Delivery::settled_by(from_publish(publish), attempt, Arc::clone(&settle), pkid)
+            let topic =
+                concrete_topics.then(|| Arc::<str>::from(String::from_utf8_lossy(&publish.topic)));
+            let delivery =
+                Delivery::settled_by(from_publish(publish), attempt, Arc::clone(&settle), pkid);
+            match topic {
+                Some(topic) => delivery.with_topic(topic),
+                None => delivery,
+            }
         };
         for publish in early {
             let _ = tx.send(deliver(publish));
@@ -513,7 +520,7 @@ impl Backend for MqttBackend {
     }
 
     fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
-        Publish::boxed(self.send(mqtt_topic(topic), message))
+        Publish::boxed(self.send(mqtt_name(topic).into_owned(), message))
     }
 
     fn reply<'a>(&'a self, address: &'a str, message: Message) -> Publish<'a> {
@@ -539,15 +546,39 @@ impl Backend for MqttBackend {
     }
 
     fn validate_topic(&self, topic: &str) -> Result<(), BackendError> {
-        super::check_topic(KIND, topic)?;
-        if topic.contains('/') || topic.starts_with('$') {
-            return Err(BackendError::InvalidTopic {
-                backend: KIND,
-                topic: topic.to_string(),
-                reason: "holds `/` or begins with `$`: topics are dotted names, `.` becomes MQTT's level separator".into(),
-            });
+        let invalid = |reason: &str| BackendError::InvalidTopic {
+            backend: KIND,
+            topic: topic.to_string(),
+            reason: reason.to_string(),
+        };
+        if topic.starts_with('$') {
+            return Err(invalid(
+                "begins with `$`: such topics are the broker's own (`$SYS`, `$share`)",
+            ));
+        }
+        if !topic.contains('/') {
+            // a dotted name: the portable rule, `.` becomes MQTT's level separator
+            return super::check_topic(KIND, topic);
+        }
+        // an MQTT topic name as it is (a foreign topic tree: `/hfp/v2/journey/...`)
+        if topic.len() > mqtt_filter::MAX_FILTER_BYTES {
+            return Err(invalid(
+                "is longer than an MQTT topic may be (65,535 bytes)",
+            ));
+        }
+        if topic.contains(['+', '#']) {
+            return Err(invalid(
+                "holds `+` or `#`: wildcards belong in a subscriber's `mqtt_filter`, not in a topic one publishes to",
+            ));
+        }
+        if topic.chars().any(char::is_control) {
+            return Err(invalid("contains a control character"));
         }
         Ok(())
+    }
+
+    fn validate_filter(&self, filter: &str) -> Result<(), BackendError> {
+        mqtt_filter::check_filter(KIND, filter)
     }
 }
 

@@ -1,5 +1,8 @@
 //! `broker.topic_prefix`: every topic travels with a prefix on the wire, while handlers,
-//! publishers and dead-letter headers keep the names the code declares.
+//! publishers and dead-letter headers keep the names the code declares. An MQTT topic
+//! filter (`mqtt_filter`), and a name holding `/` (an MQTT topic name, as a foreign
+//! topic tree spells it: `/hfp/v2/...`), belong to a tree the prefix is not part of: they
+//! are used as they are.
 
 use std::sync::Arc;
 
@@ -21,6 +24,11 @@ pub(crate) fn with_prefix(backend: Arc<dyn Backend>, prefix: &str) -> Arc<dyn Ba
     }
 }
 
+/// A name of a foreign MQTT topic tree, which takes no prefix.
+fn foreign(topic: &str) -> bool {
+    topic.contains('/')
+}
+
 struct Prefixed {
     inner: Arc<dyn Backend>,
     prefix: String,
@@ -36,6 +44,9 @@ impl Backend for Prefixed {
     }
 
     fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
+        if foreign(topic) {
+            return self.inner.publish(topic, message);
+        }
         Publish::boxed(async move {
             let topic = format!("{}{topic}", self.prefix);
             self.inner.publish(&topic, message).await
@@ -51,6 +62,9 @@ impl Backend for Prefixed {
         spec: &'a SubscriptionSpec,
     ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
         async move {
+            if spec.filter {
+                return self.inner.subscribe(spec).await;
+            }
             let spec = SubscriptionSpec {
                 topic: format!("{}{}", self.prefix, spec.topic),
                 ..spec.clone()
@@ -66,9 +80,16 @@ impl Backend for Prefixed {
 
     fn validate_topic(&self, topic: &str) -> Result<(), BackendError> {
         self.inner.validate_topic(topic)?;
+        if foreign(topic) {
+            return Ok(());
+        }
         // the name on the wire must pass too (a prefix can make it too long)
         self.inner
             .validate_topic(&format!("{}{topic}", self.prefix))
+    }
+
+    fn validate_filter(&self, filter: &str) -> Result<(), BackendError> {
+        self.inner.validate_filter(filter)
     }
 
     fn owns_header(&self, name: &str) -> bool {
