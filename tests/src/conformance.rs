@@ -127,6 +127,16 @@ impl Target {
             storage: "file",
         }
     }
+    /// Kafka (tansu) on 9092: records up to librdkafka's default `message.max.bytes`.
+    pub fn kafka() -> Self {
+        Target {
+            kind: "kafka",
+            port: 9092,
+            server: Some(Server::Tansu),
+            max_payload: 1_000_000,
+            storage: "file",
+        }
+    }
     /// Redis streams on 6379.
     pub fn redis_streams() -> Self {
         Target {
@@ -146,6 +156,7 @@ impl Target {
             }
             Some(Server::RabbitMq) => Some(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
             Some(Server::Mosquitto) => Some(format!("mqtt://127.0.0.1:{port}")),
+            Some(Server::Tansu) => Some(format!("kafka://127.0.0.1:{port}")),
             None => None,
         }
     }
@@ -215,6 +226,7 @@ impl Run {
             "[broker]\nkind = \"{kind}\"\n{url}name = \"{name}\"\ntopic_prefix = \"{prefix}\"\n\
              [broker.jetstream]\nack_wait = \"2s\"\nstorage = \"{storage}\"\n\
              [broker.redis]\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"\n\
+             [broker.kafka]\nsession_timeout = \"6s\"\ncommit_interval = \"100ms\"\npartitions = 4\npublish_timeout = \"5s\"\n\
              [shutdown]\ndrain_timeout = \"10s\"\n\
              [subscriber]\nbackoff = \"20ms\"\nbackoff_max = \"200ms\"\nmax_attempts = 3\n",
             kind = target.kind,
@@ -813,8 +825,14 @@ pub mod cases {
             Duration::ZERO,
         )
         .await;
+        // one key: where a topic has partitions (Kafka), order is kept within one
         for n in 0..N {
-            publish(&app, "conf.ordered", n).await;
+            app.publisher()
+                .to("conf.ordered")
+                .key("one")
+                .send(&n)
+                .await
+                .unwrap_or_else(|error| panic!("publish to conf.ordered failed: {error}"));
         }
         let got = events(&mut rx, N as usize, PATIENCE).await;
         let order: Vec<u64> = got.iter().map(|e| e.n).collect();
@@ -1062,8 +1080,15 @@ pub mod cases {
         )
         .await;
         let durable = is_durable(&app.backend().capabilities());
+        // a key each: where a topic has partitions (Kafka, whose partitions run in order,
+        // one message at a time each), they spread so that two can run at once
         for n in 0..N {
-            publish(&app, "conf.slow", n).await;
+            app.publisher()
+                .to("conf.slow")
+                .key(n.to_string())
+                .send(&n)
+                .await
+                .unwrap_or_else(|error| panic!("publish to conf.slow failed: {error}"));
         }
         let started = events(&mut rx, 2, PATIENCE).await;
         assert!(

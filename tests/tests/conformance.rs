@@ -126,3 +126,17 @@ mod mqtt {
         malformed_entry = skip("mqtt: every MQTT message is a payload with properties: a bad payload is `undecodable_payload`"),
     );
 }
+
+mod kafka {
+    use super::*;
+    conformance_suite!(Target::kafka();
+        round_trip, many_messages, fan_out, competing_consumers,
+        two_groups_and_a_fan_out_subscriber, headers_and_key, ordering,
+        redelivery_after_error, no_ack_on_panic, dead_letter_after_max_attempts,
+        undecodable_payload, many_topics, large_payload, oversized_payload_is_refused,
+        late_subscriber_sees_old_messages, graceful_drain, survives_broker_restart,
+        dead_letter_is_a_new_message, dead_letter_publish_failing, handler_timeout,
+        shutdown_while_broker_down, invalid_topics_are_refused,
+        malformed_entry = skip("kafka: every record is a payload with optional key and headers: a bad payload is `undecodable_payload`"),
+    );
+}

@@ -519,6 +519,67 @@ mod topic_names {
     }
 }
 
+/// Ordering lanes (a Kafka partition each): with `concurrency > 1`, one delivery per lane
+/// at a time and in order, while lanes run side by side.
+mod lanes {
+    use super::*;
+
+    pub struct Tracks(pub UnboundedSender<(&'static str, String)>);
+
+    #[transport::service]
+    impl Tracks {
+        #[subscriber(topic = "dl.lanes", codec = "text")]
+        async fn handle(&self, text: String) {
+            let _ = self.0.send(("start", text.clone()));
+            // the first of each lane takes longest: a lane that ran ahead would show
+            let pause = if text.ends_with('0') { 60 } else { 5 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let _ = self.0.send(("end", text));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_runs_in_order_while_lanes_run_side_by_side() {
+        let (backend, _settled) = Scripted::new(false);
+        let mut deliveries = Vec::new();
+        for n in 0..4 {
+            for (lane, name) in [(0, "a"), (1, "b")] {
+                deliveries.push(backend.delivery(&format!("{name}{n}"), 1).in_lane(lane));
+            }
+        }
+        let backend = Arc::new(backend.script(deliveries, false));
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config("concurrency = 4"), |app| {
+            app.service(Tracks(tx)).backend(backend.clone())
+        })
+        .await;
+        let events = receive(&mut events, 16).await;
+        for lane in ["a", "b"] {
+            let mine: Vec<_> = events
+                .iter()
+                .filter(|(_, text)| text.starts_with(lane))
+                .map(|(what, text)| format!("{what} {text}"))
+                .collect();
+            let expected: Vec<_> = (0..4)
+                .flat_map(|n| [format!("start {lane}{n}"), format!("end {lane}{n}")])
+                .collect();
+            assert_eq!(mine, expected, "lane {lane}: one at a time, in order");
+        }
+        // the lanes overlapped: b0 started before a0 ended
+        let position = |event: (&str, &str)| {
+            events
+                .iter()
+                .position(|(what, text)| (*what, text.as_str()) == event)
+                .unwrap()
+        };
+        assert!(
+            position(("start", "b0")) < position(("end", "a0")),
+            "{events:?}"
+        );
+        app.shutdown().await.unwrap();
+    }
+}
+
 /// MQTT filters on the in-process broker, which matches them itself (the mqtt backend's
 /// are the broker's: `interop_mqtt`).
 mod mqtt_filters {

@@ -91,6 +91,8 @@ pub struct BrokerConfig {
     pub rabbitmq: RabbitMqConfig,
     /// `[broker.mqtt]`: MQTT sessions.
     pub mqtt: MqttConfig,
+    /// `[broker.kafka]`: Kafka topics, consumer groups and librdkafka properties.
+    pub kafka: KafkaConfig,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -107,6 +109,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("redis", &self.redis)
             .field("rabbitmq", &self.rabbitmq)
             .field("mqtt", &self.mqtt)
+            .field("kafka", &self.kafka)
             .finish()
     }
 }
@@ -125,7 +128,141 @@ impl Default for BrokerConfig {
             redis: RedisConfig::default(),
             rabbitmq: RabbitMqConfig::default(),
             mqtt: MqttConfig::default(),
+            kafka: KafkaConfig::default(),
         }
+    }
+}
+
+/// `[broker.kafka]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Create a topic that does not exist (on the first publish to it or subscription
+    /// to it) with `partitions` and `replication`.
+    pub create_topics: bool,
+    /// Partitions of a created topic.
+    pub partitions: i32,
+    /// Replication factor of a created topic.
+    pub replication: i32,
+    /// The consumer group session timeout: a member silent this long leaves its group
+    /// and its partitions go to the others.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Longest a consumer may go without fetching before it is taken out of its group.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_interval: Duration,
+    /// How often stored offsets (those of handled messages) are committed.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// How long a subscription waits to join its group and get its partitions.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
+    /// How long a publish may wait for the broker's acknowledgement (librdkafka's
+    /// `message.timeout.ms`) before it is an error.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Any librdkafka property, for both the producer and the consumers
+    /// (`"security.protocol" = "ssl"`...); applied after the framework's own.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    pub producer: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties for the consumers only.
+    pub consumer: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // property values may be secrets (`sasl.password`): names only
+        let names = |map: &std::collections::BTreeMap<String, String>| {
+            map.keys().cloned().collect::<Vec<_>>()
+        };
+        f.debug_struct("KafkaConfig")
+            .field("create_topics", &self.create_topics)
+            .field("partitions", &self.partitions)
+            .field("replication", &self.replication)
+            .field("session_timeout", &self.session_timeout)
+            .field("max_poll_interval", &self.max_poll_interval)
+            .field("commit_interval", &self.commit_interval)
+            .field("join_timeout", &self.join_timeout)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("properties", &names(&self.properties))
+            .field("producer", &names(&self.producer))
+            .field("consumer", &names(&self.consumer))
+            .finish()
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            create_topics: true,
+            partitions: 1,
+            replication: 1,
+            session_timeout: Duration::from_secs(10),
+            max_poll_interval: Duration::from_secs(300),
+            commit_interval: Duration::from_secs(1),
+            join_timeout: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(30),
+            properties: Default::default(),
+            producer: Default::default(),
+            consumer: Default::default(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Checks the `[broker.kafka]` values that parse but cannot work; the error names
+    /// the key.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.partitions < 1 {
+            return Err(value_error("broker.kafka.partitions", "must be at least 1"));
+        }
+        if self.replication < 1 {
+            return Err(value_error(
+                "broker.kafka.replication",
+                "must be at least 1",
+            ));
+        }
+        for (key, value, least) in [
+            (
+                "session_timeout",
+                self.session_timeout,
+                Duration::from_secs(1),
+            ),
+            (
+                "max_poll_interval",
+                self.max_poll_interval,
+                Duration::from_secs(1),
+            ),
+            (
+                "commit_interval",
+                self.commit_interval,
+                Duration::from_millis(1),
+            ),
+            ("join_timeout", self.join_timeout, Duration::from_millis(1)),
+            (
+                "publish_timeout",
+                self.publish_timeout,
+                Duration::from_millis(1),
+            ),
+        ] {
+            if value < least {
+                return Err(value_error(
+                    &format!("broker.kafka.{key}"),
+                    &format!(
+                        "must be at least {}",
+                        humantime_serde::re::humantime::format_duration(least)
+                    ),
+                ));
+            }
+        }
+        if self.max_poll_interval < self.session_timeout {
+            return Err(value_error(
+                "broker.kafka.max_poll_interval",
+                "must be at least `session_timeout` (librdkafka refuses less)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -593,6 +730,7 @@ impl Config {
         }
         self.broker.jetstream.validate()?;
         self.broker.redis.validate()?;
+        self.broker.kafka.validate()?;
         if self.broker.queue_capacity == 0 {
             return Err(value_error("broker.queue_capacity", "must be at least 1"));
         }

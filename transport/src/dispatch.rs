@@ -149,25 +149,29 @@ impl Source {
 }
 
 /// The deliveries being handled when `concurrency > 1`: a task each, so they run in
-/// parallel and a handler that blocks its thread does not stall its siblings.
-struct InFlight(JoinSet<()>);
+/// parallel and a handler that blocks its thread does not stall its siblings. A task
+/// ends with its delivery's lane, so the lane's next delivery can start.
+struct InFlight(JoinSet<Option<u64>>);
 
 impl InFlight {
     fn len(&self) -> usize {
         self.0.len()
     }
 
-    fn push(&mut self, work: impl Future<Output = ()> + Send + 'static) {
+    fn push(&mut self, work: impl Future<Output = Option<u64>> + Send + 'static) {
         self.0.spawn(work);
     }
 
-    /// Waits for one to finish; `None` when there are none.
-    async fn next(&mut self) -> Option<()> {
-        self.0.join_next().await.map(|joined| {
-            if let Err(error) = joined
-                && error.is_panic()
-            {
-                tracing::error!(%error, "a delivery task panicked");
+    /// Waits for one to finish, and gives its lane; `None` when there are none.
+    async fn next(&mut self) -> Option<Option<u64>> {
+        self.0.join_next().await.map(|joined| match joined {
+            Ok(lane) => lane,
+            Err(error) => {
+                if error.is_panic() {
+                    tracing::error!(%error, "a delivery task panicked");
+                }
+                // (a cancelled task: its lane is being drained away anyway)
+                None
             }
         })
     }
@@ -178,6 +182,50 @@ impl InFlight {
     fn cancel(&mut self) {
         self.0.abort_all();
         self.0.detach_all();
+    }
+}
+
+/// Deliveries waiting for their lane (`Delivery::lane`): one runs per lane at a time.
+#[derive(Default)]
+struct Lanes {
+    /// Every busy lane, and what waits behind its running delivery, in order.
+    busy: std::collections::HashMap<u64, std::collections::VecDeque<Delivery>>,
+    waiting: usize,
+}
+
+impl Lanes {
+    /// `delivery` if it may start now, else `None` (it waits behind its lane).
+    fn admit(&mut self, delivery: Delivery) -> Option<Delivery> {
+        let Some(lane) = delivery.lane() else {
+            return Some(delivery);
+        };
+        match self.busy.entry(lane) {
+            std::collections::hash_map::Entry::Occupied(mut queue) => {
+                queue.get_mut().push_back(delivery);
+                self.waiting += 1;
+                None
+            }
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(std::collections::VecDeque::new());
+                Some(delivery)
+            }
+        }
+    }
+
+    /// A delivery of `lane` finished: the lane's next one, to start now.
+    fn finished(&mut self, lane: Option<u64>) -> Option<Delivery> {
+        let lane = lane?;
+        let queue = self.busy.get_mut(&lane)?;
+        match queue.pop_front() {
+            Some(next) => {
+                self.waiting -= 1;
+                Some(next)
+            }
+            None => {
+                self.busy.remove(&lane);
+                None
+            }
+        }
     }
 }
 
@@ -205,28 +253,51 @@ impl Dispatcher {
                 .await;
         }
         let mut in_flight = InFlight(JoinSet::new());
+        let mut lanes = Lanes::default();
+        let start = |in_flight: &mut InFlight, delivery: Delivery| {
+            let this = Arc::clone(&this);
+            let shutdown = shutdown.clone();
+            let lane = delivery.lane();
+            in_flight.push(async move {
+                this.guarded(delivery, &shutdown).await;
+                lane
+            });
+        };
+        // deliveries waiting behind their lane (up to `prefetch` of them): a busy lane
+        // does not hold the others back
+        let max_waiting = this.spec.prefetch.max(limit);
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
-            if in_flight.len() >= limit {
+            if in_flight.len() >= limit || lanes.waiting >= max_waiting {
                 tokio::select! {
                     biased;
                     _ = &mut cancelled => break,
-                    _ = in_flight.next() => {}
+                    Some(lane) = in_flight.next() => {
+                        if let Some(next) = lanes.finished(lane) {
+                            start(&mut in_flight, next);
+                        }
+                    }
                 }
                 continue;
             }
             tokio::select! {
                 biased;
                 _ = &mut cancelled => break,
-                Some(()) = in_flight.next(), if in_flight.len() > 0 => {}
+                Some(lane) = in_flight.next(), if in_flight.len() > 0 => {
+                    if let Some(next) = lanes.finished(lane) {
+                        start(&mut in_flight, next);
+                    }
+                }
                 delivery = source.next() => {
-                    let this = Arc::clone(&this);
-                    let shutdown = shutdown.clone();
-                    in_flight.push(async move { this.guarded(delivery, &shutdown).await });
+                    if let Some(delivery) = lanes.admit(delivery) {
+                        start(&mut in_flight, delivery);
+                    }
                 }
             }
         }
+        // deliveries that never started are dropped unsettled (they come back)
+        drop(lanes);
         // Stop fetching before draining: nothing new starts once shutdown has begun.
         drop(source);
         let pending = in_flight.len();

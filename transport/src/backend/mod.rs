@@ -7,6 +7,8 @@
 
 #[cfg(feature = "nats")]
 pub mod jetstream;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
@@ -124,6 +126,7 @@ pub struct Delivery {
     acker: Acker,
     defect: Option<Box<str>>,
     topic: Option<Arc<str>>,
+    lane: Option<u64>,
 }
 
 impl Delivery {
@@ -139,6 +142,7 @@ impl Delivery {
             acker: Acker::Boxed(acker),
             defect: None,
             topic: None,
+            lane: None,
         }
     }
 
@@ -155,6 +159,7 @@ impl Delivery {
             acker: Acker::Shared(settle, token),
             defect: None,
             topic: None,
+            lane: None,
         }
     }
 
@@ -183,6 +188,19 @@ impl Delivery {
         self.topic.as_ref()
     }
 
+    /// Puts the delivery in an ordering lane (a Kafka partition): with `concurrency > 1`
+    /// the dispatcher runs the deliveries of one lane one after the other, in the order
+    /// given, while different lanes run at once.
+    pub fn in_lane(mut self, lane: u64) -> Self {
+        self.lane = Some(lane);
+        self
+    }
+
+    /// The delivery's ordering lane, if the backend gave it one.
+    pub fn lane(&self) -> Option<u64> {
+        self.lane
+    }
+
     /// A delivery that needs no settling (at-most-once backends).
     pub fn unacknowledged(message: impl Into<Arc<Message>>) -> Self {
         Delivery {
@@ -191,6 +209,7 @@ impl Delivery {
             acker: Acker::None,
             defect: None,
             topic: None,
+            lane: None,
         }
     }
 
@@ -423,7 +442,7 @@ fn topic_problem(topic: &str) -> Option<String> {
 
 /// Every broker kind: its name in config, the cargo feature of `transport` that enables
 /// it, and whether this build has that feature.
-pub const KINDS: [(&str, &str, bool); 7] = [
+pub const KINDS: [(&str, &str, bool); 8] = [
     ("memory", "", true),
     ("nats", "nats", cfg!(feature = "nats")),
     ("jetstream", "nats", cfg!(feature = "nats")),
@@ -431,6 +450,7 @@ pub const KINDS: [(&str, &str, bool); 7] = [
     ("redis-streams", "redis", cfg!(feature = "redis")),
     ("rabbitmq", "rabbitmq", cfg!(feature = "rabbitmq")),
     ("mqtt", "mqtt", cfg!(feature = "mqtt")),
+    ("kafka", "kafka", cfg!(feature = "kafka")),
 ];
 
 /// Whether `kind` names a backend compiled into this build: an unknown name, or one whose
@@ -474,6 +494,8 @@ pub async fn connect(
         "rabbitmq" => Arc::new(rabbitmq::RabbitMqBackend::connect(config).await?),
         #[cfg(feature = "mqtt")]
         "mqtt" => Arc::new(mqtt::MqttBackend::connect(config).await?),
+        #[cfg(feature = "kafka")]
+        "kafka" => Arc::new(kafka::KafkaBackend::connect(config).await?),
         // check_kind admitted only kinds that have an arm above in this build.
         other => {
             return Err(crate::error::ConfigError::UnknownBackend {

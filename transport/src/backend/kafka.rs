@@ -1,0 +1,924 @@
+//! Kafka (through `rdkafka`, librdkafka built from source).
+//!
+//! - Publish: an idempotent producer with `acks=all`; a publish returns after its
+//!   delivery report. The key is the Kafka key (the default partitioner hashes it, so a
+//!   key keeps its partition); headers travel as Kafka headers, the message id as header
+//!   `message-id`. Topics are created when missing (`[broker.kafka] create_topics`, with
+//!   `partitions` and `replication`).
+//! - A group is the consumer group `<topic>.<group>` (or the subscriber's `consumer`
+//!   setting), joined with `subscribe`; `App::start` returns once it has its partitions.
+//!   A new group starts at the earliest offset. No group: the subscriber reads every
+//!   partition itself (`assign`), from the end as it is when it subscribes, and commits
+//!   nothing (at-most-once fan-out).
+//! - At-least-once: offsets are stored only for handled (or dead-lettered) messages,
+//!   and only up to the lowest one still in progress in each partition; stored offsets
+//!   are committed every `commit_interval`, when partitions are revoked and at `close`.
+//!   A rebalance or a crash hands what was in progress to the next owner (duplicates are
+//!   bounded by what was in flight).
+//! - Order: each delivery's lane is its partition, so with `concurrency > 1` partitions
+//!   run side by side and each in order. Kafka has no per-message redelivery: retries
+//!   happen in place (the partition's next messages wait behind), and a partition with
+//!   `prefetch` messages in progress is paused until half of them are settled.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use super::{Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec};
+use crate::config::{BrokerConfig, KafkaConfig};
+use crate::error::BackendError;
+use crate::message::Message;
+
+const KIND: &str = "kafka";
+const DEFAULT_URL: &str = "kafka://127.0.0.1:9092";
+/// Header carrying the message id.
+pub const ID_HEADER: &str = "message-id";
+/// librdkafka's default `message.max.bytes`: the largest record the producer sends.
+const DEFAULT_MAX_MESSAGE: usize = 1_000_000;
+/// Room left under `message.max.bytes` for the record's own framing.
+const RECORD_OVERHEAD: usize = 512;
+/// How long one blocking metadata, offset or commit call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often clients refresh topic metadata (librdkafka: 5 minutes): a consumer sees a
+/// topic created (or created again) within this, a producer gives up on a topic that
+/// does not exist (so that it is created again) after it.
+const METADATA_REFRESH: Duration = Duration::from_secs(5);
+/// Bits of a settle token holding the offset (the partition is above them).
+const OFFSET_BITS: u32 = 48;
+
+type Consumer_ = rdkafka::consumer::StreamConsumer<Group>;
+
+/// A Kafka producer, the admin client that creates topics, and the consumers of the
+/// subscriptions.
+pub struct KafkaBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    servers: String,
+    settings: KafkaConfig,
+    connect_timeout: Duration,
+    /// The producer; made anew when it is wedged (see [`Inner::renew_producer`]).
+    producer: std::sync::RwLock<Arc<FutureProducer<Logs>>>,
+    producer_config: ClientConfig,
+    admin: AdminClient<Logs>,
+    /// Topics known to exist (created here or found).
+    topics: Mutex<HashSet<String>>,
+    /// Every subscription's consumer, committed at `close`.
+    consumers: Mutex<Vec<Weak<Consumer_>>>,
+    max_message: usize,
+}
+
+fn operation_error(operation: &'static str, error: impl std::fmt::Display) -> BackendError {
+    BackendError::Operation {
+        backend: KIND,
+        operation,
+        reason: error.to_string(),
+    }
+}
+
+/// `kafka://host:port[,host:port...]` (or the bare list) as librdkafka's
+/// `bootstrap.servers`.
+fn bootstrap_servers(url: &str) -> Result<String, String> {
+    let list = url.strip_prefix("kafka://").unwrap_or(url);
+    let list = list.trim_end_matches('/');
+    if list.contains('@') {
+        return Err(
+            "credentials in the URL are not taken: give them as librdkafka properties (`[broker.kafka.properties]` `sasl.username`, ...)".into(),
+        );
+    }
+    if list.is_empty() || list.contains("://") || list.contains(['/', '?', ' ']) {
+        return Err("expected `kafka://host:port[,host:port...]`".into());
+    }
+    for server in list.split(',') {
+        let (host, port) = server.rsplit_once(':').unwrap_or((server, "9092"));
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("`{server}` is not `host:port`"));
+        }
+    }
+    Ok(list.to_string())
+}
+
+/// librdkafka's logs and errors, through `tracing`.
+struct Logs;
+
+fn log_line(level: RDKafkaLogLevel, facility: &str, line: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error
+        | RDKafkaLogLevel::Warning => tracing::warn!(facility, "librdkafka: {line}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::debug!(facility, "librdkafka: {line}")
+        }
+        RDKafkaLogLevel::Debug => tracing::trace!(facility, "librdkafka: {line}"),
+    }
+}
+
+fn client_error(error: KafkaError, reason: &str) {
+    // a broker that went away is retried by librdkafka itself, every few seconds
+    tracing::warn!(%error, reason, "kafka client error");
+}
+
+impl ClientContext for Logs {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
+        log_line(level, facility, line);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
+}
+
+/// A client's configuration: the servers, the framework's settings `own`, then the
+/// user's properties for every client, then `specific` (the client kind's own): what the
+/// user gives wins.
+fn client_config(
+    servers: &str,
+    connect_timeout: Duration,
+    settings: &KafkaConfig,
+    own: &[(&str, String)],
+    specific: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", servers);
+    config.set(
+        "socket.connection.setup.timeout.ms",
+        millis(connect_timeout.max(Duration::from_secs(1))),
+    );
+    config.set(
+        "topic.metadata.refresh.interval.ms",
+        millis(METADATA_REFRESH),
+    );
+    config.set(
+        "topic.metadata.propagation.max.ms",
+        millis(METADATA_REFRESH),
+    );
+    for (key, value) in own {
+        config.set(*key, value);
+    }
+    for (key, value) in settings.properties.iter().chain(specific) {
+        config.set(key, value);
+    }
+    config
+}
+
+impl Inner {
+    fn client_config(
+        &self,
+        own: &[(&str, String)],
+        specific: &std::collections::BTreeMap<String, String>,
+    ) -> ClientConfig {
+        client_config(
+            &self.servers,
+            self.connect_timeout,
+            &self.settings,
+            own,
+            specific,
+        )
+    }
+
+    /// Creates `topic` when missing (once per process; again after the broker said it
+    /// is unknown).
+    async fn ensure_topic(&self, topic: &str) -> Result<(), BackendError> {
+        if !self.settings.create_topics || self.known(topic) {
+            return Ok(());
+        }
+        let new = NewTopic::new(
+            topic,
+            self.settings.partitions,
+            TopicReplication::Fixed(self.settings.replication),
+        );
+        let options = AdminOptions::new().request_timeout(Some(CALL_TIMEOUT));
+        let results = self
+            .admin
+            .create_topics([&new], &options)
+            .await
+            .map_err(|e| operation_error("create topic", format!("`{topic}`: {e}")))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(operation_error(
+                        "create topic",
+                        format!("`{topic}`: {code}"),
+                    ));
+                }
+            }
+        }
+        self.topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(topic.to_string());
+        Ok(())
+    }
+
+    fn producer(&self) -> Arc<FutureProducer<Logs>> {
+        Arc::clone(&self.producer.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces `wedged` (unless that was done already) with a new producer. An
+    /// idempotent producer whose broker lost its state (a broker that came back empty)
+    /// retries its sequence until every message times out, and a fatal error ends a
+    /// producer for good: a new one starts with a new producer id.
+    fn renew_producer(&self, wedged: &Arc<FutureProducer<Logs>>) {
+        let fresh: FutureProducer<Logs> = match self.producer_config.create_with_context(Logs) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::warn!(%error, "kafka producer not made anew");
+                return;
+            }
+        };
+        let old = {
+            let mut producer = self
+                .producer
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !Arc::ptr_eq(&producer, wedged) {
+                return;
+            }
+            std::mem::replace(&mut *producer, Arc::new(fresh))
+        };
+        tracing::warn!("kafka publishes timed out: the producer is made anew");
+        // destroying a producer waits for what it still holds: not on an async thread
+        drop(tokio::task::spawn_blocking(move || drop(old)));
+    }
+
+    fn known(&self, topic: &str) -> bool {
+        self.topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(topic)
+    }
+
+    fn forget(&self, topic: &str) {
+        self.topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(topic);
+    }
+
+    /// Publishes and waits for the delivery report; a topic the broker does not know
+    /// (one that went with a broker's data) is created again, and the publish tried once
+    /// more.
+    async fn send(&self, topic: &str, message: Message) -> Result<(), BackendError> {
+        match self.send_once(topic, &message).await {
+            Err(Some(error))
+                if self.settings.create_topics
+                    && matches!(
+                        error.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::UnknownTopicOrPartition
+                                | RDKafkaErrorCode::UnknownTopic
+                        )
+                    ) =>
+            {
+                self.send_once(topic, &message)
+                    .await
+                    .map_err(|error| self.publish_error(topic, &message, error))
+            }
+            result => result.map_err(|error| self.publish_error(topic, &message, error)),
+        }
+    }
+
+    /// A failed publish's error (`None`: creating the topic failed, already said).
+    fn publish_error(
+        &self,
+        topic: &str,
+        message: &Message,
+        error: Option<KafkaError>,
+    ) -> BackendError {
+        let Some(error) = error else {
+            return operation_error(
+                "publish",
+                format!("`{topic}`: the topic could not be created"),
+            );
+        };
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+            return BackendError::TooLarge {
+                backend: KIND,
+                size: message.payload.len(),
+                limit: self.max_message,
+            };
+        }
+        operation_error("publish", format!("`{topic}`: {error}"))
+    }
+
+    /// One publish (creating the topic first where needed); a failure forgets that the
+    /// topic exists, so the next one makes sure of it again.
+    async fn send_once(&self, topic: &str, message: &Message) -> Result<(), Option<KafkaError>> {
+        if let Err(error) = self.ensure_topic(topic).await {
+            tracing::warn!(%error, "kafka topic not created");
+            return Err(None);
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 1);
+        for (name, value) in message.headers.iter() {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        if let Some(id) = &message.id {
+            headers = headers.insert(Header {
+                key: ID_HEADER,
+                value: Some(id.as_str()),
+            });
+        }
+        let payload: &[u8] = &message.payload;
+        let mut record = FutureRecord::to(topic).payload(payload).headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_str());
+        }
+        let producer = self.producer();
+        match producer
+            .send(record, Timeout::After(self.settings.publish_timeout))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err((error, _)) => {
+                tracing::debug!(%error, topic, "kafka publish failed");
+                self.forget(topic);
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut)
+                    || producer.client().fatal_error().is_some()
+                {
+                    self.renew_producer(&producer);
+                }
+                Err(Some(error))
+            }
+        }
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().max(1).to_string()
+}
+
+/// Runs a blocking librdkafka call off the async threads.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| operation_error("call librdkafka", e))
+}
+
+impl KafkaBackend {
+    /// Creates the producer and checks that the brokers answer (within
+    /// `broker.connect_timeout`).
+    pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
+        let url = config.url.as_deref().unwrap_or(DEFAULT_URL);
+        let connect_error = |reason: String| BackendError::Connect {
+            backend: KIND,
+            url: crate::redact::redact_url(url),
+            reason,
+        };
+        let servers = bootstrap_servers(url).map_err(connect_error)?;
+        let settings = config.kafka.clone();
+        let max_message = settings
+            .properties
+            .get("message.max.bytes")
+            .or_else(|| settings.producer.get("message.max.bytes"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_MESSAGE);
+        let connect_timeout = config.connect_timeout;
+        let producer_config = client_config(
+            &servers,
+            connect_timeout,
+            &settings,
+            &[
+                ("enable.idempotence", "true".into()),
+                ("acks", "all".into()),
+                ("linger.ms", "1".into()),
+                ("message.timeout.ms", millis(settings.publish_timeout)),
+            ],
+            &settings.producer,
+        );
+        let producer: FutureProducer<Logs> = producer_config
+            .create_with_context(Logs)
+            .map_err(|e| connect_error(e.to_string()))?;
+        let admin: AdminClient<Logs> = client_config(
+            &servers,
+            connect_timeout,
+            &settings,
+            &[],
+            &std::collections::BTreeMap::new(),
+        )
+        .create_with_context(Logs)
+        .map_err(|e| connect_error(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            servers,
+            settings,
+            connect_timeout,
+            producer: std::sync::RwLock::new(Arc::new(producer)),
+            producer_config,
+            admin,
+            topics: Mutex::new(HashSet::new()),
+            consumers: Mutex::new(Vec::new()),
+            max_message,
+        });
+        // the brokers answer a metadata request, or connecting fails
+        let probe = Arc::clone(&inner);
+        let timeout = config.connect_timeout;
+        blocking(move || {
+            probe
+                .producer()
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .map(drop)
+        })
+        .await?
+        .map_err(|e| connect_error(format!("no answer within {timeout:?}: {e}")))?;
+        Ok(KafkaBackend { inner })
+    }
+}
+
+/// A consumed record as our message.
+fn from_record(record: &BorrowedMessage<'_>) -> Message {
+    let mut message = Message::new(Bytes::copy_from_slice(record.payload().unwrap_or_default()));
+    message.key = record
+        .key()
+        .map(|key| String::from_utf8_lossy(key).into_owned());
+    if let Some(headers) = record.headers() {
+        for header in headers.iter() {
+            let value = String::from_utf8_lossy(header.value.unwrap_or_default());
+            if header.key == ID_HEADER {
+                message.id = Some(value.as_ref().into());
+            } else {
+                message.headers.insert(header.key, value);
+            }
+        }
+    }
+    message
+}
+
+/// What each partition of a subscription has in progress.
+#[derive(Default)]
+struct Progress {
+    partitions: HashMap<i32, PartitionProgress>,
+}
+
+#[derive(Default)]
+struct PartitionProgress {
+    /// Offsets handed out and not yet settled.
+    open: BTreeSet<i64>,
+    /// One past the highest offset handed out.
+    next: i64,
+    /// The offset last stored (the next one to consume after a restart).
+    stored: i64,
+    paused: bool,
+}
+
+/// A consumer's context: commits before partitions are revoked, forgets their progress,
+/// and tells the subscription when it has its partitions.
+struct Group {
+    progress: Arc<Mutex<Progress>>,
+    assigned: watch::Sender<u64>,
+    /// Whether offsets are committed (a group), or nothing is (fan-out).
+    commits: bool,
+}
+
+impl ClientContext for Group {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
+        log_line(level, facility, line);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
+}
+
+impl ConsumerContext for Group {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            if self.commits {
+                // what was handled is committed before the partitions go
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "commit before a rebalance failed (the next owner may see some messages again)")
+                    }
+                }
+            }
+            let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+            for element in partitions.elements() {
+                progress.partitions.remove(&element.partition());
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::debug!(
+                partitions = ?partitions.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(),
+                "kafka partitions assigned"
+            );
+            self.assigned.send_modify(|count| *count += 1);
+        }
+    }
+}
+
+fn token(partition: i32, offset: i64) -> u64 {
+    (u64::from(partition.unsigned_abs()) << OFFSET_BITS)
+        | (offset.unsigned_abs() & ((1 << OFFSET_BITS) - 1))
+}
+
+fn untoken(token: u64) -> (i32, i64) {
+    let partition = i32::try_from(token >> OFFSET_BITS).unwrap_or(i32::MAX);
+    let offset = i64::try_from(token & ((1 << OFFSET_BITS) - 1)).unwrap_or(i64::MAX);
+    (partition, offset)
+}
+
+/// Settles one subscription's deliveries: tokens are partition and offset.
+struct Offsets {
+    consumer: Arc<Consumer_>,
+    progress: Arc<Mutex<Progress>>,
+    topic: String,
+    commits: bool,
+    /// Messages in progress at which a partition is paused.
+    limit: usize,
+}
+
+impl Offsets {
+    /// A record was handed out: counts it, pausing its partition at the limit.
+    fn opened(&self, partition: i32, offset: i64) {
+        let pause = {
+            let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+            let state = progress
+                .partitions
+                .entry(partition)
+                .or_insert_with(|| PartitionProgress {
+                    stored: offset,
+                    ..PartitionProgress::default()
+                });
+            state.open.insert(offset);
+            state.next = state.next.max(offset + 1);
+            let pause = !state.paused && state.open.len() >= self.limit;
+            state.paused |= pause;
+            pause
+        };
+        if pause {
+            self.pause_or_resume(partition, true);
+        }
+    }
+
+    fn settled(&self, token: u64) {
+        let (partition, offset) = untoken(token);
+        let (store, resume) = {
+            let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+            // a partition revoked meanwhile: its next owner has it
+            let Some(state) = progress.partitions.get_mut(&partition) else {
+                return;
+            };
+            if !state.open.remove(&offset) {
+                return;
+            }
+            // everything below the lowest offset still in progress is handled
+            let handled_up_to = state.open.first().copied().unwrap_or(state.next);
+            let store = (self.commits && handled_up_to > state.stored).then(|| {
+                state.stored = handled_up_to;
+                handled_up_to
+            });
+            let resume = state.paused && state.open.len() <= self.limit / 2;
+            state.paused &= !resume;
+            (store, resume)
+        };
+        if let Some(next) = store {
+            let mut list = TopicPartitionList::new();
+            if list
+                .add_partition_offset(&self.topic, partition, Offset::Offset(next))
+                .is_ok()
+                && let Err(error) = self.consumer.store_offsets(&list)
+            {
+                // not assigned any more: its next owner starts from the last commit
+                tracing::debug!(%error, partition, offset = next, "offset not stored");
+            }
+        }
+        if resume {
+            self.pause_or_resume(partition, false);
+        }
+    }
+
+    fn pause_or_resume(&self, partition: i32, pause: bool) {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, partition);
+        let done = if pause {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
+        };
+        if let Err(error) = done {
+            tracing::debug!(%error, partition, pause, "pause/resume not applied");
+        }
+    }
+}
+
+impl Settle for Offsets {
+    fn ack(&self, token: u64) {
+        self.settled(token);
+    }
+
+    fn nack(&self, token: u64, _delay: Duration, _message: &Arc<Message>, _attempt: u32) {
+        // Kafka has no per-message redelivery (the dispatcher retries in place; this comes
+        // only at shutdown): left unsettled, the offset is not stored and the next owner
+        // of the partition reads the message again
+        let _ = token;
+    }
+}
+
+impl KafkaBackend {
+    async fn start(&self, spec: &SubscriptionSpec) -> Result<Subscription, BackendError> {
+        let inner = &self.inner;
+        let topic = spec.topic.clone();
+        inner.ensure_topic(&topic).await?;
+        let group_id = match (&spec.consumer, &spec.group) {
+            (Some(name), _) => Some(name.clone()),
+            (None, Some(group)) => Some(format!("{topic}.{group}")),
+            (None, None) => None,
+        };
+        let commits = group_id.is_some();
+        let settings = &inner.settings;
+        let mut own = vec![
+            ("enable.auto.offset.store", "false".to_string()),
+            ("enable.partition.eof", "false".into()),
+            ("session.timeout.ms", millis(settings.session_timeout)),
+            (
+                "heartbeat.interval.ms",
+                millis(settings.session_timeout / 4),
+            ),
+            ("max.poll.interval.ms", millis(settings.max_poll_interval)),
+        ];
+        match &group_id {
+            Some(id) => own.extend([
+                ("group.id", id.clone()),
+                ("enable.auto.commit", "true".into()),
+                ("auto.commit.interval.ms", millis(settings.commit_interval)),
+                ("auto.offset.reset", "earliest".into()),
+            ]),
+            None => own.extend([
+                // never joined, never committed: librdkafka wants a name all the same
+                (
+                    "group.id",
+                    format!("transport.fanout.{}.{}", std::process::id(), unique()),
+                ),
+                ("enable.auto.commit", "false".into()),
+                ("auto.offset.reset", "latest".into()),
+            ]),
+        }
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let (assigned, mut joined) = watch::channel(0u64);
+        let consumer: Arc<Consumer_> = Arc::new(
+            inner
+                .client_config(&own, &settings.consumer)
+                .create_with_context(Group {
+                    progress: Arc::clone(&progress),
+                    assigned,
+                    commits,
+                })
+                .map_err(|e| operation_error("create consumer", e))?,
+        );
+        if commits {
+            consumer
+                .subscribe(&[&topic])
+                .map_err(|e| operation_error("subscribe", format!("`{topic}`: {e}")))?;
+        } else {
+            let reader = Arc::clone(&consumer);
+            let name = topic.clone();
+            let deadline = settings.join_timeout;
+            blocking(move || assign_from_the_end(&reader, &name, deadline)).await??;
+        }
+        inner
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&consumer));
+        let offsets = Arc::new(Offsets {
+            consumer: Arc::clone(&consumer),
+            progress,
+            topic: topic.clone(),
+            commits,
+            limit: spec.prefetch.max(1),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let subscriber = spec.subscriber.clone();
+        let settle: Arc<dyn Settle> = Arc::clone(&offsets) as Arc<dyn Settle>;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    record = consumer.recv() => match record {
+                        Ok(record) => {
+                            let (partition, offset) = (record.partition(), record.offset());
+                            let message = from_record(&record);
+                            drop(record);
+                            offsets.opened(partition, offset);
+                            let delivery = Delivery::settled_by(
+                                message,
+                                1,
+                                Arc::clone(&settle),
+                                token(partition, offset),
+                            )
+                            .in_lane(u64::from(partition.unsigned_abs()));
+                            if tx.send(delivery).is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%subscriber, %error, "kafka consumer error");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                }
+            }
+        });
+        if commits {
+            // in place once the group has given this member its partitions (none, if
+            // the others hold them all)
+            let joining = async {
+                while *joined.borrow_and_update() == 0 {
+                    if joined.changed().await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            };
+            match tokio::time::timeout(settings.join_timeout, joining).await {
+                Ok(true) => {}
+                _ => {
+                    return Err(operation_error(
+                        "subscribe",
+                        format!(
+                            "`{topic}`: no partitions assigned within {:?} (`broker.kafka.join_timeout`)",
+                            settings.join_timeout
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|delivery| (delivery, rx))
+        })
+        .boxed())
+    }
+}
+
+/// A fan-out subscriber reads every partition of `topic` from its current end.
+fn assign_from_the_end(
+    consumer: &Consumer_,
+    topic: &str,
+    deadline: Duration,
+) -> Result<(), BackendError> {
+    let started = std::time::Instant::now();
+    let partitions = loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Timeout::After(CALL_TIMEOUT))
+            .map_err(|e| operation_error("subscribe", format!("`{topic}`: {e}")))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if !partitions.is_empty() {
+            break partitions;
+        }
+        if started.elapsed() > deadline {
+            return Err(operation_error(
+                "subscribe",
+                format!("`{topic}`: the topic has no partitions (does it exist?)"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, Timeout::After(CALL_TIMEOUT))
+            .map_err(|e| operation_error("subscribe", format!("`{topic}`: {e}")))?;
+        list.add_partition_offset(topic, partition, Offset::Offset(high))
+            .map_err(|e| operation_error("subscribe", e))?;
+    }
+    consumer
+        .assign(&list)
+        .map_err(|e| operation_error("subscribe", format!("`{topic}`: {e}")))
+}
+
+/// A number no other fan-out consumer of this process has.
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Backend for KafkaBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            groups: true,
+            persistence: true,
+            ordering: true,
+            at_least_once: true,
+            native_redelivery: false,
+            headers: true,
+            keys: true,
+        }
+    }
+
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
+        Publish::boxed(self.inner.send(topic, message))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        spec: &'a SubscriptionSpec,
+    ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
+        self.start(spec).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            // what was handled is committed; what was published is delivered
+            let consumers: Vec<Arc<Consumer_>> = inner
+                .consumers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain(..)
+                .filter_map(|weak| weak.upgrade())
+                .collect();
+            blocking(move || {
+                for consumer in &consumers {
+                    if consumer.group_metadata().is_some() {
+                        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+                    }
+                }
+                let _ = inner.producer().flush(Timeout::After(CALL_TIMEOUT));
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn validate_topic(&self, topic: &str) -> Result<(), BackendError> {
+        super::check_topic(KIND, topic)?;
+        // Kafka's own rule: ASCII letters, digits, `.`, `_`, `-`; at most 249 bytes
+        if let Some(c) = topic
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(BackendError::InvalidTopic {
+                backend: KIND,
+                topic: topic.to_string(),
+                reason: format!(
+                    "contains `{c}`: Kafka topics hold only ASCII letters, digits, `.`, `_` and `-`"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn max_message_size(&self) -> Option<usize> {
+        Some(self.inner.max_message.saturating_sub(RECORD_OVERHEAD))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_become_bootstrap_servers() {
+        assert_eq!(
+            bootstrap_servers("kafka://127.0.0.1:9092").unwrap(),
+            "127.0.0.1:9092"
+        );
+        assert_eq!(bootstrap_servers("a:1,b:2").unwrap(), "a:1,b:2");
+        assert_eq!(bootstrap_servers("kafka://host").unwrap(), "host");
+        for bad in ["", "kafka://user:pw@h:1", "kafka://h:port", "http://h:1"] {
+            assert!(bootstrap_servers(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip() {
+        for (partition, offset) in [(0, 0), (3, 17), (1023, (1 << 47) + 5)] {
+            assert_eq!(untoken(token(partition, offset)), (partition, offset));
+        }
+    }
+}
