@@ -91,6 +91,11 @@ fn on_mqtt() {
     run_on(Some("mqtt"), 1883);
 }
 
+#[test]
+fn on_kafka() {
+    run_on(Some("kafka"), 9092);
+}
+
 /// The benchmark binary keeps working (tiny run; its numbers are not checked here).
 #[test]
 fn the_benchmark_runs() {
