@@ -1,6 +1,6 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,inprocess]
+//!     cargo run --release --example bench -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,kafka,inprocess]
 //!
 //! `--rounds R` alternates framework and raw R times per backend and prints the medians.
 //! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
@@ -721,6 +721,105 @@ async fn jetstream(n: u64, run: &str) -> Measured {
     }
 }
 
+const KAFKA_SERVERS: &str = "127.0.0.1:9092";
+
+/// Writes `n` readings to `topic` with a raw producer (queued, then flushed), each with
+/// what the framework's publisher writes (`content-type`, a message id).
+fn fill_kafka(topic: &str, n: u64) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", KAFKA_SERVERS)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap_or_else(|e| panic!("kafka producer: {e}"));
+    for i in 0..n {
+        let payload = serde_json::to_vec(&reading(i)).unwrap_or_default();
+        let id = format!("bench-{i}");
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            })
+            .insert(Header {
+                key: "message-id",
+                value: Some(id.as_str()),
+            });
+        let mut record = BaseRecord::<(), [u8]>::to(topic)
+            .payload(&payload)
+            .headers(headers);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    // the queue is full: let deliveries drain
+                    producer.poll(Duration::from_millis(10));
+                    record = back;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("kafka flush: {e}"));
+}
+
+/// Kafka: both backlogs written by a raw producer before the clock; the framework drains
+/// its group's, the raw consumer (the same librdkafka, one partition, offsets stored after
+/// each handled message and committed in the background, as at-least-once needs) its own.
+async fn kafka(n: u64, run: &str) -> Measured {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let prefix = format!("bench{run}.");
+    let topic = format!("{prefix}bench.readings");
+    let raw_topic = format!("{prefix}raw");
+    {
+        let (topic, raw_topic) = (topic.clone(), raw_topic.clone());
+        tokio::task::spawn_blocking(move || {
+            fill_kafka(&topic, n);
+            if !framework_only() {
+                fill_kafka(&raw_topic, n);
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let framework = framework_consume("kafka", &prefix, n, false).await;
+    if framework_only() {
+        return alone(n, framework);
+    }
+    let started = Instant::now();
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", KAFKA_SERVERS)
+        .set("group.id", format!("{raw_topic}.raw"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.offset.store", "false")
+        .set("session.timeout.ms", "10000")
+        .create()
+        .unwrap_or_else(|e| panic!("kafka consumer: {e}"));
+    consumer
+        .subscribe(&[&raw_topic])
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
+    let mut seen = 0;
+    while seen < n {
+        let record = consumer.recv().await.unwrap_or_else(|e| panic!("{e}"));
+        let reading: Reading = serde_json::from_slice(record.payload().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::hint::black_box(&reading);
+        consumer
+            .store_offset_from_message(&record)
+            .unwrap_or_else(|e| panic!("{e}"));
+        seen += 1;
+    }
+    let raw = started.elapsed();
+    Measured {
+        framework: rate(n, framework),
+        raw: rate(n, raw),
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -756,6 +855,7 @@ async fn main() {
         "jetstream".to_string(),
         "rabbitmq".to_string(),
         "mqtt".to_string(),
+        "kafka".to_string(),
     ];
     let mut i = 0;
     while i < args.len() {
@@ -778,7 +878,7 @@ async fn main() {
             }
             (other, _) => {
                 eprintln!(
-                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,inprocess] (got `{other}`)"
+                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,kafka,inprocess] (got `{other}`)"
                 );
                 std::process::exit(2);
             }
@@ -805,6 +905,7 @@ async fn main() {
                 "jetstream" => jetstream(messages, &run).await,
                 "rabbitmq" => rabbitmq(messages, &run).await,
                 "mqtt" => mqtt(messages, &run).await,
+                "kafka" => kafka(messages, &run).await,
                 "inprocess" => inprocess(messages).await,
                 other => {
                     eprintln!("unknown backend `{other}`");

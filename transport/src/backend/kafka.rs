@@ -17,8 +17,10 @@
 //!   bounded by what was in flight).
 //! - Order: each delivery's lane is its partition, so with `concurrency > 1` partitions
 //!   run side by side and each in order. Kafka has no per-message redelivery: retries
-//!   happen in place (the partition's next messages wait behind), and a partition with
-//!   `prefetch` messages in progress is paused until half of them are settled.
+//!   happen in place (the partition's next messages wait behind); a partition whose
+//!   oldest message has been in progress for a second with `prefetch` messages in
+//!   progress (or with 64 times that, whatever their age) is paused until a quarter of
+//!   them are settled.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -56,6 +58,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// topic created (or created again) within this, a producer gives up on a topic that
 /// does not exist (so that it is created again) after it.
 const METADATA_REFRESH: Duration = Duration::from_secs(5);
+/// How long a partition's oldest message may be in progress before the partition is
+/// paused at `prefetch` messages in progress.
+const STUCK: Duration = Duration::from_secs(1);
+/// A partition is paused at this many times `prefetch` messages in progress in any case.
+const BACKLOG_FACTOR: usize = 64;
 /// Bits of a settle token holding the offset (the partition is above them).
 const OFFSET_BITS: u32 = 48;
 
@@ -469,6 +476,8 @@ fn from_record(record: &BorrowedMessage<'_>) -> Message {
 #[derive(Default)]
 struct Progress {
     partitions: HashMap<i32, PartitionProgress>,
+    /// Counts revocations: a partition's progress is of one ownership.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -479,7 +488,12 @@ struct PartitionProgress {
     next: i64,
     /// The offset last stored (the next one to consume after a restart).
     stored: i64,
-    paused: bool,
+    /// The lowest offset in progress, and since when it has been.
+    lowest: Option<(i64, std::time::Instant)>,
+    /// While paused: at how many messages in progress it resumes.
+    resume_at: Option<usize>,
+    /// The ownership this progress is of ([`Progress::generation`] when it began).
+    generation: u64,
 }
 
 /// A consumer's context: commits before partitions are revoked, forgets their progress,
@@ -514,6 +528,7 @@ impl ConsumerContext for Group {
                 }
             }
             let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+            progress.generation += 1;
             for element in partitions.elements() {
                 progress.partitions.remove(&element.partition());
             }
@@ -553,31 +568,60 @@ struct Offsets {
 }
 
 impl Offsets {
-    /// A record was handed out: counts it, pausing its partition at the limit.
-    fn opened(&self, partition: i32, offset: i64) {
-        let pause = {
-            let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
-            let state = progress
-                .partitions
-                .entry(partition)
-                .or_insert_with(|| PartitionProgress {
-                    stored: offset,
-                    ..PartitionProgress::default()
-                });
-            state.open.insert(offset);
-            state.next = state.next.max(offset + 1);
-            let pause = !state.paused && state.open.len() >= self.limit;
-            state.paused |= pause;
-            pause
-        };
-        if pause {
+    /// A record was handed out: counts it, pausing its partition at the limit. (Pause
+    /// and resume are asked for under the lock, so they reach librdkafka in the order
+    /// they were decided.)
+    /// Returns the generation of the partition's ownership it was read in.
+    fn opened(&self, partition: i32, offset: i64) -> u64 {
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = progress.generation;
+        let state = progress
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionProgress {
+                stored: offset,
+                generation,
+                ..PartitionProgress::default()
+            });
+        let generation = state.generation;
+        state.open.insert(offset);
+        state.next = state.next.max(offset + 1);
+        if state.lowest.is_none() {
+            state.lowest = Some((offset, std::time::Instant::now()));
+        }
+        // A partition is paused when its oldest message has been in progress a while
+        // (retries wait: later messages queue behind it) with `limit` in progress, or
+        // at `BACKLOG_FACTOR` times that whatever (a backlog read far ahead of its
+        // handlers). A pause makes librdkafka drop what it fetched ahead and fetch it
+        // again on resume: not for the normal flow.
+        let open = state.open.len();
+        let stuck = state
+            .lowest
+            .is_some_and(|(_, since)| since.elapsed() >= STUCK);
+        if state.resume_at.is_none()
+            && open >= self.limit
+            && (stuck || open >= self.limit.saturating_mul(BACKLOG_FACTOR))
+        {
+            state.resume_at = Some(open - open / 4);
             self.pause_or_resume(partition, true);
         }
+        generation
+    }
+
+    /// Whether a record read in ownership `generation` of `partition` is still ours to
+    /// handle (after a revocation, what was read ahead belongs to the next owner).
+    fn current(&self, partition: i32, generation: u64) -> bool {
+        self.progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .partitions
+            .get(&partition)
+            .is_some_and(|state| state.generation == generation)
     }
 
     fn settled(&self, token: u64) {
         let (partition, offset) = untoken(token);
-        let (store, resume) = {
+        let store = {
             let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
             // a partition revoked meanwhile: its next owner has it
             let Some(state) = progress.partitions.get_mut(&partition) else {
@@ -586,15 +630,23 @@ impl Offsets {
             if !state.open.remove(&offset) {
                 return;
             }
+            let lowest = state.open.first().copied();
+            if lowest != state.lowest.map(|(offset, _)| offset) {
+                state.lowest = lowest.map(|offset| (offset, std::time::Instant::now()));
+            }
+            if state
+                .resume_at
+                .is_some_and(|resume_at| state.open.len() <= resume_at)
+            {
+                state.resume_at = None;
+                self.pause_or_resume(partition, false);
+            }
             // everything below the lowest offset still in progress is handled
             let handled_up_to = state.open.first().copied().unwrap_or(state.next);
-            let store = (self.commits && handled_up_to > state.stored).then(|| {
+            (self.commits && handled_up_to > state.stored).then(|| {
                 state.stored = handled_up_to;
                 handled_up_to
-            });
-            let resume = state.paused && state.open.len() <= self.limit / 2;
-            state.paused &= !resume;
-            (store, resume)
+            })
         };
         if let Some(next) = store {
             let mut list = TopicPartitionList::new();
@@ -606,9 +658,6 @@ impl Offsets {
                 // not assigned any more: its next owner starts from the last commit
                 tracing::debug!(%error, partition, offset = next, "offset not stored");
             }
-        }
-        if resume {
-            self.pause_or_resume(partition, false);
         }
     }
 
@@ -713,6 +762,7 @@ impl KafkaBackend {
             limit: spec.prefetch.max(1),
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let reader = Arc::clone(&offsets);
         let subscriber = spec.subscriber.clone();
         let settle: Arc<dyn Settle> = Arc::clone(&offsets) as Arc<dyn Settle>;
         tokio::spawn(async move {
@@ -724,7 +774,7 @@ impl KafkaBackend {
                             let (partition, offset) = (record.partition(), record.offset());
                             let message = from_record(&record);
                             drop(record);
-                            offsets.opened(partition, offset);
+                            let generation = offsets.opened(partition, offset);
                             let delivery = Delivery::settled_by(
                                 message,
                                 1,
@@ -732,7 +782,7 @@ impl KafkaBackend {
                                 token(partition, offset),
                             )
                             .in_lane(u64::from(partition.unsigned_abs()));
-                            if tx.send(delivery).is_err() {
+                            if tx.send((partition, generation, delivery)).is_err() {
                                 return;
                             }
                         }
@@ -768,10 +818,19 @@ impl KafkaBackend {
                 }
             }
         }
-        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|delivery| (delivery, rx))
-        })
-        .boxed())
+        // what was read ahead of a revocation is dropped (unsettled): the partition's
+        // next owner reads it again
+        Ok(
+            futures_util::stream::unfold((rx, reader), |(mut rx, reader)| async move {
+                loop {
+                    let (partition, generation, delivery) = rx.recv().await?;
+                    if reader.current(partition, generation) {
+                        return Some((delivery, (rx, reader)));
+                    }
+                }
+            })
+            .boxed(),
+        )
     }
 }
 
