@@ -1152,6 +1152,23 @@ mod tests {
                 "[subscribers.\"A::b\"]\nordered = true\nconcurrency = 2",
                 "subscribers.\"A::b\".ordered",
             ),
+            ("[broker.kafka]\npartitions = 0", "broker.kafka.partitions"),
+            (
+                "[broker.kafka]\nreplication = 0",
+                "broker.kafka.replication",
+            ),
+            (
+                "[broker.kafka]\nsession_timeout = \"100ms\"",
+                "broker.kafka.session_timeout",
+            ),
+            (
+                "[broker.kafka]\nsession_timeout = \"30s\"\nmax_poll_interval = \"10s\"",
+                "broker.kafka.max_poll_interval",
+            ),
+            (
+                "[broker.kafka]\npublish_timeout = \"0s\"",
+                "broker.kafka.publish_timeout",
+            ),
         ] {
             let error = Config::from_toml(toml).unwrap_err().to_string();
             assert!(error.contains(&format!("`{key}`")), "{toml}: {error}");
@@ -1161,11 +1178,13 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         let config = Config::from_toml(
-            "[broker]\nkind = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379\"",
+            "[broker]\nkind = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n\
+             [broker.kafka.properties]\n\"sasl.password\" = \"hunter2\"",
         )
         .unwrap();
         let debug = format!("{config:?} {config:#?}");
         assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("sasl.password"), "{debug}");
         assert!(debug.contains("redis://:***@127.0.0.1:6379"), "{debug}");
         let error = crate::Error::from(crate::BackendError::Connect {
             backend: "redis",
