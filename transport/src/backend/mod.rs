@@ -15,6 +15,8 @@ pub mod mqtt;
 pub mod mqtt_filter;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "nsq")]
+pub mod nsq;
 mod prefixed;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
