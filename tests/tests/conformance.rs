@@ -140,3 +140,21 @@ mod kafka {
         malformed_entry = skip("kafka: every record is a payload with optional key and headers: a bad payload is `undecodable_payload`"),
     );
 }
+
+/// Runs against a real nsqd only where `NSQD_TCP_ADDRESS` is set (no registry ships
+/// nsqd); otherwise every case prints why it skips.
+mod nsq {
+    use super::*;
+    conformance_suite!(Target::nsq();
+        round_trip, many_messages, fan_out, competing_consumers,
+        two_groups_and_a_fan_out_subscriber,
+        headers_and_key = skip("nsq: a message is a body only: no headers, no key"),
+        ordering = skip("nsq: no ordering guarantee (nsqd serves a channel from memory and disk)"),
+        redelivery_after_error, no_ack_on_panic, dead_letter_after_max_attempts,
+        undecodable_payload, many_topics, large_payload, oversized_payload_is_refused,
+        late_subscriber_sees_old_messages, graceful_drain, survives_broker_restart,
+        dead_letter_is_a_new_message, dead_letter_publish_failing, handler_timeout,
+        shutdown_while_broker_down, invalid_topics_are_refused,
+        malformed_entry = skip("nsq: every message is a body: a bad body is `undecodable_payload`"),
+    );
+}

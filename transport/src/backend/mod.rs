@@ -444,7 +444,7 @@ fn topic_problem(topic: &str) -> Option<String> {
 
 /// Every broker kind: its name in config, the cargo feature of `transport` that enables
 /// it, and whether this build has that feature.
-pub const KINDS: [(&str, &str, bool); 8] = [
+pub const KINDS: [(&str, &str, bool); 9] = [
     ("memory", "", true),
     ("nats", "nats", cfg!(feature = "nats")),
     ("jetstream", "nats", cfg!(feature = "nats")),
@@ -453,6 +453,7 @@ pub const KINDS: [(&str, &str, bool); 8] = [
     ("rabbitmq", "rabbitmq", cfg!(feature = "rabbitmq")),
     ("mqtt", "mqtt", cfg!(feature = "mqtt")),
     ("kafka", "kafka", cfg!(feature = "kafka")),
+    ("nsq", "nsq", cfg!(feature = "nsq")),
 ];
 
 /// Whether `kind` names a backend compiled into this build: an unknown name, or one whose
@@ -498,6 +499,8 @@ pub async fn connect(
         "mqtt" => Arc::new(mqtt::MqttBackend::connect(config).await?),
         #[cfg(feature = "kafka")]
         "kafka" => Arc::new(kafka::KafkaBackend::connect(config).await?),
+        #[cfg(feature = "nsq")]
+        "nsq" => Arc::new(nsq::NsqBackend::connect(config).await?),
         // check_kind admitted only kinds that have an arm above in this build.
         other => {
             return Err(crate::error::ConfigError::UnknownBackend {

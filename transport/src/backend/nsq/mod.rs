@@ -1,5 +1,581 @@
 //! NSQ, through a client of our own (no maintained Rust NSQ client exists, and the TCP
-//! protocol is small). So far: the protocol's frame codec (`protocol.rs`); the backend
-//! (`kind = "nsq"`) is not there yet.
+//! protocol is small): `protocol.rs` is the frame codec, this file the backend.
+//!
+//! - A topic is an NSQ topic; a group is a channel (no group: an ephemeral channel per
+//!   subscriber, `<unique>#ephemeral`). Names hold only ASCII letters, digits, `.`, `_`,
+//!   `-`, at most 64 (checked at startup and on publish).
+//! - A subscription is a connection of its own: `IDENTIFY` (client id, hostname,
+//!   heartbeats, `msg_timeout`, user agent), `SUB`, then `RDY` = `prefetch`. Heartbeats
+//!   are answered with `NOP`. A handled (or dead-lettered) message is `FIN`ished; a retry
+//!   is `REQ` with the policy's delay (nsqd redelivers it, counting `attempts`, which is
+//!   the context's attempt number); messages in progress for half of `msg_timeout` are
+//!   `TOUCH`ed. When the subscription ends, `CLS` stops deliveries and what was delivered
+//!   and not begun goes back with `REQ`.
+//! - Publish: one connection, `PUB` (or `DPUB`), returning after nsqd's `OK`.
+//! - NSQ messages are bodies only: headers and keys are not carried (a foreign
+//!   producer's raw body is the payload as it is).
+//! - Recovery: a lost connection ends its subscription (the dispatcher subscribes again,
+//!   with backoff); the publishing connection is made again on the next publish.
 
 pub mod protocol;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+use self::protocol::{Command, Frame, FrameDecoder, MAGIC};
+use super::{Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec};
+use crate::config::BrokerConfig;
+use crate::error::BackendError;
+use crate::message::Message;
+
+const KIND: &str = "nsq";
+const DEFAULT_URL: &str = "nsq://127.0.0.1:4150";
+/// How long nsqd waits for a `FIN` before it delivers a message again.
+const MSG_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often nsqd sends a heartbeat on a subscription's connection.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+/// How long a closing subscription keeps reading after `CLOSE_WAIT` once nothing comes.
+const LINGER: Duration = Duration::from_millis(300);
+/// How long a subscription waits for `CLOSE_WAIT` after `CLS`.
+const CLOSE_WAIT_LIMIT: Duration = Duration::from_secs(5);
+
+/// An NSQ connection for publishing; subscriptions open their own.
+pub struct NsqBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    address: String,
+    connect_timeout: Duration,
+    max_frame: usize,
+    publisher: tokio::sync::Mutex<Option<Connection>>,
+}
+
+fn operation_error(operation: &'static str, error: impl std::fmt::Display) -> BackendError {
+    BackendError::Operation {
+        backend: KIND,
+        operation,
+        reason: error.to_string(),
+    }
+}
+
+/// `nsq://host:port` (nsqd's TCP address) as `host:port`.
+fn tcp_address(url: &str) -> Result<String, String> {
+    let address = url
+        .strip_prefix("nsq://")
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| "expected `nsq://host:port` (nsqd's TCP address)".to_string())?;
+    if host.is_empty() || port.parse::<u16>().is_err() || address.contains(['@', '/', ',']) {
+        return Err("expected `nsq://host:port` (nsqd's TCP address)".into());
+    }
+    Ok(address.to_string())
+}
+
+/// One TCP connection to nsqd, before it is split for a subscription.
+struct Connection {
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+    buffer: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Connection {
+    /// Connects, sends the magic and `IDENTIFY`, and reads its answer.
+    async fn open(
+        address: &str,
+        identify: serde_json::Value,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Result<Self, BackendError> {
+        let connect_error = |reason: String| BackendError::Connect {
+            backend: KIND,
+            url: format!("nsq://{address}"),
+            reason,
+        };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| connect_error(format!("no connection within {timeout:?}")))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let mut connection = Connection {
+            read,
+            write,
+            buffer: BytesMut::with_capacity(64 * 1024),
+            decoder: FrameDecoder { limit: max_frame },
+        };
+        let body = serde_json::to_vec(&identify).map_err(|e| connect_error(e.to_string()))?;
+        let mut out = BytesMut::new();
+        out.extend_from_slice(MAGIC);
+        Command::Identify(&body).encode(&mut out);
+        tokio::time::timeout(timeout, connection.send_and_confirm(&out))
+            .await
+            .map_err(|_| connect_error(format!("no IDENTIFY answer within {timeout:?}")))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        Ok(connection)
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            if let Some(frame) = self
+                .decoder
+                .decode(&mut self.buffer)
+                .map_err(|e| operation_error("read", e))?
+            {
+                return Ok(frame);
+            }
+            let read = self
+                .read
+                .read_buf(&mut self.buffer)
+                .await
+                .map_err(|e| operation_error("read", e))?;
+            if read == 0 {
+                return Err(operation_error("read", "nsqd closed the connection"));
+            }
+        }
+    }
+
+    /// Writes `bytes` (one command) and waits for its answer: `OK` or a response body
+    /// (IDENTIFY's), or the error nsqd gives. Heartbeats meanwhile are answered.
+    async fn send_and_confirm(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.write
+            .write_all(bytes)
+            .await
+            .map_err(|e| operation_error("write", e))?;
+        loop {
+            match self.read_frame().await? {
+                Frame::Response(body) if body == protocol::HEARTBEAT => {
+                    let mut out = BytesMut::new();
+                    Command::Nop.encode(&mut out);
+                    self.write
+                        .write_all(&out)
+                        .await
+                        .map_err(|e| operation_error("write", e))?;
+                }
+                Frame::Response(_) => return Ok(()),
+                Frame::Error(error) => {
+                    return Err(operation_error("command", String::from_utf8_lossy(&error)));
+                }
+                Frame::Message(_) => {}
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn identify(client_id: &str, heartbeat: Option<Duration>) -> serde_json::Value {
+    serde_json::json!({
+        "client_id": client_id,
+        "hostname": hostname(),
+        "feature_negotiation": false,
+        "heartbeat_interval": heartbeat.map_or(-1, |h| i64::try_from(h.as_millis()).unwrap_or(i64::MAX)),
+        "msg_timeout": MSG_TIMEOUT.as_millis() as u64,
+        "user_agent": concat!("transport/", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+/// A number no other connection of this process has.
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl NsqBackend {
+    /// Checks the URL and connects the publishing connection (within
+    /// `broker.connect_timeout`).
+    pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
+        let url = config.url.as_deref().unwrap_or(DEFAULT_URL);
+        let address = tcp_address(url).map_err(|reason| BackendError::Connect {
+            backend: KIND,
+            url: crate::redact::redact_url(url),
+            reason,
+        })?;
+        let inner = Arc::new(Inner {
+            address,
+            connect_timeout: config.connect_timeout,
+            // nsqd's default `--max-msg-size` is 1 MiB; a frame adds its headers
+            max_frame: config.max_message_bytes.saturating_add(64),
+            publisher: tokio::sync::Mutex::new(None),
+        });
+        let connection = inner.open_publisher().await?;
+        *inner.publisher.lock().await = Some(connection);
+        Ok(NsqBackend { inner })
+    }
+}
+
+impl Inner {
+    async fn open_publisher(&self) -> Result<Connection, BackendError> {
+        let id = format!("transport-{}-publisher-{}", std::process::id(), unique());
+        // heartbeats off: an idle publishing connection is not read between publishes
+        Connection::open(
+            &self.address,
+            identify(&id, None),
+            self.connect_timeout,
+            self.max_frame,
+        )
+        .await
+    }
+
+    /// Sends one publishing command and waits for `OK`; a broken connection is made
+    /// again and the command sent once more.
+    async fn publish(&self, command: Command<'_>) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        command.encode(&mut out);
+        let mut publisher = self.publisher.lock().await;
+        for attempt in 0..2 {
+            if publisher.is_none() {
+                *publisher = Some(self.open_publisher().await?);
+            }
+            let Some(connection) = publisher.as_mut() else {
+                continue;
+            };
+            match connection.send_and_confirm(&out).await {
+                Ok(()) => return Ok(()),
+                Err(BackendError::Operation {
+                    operation: "command",
+                    reason,
+                    ..
+                }) => {
+                    // nsqd refused it (E_BAD_MESSAGE...): the connection is fine
+                    return Err(operation_error("publish", reason));
+                }
+                Err(error) => {
+                    *publisher = None;
+                    if attempt == 1 {
+                        return Err(operation_error("publish", error));
+                    }
+                }
+            }
+        }
+        Err(operation_error("publish", "no connection"))
+    }
+}
+
+/// What a subscription's writer sends.
+enum Out {
+    Fin(u64),
+    Req(u64, Duration),
+    Touch(u64),
+    Nop,
+    Cls,
+}
+
+fn message_id(token: u64) -> protocol::MessageId {
+    let mut id = [0u8; protocol::ID_LEN];
+    let text = format!("{token:016x}");
+    id.copy_from_slice(text.as_bytes());
+    id
+}
+
+/// Writes a subscription's commands; ends when every sender (the reader and the
+/// settle handle) is gone.
+async fn writer(mut write: OwnedWriteHalf, mut commands: mpsc::UnboundedReceiver<Out>) {
+    let mut out = BytesMut::new();
+    let mut batch = Vec::new();
+    while commands.recv_many(&mut batch, 256).await > 0 {
+        for command in batch.drain(..) {
+            match command {
+                Out::Fin(token) => Command::Fin(&message_id(token)).encode(&mut out),
+                Out::Req(token, delay) => Command::Req {
+                    id: &message_id(token),
+                    timeout_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                }
+                .encode(&mut out),
+                Out::Touch(token) => Command::Touch(&message_id(token)).encode(&mut out),
+                Out::Nop => Command::Nop.encode(&mut out),
+                Out::Cls => Command::Cls.encode(&mut out),
+            }
+        }
+        if let Err(error) = write.write_all(&out).await {
+            tracing::debug!(%error, "nsq connection gone: unsettled messages come back");
+            return;
+        }
+        out.clear();
+    }
+}
+
+/// Settles a subscription's deliveries (tokens are message ids) and knows which are in
+/// progress, to `TOUCH` them.
+struct Settler {
+    commands: mpsc::UnboundedSender<Out>,
+    open: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Settler {
+    fn settle(&self, token: u64, command: Out) {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&token);
+        let _ = self.commands.send(command);
+    }
+}
+
+impl Settle for Settler {
+    fn ack(&self, token: u64) {
+        self.settle(token, Out::Fin(token));
+    }
+
+    fn nack(&self, token: u64, delay: Duration, _message: &Arc<Message>, _attempt: u32) {
+        self.settle(token, Out::Req(token, delay));
+    }
+
+    fn dropped(&self, token: u64, _message: &Arc<Message>, _attempt: u32) {
+        self.settle(token, Out::Req(token, Duration::ZERO));
+    }
+}
+
+impl NsqBackend {
+    async fn start(&self, spec: &SubscriptionSpec) -> Result<Subscription, BackendError> {
+        let inner = &self.inner;
+        let channel = match &spec.group {
+            Some(group) => group.clone(),
+            None => format!("t{}-{}#ephemeral", std::process::id(), unique()),
+        };
+        let client_id = format!("transport-{}-{}", std::process::id(), unique());
+        let mut connection = Connection::open(
+            &inner.address,
+            identify(&client_id, Some(HEARTBEAT)),
+            inner.connect_timeout,
+            inner.max_frame,
+        )
+        .await?;
+        let mut out = BytesMut::new();
+        Command::Sub {
+            topic: &spec.topic,
+            channel: &channel,
+        }
+        .encode(&mut out);
+        connection
+            .send_and_confirm(&out)
+            .await
+            .map_err(|e| operation_error("subscribe", format!("`{}`: {e}", spec.topic)))?;
+        out.clear();
+        Command::Rdy(spec.prefetch.clamp(1, 2500) as u64).encode(&mut out);
+        connection
+            .write
+            .write_all(&out)
+            .await
+            .map_err(|e| operation_error("subscribe", e))?;
+        let Connection {
+            mut read,
+            write,
+            mut buffer,
+            decoder,
+        } = connection;
+        let (commands, outgoing) = mpsc::unbounded_channel();
+        tokio::spawn(writer(write, outgoing));
+        let settler = Arc::new(Settler {
+            commands: commands.clone(),
+            open: Mutex::new(HashMap::new()),
+        });
+        let settle: Arc<dyn Settle> = Arc::clone(&settler) as Arc<dyn Settle>;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let subscriber = spec.subscriber.clone();
+        tokio::spawn(async move {
+            let mut touch = tokio::time::interval(MSG_TIMEOUT / 4);
+            let mut closing: Option<Instant> = None;
+            // after `CLOSE_WAIT`, messages nsqd had already sent may still come: they are
+            // read and handed back until the connection has been quiet a while (nsqd
+            // hands back a message lost with a connection only at its `msg_timeout`)
+            let linger = tokio::time::sleep(Duration::from_secs(3600));
+            tokio::pin!(linger);
+            let mut lingering = false;
+            loop {
+                let frame = loop {
+                    match decoder.decode(&mut buffer) {
+                        Ok(Some(frame)) => break Some(Ok(frame)),
+                        Ok(None) => {}
+                        Err(error) => break Some(Err(operation_error("read", error))),
+                    }
+                    tokio::select! {
+                        () = tx.closed(), if closing.is_none() => {
+                            // the subscription ended: no more deliveries
+                            let _ = commands.send(Out::Cls);
+                            closing = Some(Instant::now());
+                        }
+                        () = &mut linger, if lingering => break None,
+                        _ = touch.tick() => {
+                            let now = Instant::now();
+                            let open = settler.open.lock().unwrap_or_else(PoisonError::into_inner);
+                            for (token, since) in open.iter() {
+                                if now.duration_since(*since) >= MSG_TIMEOUT / 2 {
+                                    let _ = commands.send(Out::Touch(*token));
+                                }
+                            }
+                            if closing.is_some_and(|at| at.elapsed() > CLOSE_WAIT_LIMIT) {
+                                break None;
+                            }
+                        }
+                        read = read.read_buf(&mut buffer) => match read {
+                            Ok(0) => break Some(Err(operation_error("read", "nsqd closed the connection"))),
+                            Ok(_) => {}
+                            Err(error) => break Some(Err(operation_error("read", error))),
+                        },
+                    }
+                };
+                match frame {
+                    None => return,
+                    Some(Err(error)) => {
+                        if closing.is_none() {
+                            tracing::warn!(%subscriber, %error, "nsq subscription connection lost");
+                        }
+                        return;
+                    }
+                    Some(Ok(Frame::Response(body))) => {
+                        if body == protocol::HEARTBEAT {
+                            let _ = commands.send(Out::Nop);
+                        } else if body == protocol::CLOSE_WAIT {
+                            lingering = true;
+                            linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                        }
+                    }
+                    Some(Ok(Frame::Error(error))) => {
+                        tracing::warn!(%subscriber, error = %String::from_utf8_lossy(&error), "nsqd error");
+                    }
+                    Some(Ok(Frame::Message(message))) => {
+                        let Some(token) = std::str::from_utf8(&message.id)
+                            .ok()
+                            .and_then(|id| u64::from_str_radix(id, 16).ok())
+                        else {
+                            tracing::warn!(%subscriber, "nsq message id is not hex: left to time out");
+                            continue;
+                        };
+                        if closing.is_some() {
+                            // sent before nsqd saw `CLS`: back at once
+                            let _ = commands.send(Out::Req(token, Duration::ZERO));
+                            if lingering {
+                                linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                            }
+                            continue;
+                        }
+                        settler
+                            .open
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(token, Instant::now());
+                        let mut ours = Message::new(message.body);
+                        ours.id = std::str::from_utf8(&message.id).ok().map(Into::into);
+                        let delivery = Delivery::settled_by(
+                            ours,
+                            u32::from(message.attempts),
+                            Arc::clone(&settle),
+                            token,
+                        );
+                        // a closed receiver hands the delivery back on drop
+                        let _ = tx.send(delivery);
+                    }
+                }
+            }
+        });
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|delivery| (delivery, rx))
+        })
+        .boxed())
+    }
+}
+
+impl Backend for NsqBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            groups: true,
+            persistence: true,
+            ordering: false,
+            at_least_once: true,
+            native_redelivery: true,
+            headers: false,
+            keys: false,
+        }
+    }
+
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
+        Publish::boxed(async move {
+            self.inner
+                .publish(Command::Pub {
+                    topic,
+                    body: &message.payload,
+                })
+                .await
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        spec: &'a SubscriptionSpec,
+    ) -> BoxFuture<'a, Result<Subscription, BackendError>> {
+        self.start(spec).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        async move {
+            if let Some(mut connection) = self.inner.publisher.lock().await.take() {
+                let _ = connection.write.shutdown().await;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn validate_topic(&self, topic: &str) -> Result<(), BackendError> {
+        super::check_topic(KIND, topic)?;
+        match protocol::name_problem(topic) {
+            Some(reason) => Err(BackendError::InvalidTopic {
+                backend: KIND,
+                topic: topic.to_string(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn max_message_size(&self) -> Option<usize> {
+        // nsqd's default `--max-msg-size`
+        Some(1024 * 1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_nsqd_tcp_addresses() {
+        assert_eq!(
+            tcp_address("nsq://127.0.0.1:4150").unwrap(),
+            "127.0.0.1:4150"
+        );
+        assert_eq!(tcp_address("host:1").unwrap(), "host:1");
+        for bad in ["nsq://host", "nsq://u:p@h:1", "nsq://h:x", "nsq://a:1,b:2"] {
+            assert!(tcp_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn message_ids_round_trip_through_tokens() {
+        let id = *b"0a1b2c3d4e5f6789";
+        let token = u64::from_str_radix(std::str::from_utf8(&id).unwrap(), 16).unwrap();
+        assert_eq!(message_id(token), id);
+    }
+}
