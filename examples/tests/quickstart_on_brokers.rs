@@ -15,6 +15,10 @@ fn reachable(port: u16) -> bool {
 }
 
 fn run_on(kind: Option<&str>, port: u16) {
+    run_on_with(kind, port, &[]);
+}
+
+fn run_on_with(kind: Option<&str>, port: u16, environment: &[(&str, String)]) {
     if port != 0 && !reachable(port) {
         if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
             panic!("{kind:?} broker unreachable on port {port} in CI");
@@ -25,7 +29,8 @@ fn run_on(kind: Option<&str>, port: u16) {
     let mut command = Command::new(quickstart());
     command
         .env_remove("TRANSPORT_CONFIG")
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .envs(environment.iter().map(|(name, value)| (name, value)));
     if let Some(kind) = kind {
         let run = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -94,6 +99,23 @@ fn on_mqtt() {
 #[test]
 fn on_kafka() {
     run_on(Some("kafka"), 9092);
+}
+
+/// No registry ships nsqd: this runs where `NSQD_TCP_ADDRESS` names one (`127.0.0.1:4150`).
+#[test]
+fn on_nsq() {
+    let Some(port) = std::env::var("NSQD_TCP_ADDRESS")
+        .ok()
+        .and_then(|address| address.rsplit_once(':')?.1.parse().ok())
+    else {
+        eprintln!("SKIPPED: nsq: NSQD_TCP_ADDRESS is not set (no package registry ships nsqd)");
+        return;
+    };
+    run_on_with(
+        Some("nsq"),
+        port,
+        &[("TRANSPORT_BROKER__URL", format!("nsq://127.0.0.1:{port}"))],
+    );
 }
 
 /// The benchmark binary keeps working (tiny run; its numbers are not checked here).

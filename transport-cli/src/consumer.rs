@@ -477,9 +477,6 @@ mod tests {
         bad.topic = "orders.*".into();
         assert!(error(bad).contains("wildcards are not supported"));
         let mut bad = spec("ok");
-        bad.broker = Broker::Nsq;
-        assert!(error(bad).starts_with("broker `nsq` is not available yet"));
-        let mut bad = spec("ok");
         bad.transport_version = Some("1\"; evil = \"".into());
         assert!(error(bad).starts_with("invalid transport version"));
         let mut bad = spec("orders");

@@ -1,0 +1,132 @@
+//! NSQ interop, against a real nsqd where `NSQD_TCP_ADDRESS` and `NSQD_HTTP_ADDRESS` name
+//! one (no registry ships nsqd; without them these tests print why they skip): a body
+//! published with nsqd's HTTP `/pub` reaches a typed subscriber, and what the framework
+//! publishes is read by `nsq_tail` (`NSQ_TAIL_BIN`, else on `PATH`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use tokio::sync::mpsc::{self, UnboundedSender};
+use transport::prelude::*;
+use transport::{App, Config};
+use transport_tests::interop::{Order, Seen};
+use transport_tests::{init_tracing, receive, unique};
+
+/// nsqd's TCP and HTTP addresses, or `None` (with the reason printed).
+fn nsqd() -> Option<(String, String)> {
+    match (
+        std::env::var("NSQD_TCP_ADDRESS"),
+        std::env::var("NSQD_HTTP_ADDRESS"),
+    ) {
+        (Ok(tcp), Ok(http)) => Some((tcp, http)),
+        _ => {
+            eprintln!(
+                "SKIPPED: nsq: NSQD_TCP_ADDRESS and NSQD_HTTP_ADDRESS are not set (no package registry ships nsqd)"
+            );
+            None
+        }
+    }
+}
+
+fn config(tcp: &str, prefix: &str) -> Config {
+    Config::from_toml(&format!(
+        "[broker]\nkind = \"nsq\"\nurl = \"nsq://{tcp}\"\ntopic_prefix = \"{prefix}\""
+    ))
+    .expect("config")
+}
+
+/// `POST /pub?topic=<topic>` with `body`, as any HTTP client would; nsqd's answer.
+fn http_pub(http: &str, topic: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(http).expect("nsqd's HTTP address answers");
+    write!(
+        stream,
+        "POST /pub?topic={topic} HTTP/1.0\r\nHost: {http}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request written");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer read");
+    answer
+}
+
+pub struct Shop(pub UnboundedSender<Seen>);
+
+#[transport::service]
+impl Shop {
+    #[subscriber(topic = "interop.nsq.orders", group = "shop")]
+    async fn order(&self, order: Order, ctx: &Context) {
+        let _ = self.0.send(Seen::of(order, ctx));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_pub_reaches_a_typed_subscriber() {
+    let Some((tcp, http)) = nsqd() else { return };
+    init_tracing();
+    let prefix = format!("{}.", unique("nsq"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = App::new(config(&tcp, &prefix))
+        .select(|r| r.name == "Shop::order")
+        .service(Shop(tx))
+        .start()
+        .await
+        .unwrap_or_else(|error| panic!("the app starts: {error}"));
+    let answer = http_pub(
+        &http,
+        &format!("{prefix}interop.nsq.orders"),
+        r#"{"id":7,"item":"tea"}"#,
+    );
+    assert!(answer.ends_with("OK"), "{answer}");
+    let seen = receive(&mut rx, 1).await.remove(0);
+    assert_eq!(
+        seen.order,
+        Order {
+            id: 7,
+            item: "tea".into()
+        }
+    );
+    assert_eq!(
+        seen.id.as_deref().map(str::len),
+        Some(16),
+        "nsqd's message id"
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nsq_tail_reads_what_the_framework_publishes() {
+    let Some((tcp, _)) = nsqd() else { return };
+    let tail = std::env::var("NSQ_TAIL_BIN").unwrap_or_else(|_| "nsq_tail".into());
+    init_tracing();
+    let prefix = format!("{}.", unique("nsq"));
+    let topic = format!("{prefix}interop.nsq.audit");
+    let app = App::new(config(&tcp, &prefix))
+        .select(|_| false)
+        .start()
+        .await
+        .expect("the app starts");
+    // published before nsq_tail subscribes: nsqd keeps it for the topic's first channel
+    app.publisher()
+        .publish(
+            "interop.nsq.audit",
+            &Order {
+                id: 8,
+                item: "bread".into(),
+            },
+        )
+        .await
+        .expect("published");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&tail)
+            .args(["--nsqd-tcp-address", &tcp, "--topic", &topic, "-n", "1"])
+            .output()
+    })
+    .await
+    .expect("joined")
+    .expect("nsq_tail runs (NSQ_TAIL_BIN, or nsq_tail on PATH)");
+    let line = String::from_utf8_lossy(&output.stdout);
+    let got: serde_json::Value = serde_json::from_str(line.trim()).expect("the body as it was");
+    assert_eq!(got, serde_json::json!({"id": 8, "item": "bread"}));
+    app.shutdown().await.expect("shutdown");
+}
