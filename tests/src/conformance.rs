@@ -1294,6 +1294,9 @@ pub mod cases {
         let Some(server) = target.server else {
             return;
         };
+        if !target.reachable() {
+            return;
+        }
         let Some(mut broker) = private_broker(server) else {
             return;
         };
@@ -1406,6 +1409,9 @@ pub mod cases {
         let Some(server) = target.server else {
             return;
         };
+        if !target.reachable() {
+            return;
+        }
         let Some(mut broker) = private_broker(server) else {
             return;
         };

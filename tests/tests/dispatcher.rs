@@ -580,6 +580,75 @@ mod lanes {
     }
 }
 
+/// Deferred delivery and batches through the publisher.
+mod publishing {
+    use super::*;
+
+    pub struct Times(pub UnboundedSender<(u32, tokio::time::Instant)>);
+
+    #[transport::service]
+    impl Times {
+        #[subscriber(topic = "dl.timed")]
+        async fn timed(&self, n: u32) {
+            let _ = self.0.send((n, tokio::time::Instant::now()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deferred_message_arrives_after_its_delay_and_a_batch_arrives_whole() {
+        let (tx, mut seen) = mpsc::unbounded_channel();
+        let app = start(module_path!(), memory_config(""), |app| {
+            app.service(Times(tx))
+        })
+        .await;
+        let sent = tokio::time::Instant::now();
+        app.publisher()
+            .to("dl.timed")
+            .deliver_after(Duration::from_millis(300))
+            .send(&1u32)
+            .await
+            .unwrap();
+        app.publisher()
+            .publish_all("dl.timed", &[2u32, 3, 4])
+            .await
+            .unwrap();
+        let got = receive(&mut seen, 4).await;
+        let order: Vec<u32> = got.iter().map(|(n, _)| *n).collect();
+        assert_eq!(order, [2, 3, 4, 1], "the deferred one comes last");
+        assert!(
+            got[3].1 - sent >= Duration::from_millis(300),
+            "{:?}",
+            got[3].1 - sent
+        );
+        app.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_broker_without_deferred_delivery_refuses_it() {
+        let (backend, _settled) = Scripted::new(false);
+        let backend = Arc::new(backend.script(vec![], false));
+        let app = start(module_path!(), memory_config(""), |app| {
+            app.select(|_| false).backend(backend.clone())
+        })
+        .await;
+        let error = app
+            .publisher()
+            .to("dl.timed")
+            .deliver_after(Duration::from_secs(1))
+            .send(&1u32)
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("scripted cannot defer a message's delivery"),
+            "{error}"
+        );
+        assert!(backend.published().is_empty(), "nothing delivered early");
+        app.shutdown().await.unwrap();
+    }
+}
+
 /// MQTT filters on the in-process broker, which matches them itself (the mqtt backend's
 /// are the broker's: `interop_mqtt`).
 mod mqtt_filters {

@@ -130,3 +130,59 @@ async fn nsq_tail_reads_what_the_framework_publishes() {
     assert_eq!(got, serde_json::json!({"id": 8, "item": "bread"}));
     app.shutdown().await.expect("shutdown");
 }
+
+pub struct Batch(pub UnboundedSender<(u64, std::time::Instant)>);
+
+#[transport::service]
+impl Batch {
+    #[subscriber(topic = "interop.nsq.batch", group = "batch")]
+    async fn order(&self, order: Order) {
+        let _ = self.0.send((order.id, std::time::Instant::now()));
+    }
+}
+
+/// `publish_all` goes out as one `MPUB`, `deliver_after` as a `DPUB` nsqd holds back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_deferred_messages_reach_a_subscriber() {
+    let Some((tcp, _)) = nsqd() else { return };
+    init_tracing();
+    let prefix = format!("{}.", unique("nsq"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = App::new(config(&tcp, &prefix))
+        .select(|r| r.name == "Batch::order")
+        .service(Batch(tx))
+        .start()
+        .await
+        .unwrap_or_else(|error| panic!("the app starts: {error}"));
+    let sent = std::time::Instant::now();
+    app.publisher()
+        .to("interop.nsq.batch")
+        .deliver_after(std::time::Duration::from_millis(800))
+        .send(&Order {
+            id: 1,
+            item: "later".into(),
+        })
+        .await
+        .expect("deferred");
+    let batch: Vec<Order> = (2..=4)
+        .map(|id| Order {
+            id,
+            item: "now".into(),
+        })
+        .collect();
+    app.publisher()
+        .publish_all("interop.nsq.batch", &batch)
+        .await
+        .expect("batch published");
+    let got = receive(&mut rx, 4).await;
+    let mut now: Vec<u64> = got[..3].iter().map(|(id, _)| *id).collect();
+    now.sort_unstable();
+    assert_eq!(now, [2, 3, 4], "the batch first");
+    assert_eq!(got[3].0, 1, "the deferred one last");
+    assert!(
+        got[3].1 - sent >= std::time::Duration::from_millis(800),
+        "held back: {:?}",
+        got[3].1 - sent
+    );
+    app.shutdown().await.expect("shutdown");
+}

@@ -227,6 +227,15 @@ pub enum BackendError {
         /// The broker's or client's message.
         reason: String,
     },
+    /// A feature this backend does not have (deferred publishing on a broker without
+    /// it...).
+    #[error("{backend} cannot {what}")]
+    Unsupported {
+        /// Backend kind.
+        backend: &'static str,
+        /// What was asked for.
+        what: &'static str,
+    },
 }
 
 impl fmt::Debug for BackendError {

@@ -100,6 +100,7 @@ impl Publisher {
             publisher: self,
             topic,
             message: Message::default(),
+            defer: None,
         }
     }
 
@@ -107,11 +108,83 @@ impl Publisher {
     /// [`message_id`](crate::message_id) if it has none). A payload over
     /// `broker.max_message_bytes`, or a topic the backend cannot use, is refused before
     /// it reaches the broker.
-    pub async fn publish_message(
+    pub async fn publish_message(&self, topic: &str, message: Message) -> Result<(), PublishError> {
+        self.publish_prepared(topic, message, None).await
+    }
+
+    /// Publishes `values` to `topic` with the default codec, as one batch where the broker
+    /// has batches (NSQ's `MPUB`), else one after the other; returns once the broker has
+    /// them all. Each is checked as a single publish is, before any is sent.
+    ///
+    /// ```
+    /// # async fn demo(publisher: transport::Publisher) -> Result<(), transport::PublishError> {
+    /// publisher.publish_all("sensor.raw", &[21.5, 22.0, 22.5]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_all<T: Serialize>(
         &self,
         topic: &str,
-        mut message: Message,
+        values: &[T],
     ) -> Result<(), PublishError> {
+        let mut messages = Vec::with_capacity(values.len());
+        for value in values {
+            let (payload, content_type) =
+                self.codec
+                    .encode(value)
+                    .map_err(|source| PublishError::Encode {
+                        topic: topic.to_string(),
+                        source,
+                    })?;
+            let mut message = Message::new(payload);
+            message.headers.insert_static(CONTENT_TYPE, content_type);
+            messages.push(message);
+        }
+        self.publish_batch(topic, messages).await
+    }
+
+    /// Publishes `values` to a typed topic with its codec, as one batch where the broker
+    /// has batches (see [`Publisher::publish_all`]).
+    pub async fn send_all<T, C>(
+        &self,
+        topic: &Topic<T, C>,
+        values: &[T],
+    ) -> Result<(), PublishError>
+    where
+        C: Encoder<T>,
+    {
+        let mut messages = Vec::with_capacity(values.len());
+        for value in values {
+            let payload = C::encode(value).map_err(|source| PublishError::Encode {
+                topic: topic.name().to_string(),
+                source,
+            })?;
+            let mut message = Message::new(payload);
+            message.headers.insert_static(CONTENT_TYPE, C::CONTENT_TYPE);
+            messages.push(message);
+        }
+        self.publish_batch(topic.name(), messages).await
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        mut messages: Vec<Message>,
+    ) -> Result<(), PublishError> {
+        for message in &mut messages {
+            self.check(topic, message)?;
+        }
+        self.backend
+            .publish_batch(topic, messages)
+            .await
+            .map_err(|source| PublishError::Backend {
+                topic: topic.to_string(),
+                source,
+            })
+    }
+
+    /// Gives `message` an id if it has none, and checks it and `topic` as every publish
+    /// does.
+    fn check(&self, topic: &str, message: &mut Message) -> Result<(), PublishError> {
         if message.id.is_none() {
             message.id = Some(crate::message::message_id());
         }
@@ -132,13 +205,24 @@ impl Publisher {
                 },
             });
         }
-        self.backend
-            .publish(topic, message)
-            .await
-            .map_err(|source: BackendError| PublishError::Backend {
-                topic: topic.to_string(),
-                source,
-            })
+        Ok(())
+    }
+
+    async fn publish_prepared(
+        &self,
+        topic: &str,
+        mut message: Message,
+        defer: Option<std::time::Duration>,
+    ) -> Result<(), PublishError> {
+        self.check(topic, &mut message)?;
+        let published = match defer {
+            None => self.backend.publish(topic, message).await,
+            Some(delay) => self.backend.publish_deferred(topic, message, delay).await,
+        };
+        published.map_err(|source: BackendError| PublishError::Backend {
+            topic: topic.to_string(),
+            source,
+        })
     }
 }
 
@@ -234,6 +318,13 @@ impl<T, C> TypedOutgoing<'_, T, C> {
         self
     }
 
+    /// Has the broker deliver the message only after `delay` (see
+    /// [`Outgoing::deliver_after`]).
+    pub fn deliver_after(mut self, delay: std::time::Duration) -> Self {
+        self.inner = self.inner.deliver_after(delay);
+        self
+    }
+
     /// Encodes `value` with the topic's codec and publishes it.
     pub async fn send(self, value: &T) -> Result<(), PublishError>
     where
@@ -249,6 +340,7 @@ pub struct Outgoing<'p> {
     publisher: &'p Publisher,
     topic: Cow<'p, str>,
     message: Message,
+    defer: Option<std::time::Duration>,
 }
 
 impl Outgoing<'_> {
@@ -278,6 +370,21 @@ impl Outgoing<'_> {
         self
     }
 
+    /// Has the broker deliver the message only after `delay` (NSQ's `DPUB`; the
+    /// in-process broker holds it back itself). A broker without deferred delivery
+    /// refuses the publish with [`BackendError::Unsupported`] rather than deliver early.
+    ///
+    /// ```
+    /// # async fn demo(publisher: transport::Publisher) -> Result<(), transport::PublishError> {
+    /// use std::time::Duration;
+    /// publisher.to("reminders").deliver_after(Duration::from_secs(30)).send(&"call back").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn deliver_after(mut self, delay: std::time::Duration) -> Self {
+        self.defer = Some(delay);
+        self
+    }
+
     /// Encodes `value` with the publisher's default codec and publishes it.
     pub async fn send<T: Serialize + ?Sized>(self, value: &T) -> Result<(), PublishError> {
         match self.publisher.codec.encode(value) {
@@ -304,7 +411,7 @@ impl Outgoing<'_> {
     pub async fn send_bytes(mut self, payload: impl Into<Bytes>) -> Result<(), PublishError> {
         self.message.payload = payload.into();
         self.publisher
-            .publish_message(&self.topic, self.message)
+            .publish_prepared(&self.topic, self.message, self.defer)
             .await
     }
 

@@ -283,6 +283,31 @@ impl Backend for MemoryBroker {
         Publish::ready(self.enqueue(topic, message))
     }
 
+    fn publish_deferred<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+        delay: Duration,
+    ) -> Publish<'a> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Publish::ready(Err(BackendError::Unsupported {
+                backend: KIND,
+                what: "defer a message outside a Tokio runtime",
+            }));
+        };
+        // held back here, then published as any message (a full queue then drops it,
+        // logged: nobody waits for it any more)
+        let broker = self.clone();
+        let topic = topic.to_string();
+        runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(error) = broker.enqueue(&topic, message) {
+                tracing::error!(%error, topic, "deferred message dropped");
+            }
+        });
+        Publish::ready(Ok(()))
+    }
+
     fn subscribe<'a>(
         &'a self,
         spec: &'a SubscriptionSpec,

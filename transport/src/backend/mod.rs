@@ -306,6 +306,34 @@ pub trait Backend: Send + Sync + 'static {
     /// Publishes `message` to `topic`; resolves once the broker has accepted it.
     fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a>;
 
+    /// Publishes `message` to `topic` for delivery after `delay` (NSQ's `DPUB`; the
+    /// in-process broker holds it back itself). The default refuses: a broker without
+    /// deferred delivery says so rather than delivering early.
+    fn publish_deferred<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+        delay: Duration,
+    ) -> Publish<'a> {
+        let _ = (topic, message, delay);
+        Publish::ready(Err(BackendError::Unsupported {
+            backend: self.kind(),
+            what: "defer a message's delivery",
+        }))
+    }
+
+    /// Publishes several messages to `topic` (NSQ's `MPUB`: one round trip); resolves
+    /// once the broker has them all. The default publishes them one after the other,
+    /// stopping at the first failure.
+    fn publish_batch<'a>(&'a self, topic: &'a str, messages: Vec<Message>) -> Publish<'a> {
+        Publish::boxed(async move {
+            for message in messages {
+                self.publish(topic, message).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Publishes a reply to a broker-native reply address taken from a consumed
     /// message (`Message::reply_to`: a NATS reply subject...). The address is used as it
     /// is: no topic prefix, no topic rule. The default publishes to it as a topic.

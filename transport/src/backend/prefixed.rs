@@ -53,6 +53,31 @@ impl Backend for Prefixed {
         })
     }
 
+    fn publish_deferred<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+        delay: std::time::Duration,
+    ) -> Publish<'a> {
+        if foreign(topic) {
+            return self.inner.publish_deferred(topic, message, delay);
+        }
+        Publish::boxed(async move {
+            let topic = format!("{}{topic}", self.prefix);
+            self.inner.publish_deferred(&topic, message, delay).await
+        })
+    }
+
+    fn publish_batch<'a>(&'a self, topic: &'a str, messages: Vec<Message>) -> Publish<'a> {
+        if foreign(topic) {
+            return self.inner.publish_batch(topic, messages);
+        }
+        Publish::boxed(async move {
+            let topic = format!("{}{topic}", self.prefix);
+            self.inner.publish_batch(&topic, messages).await
+        })
+    }
+
     fn reply<'a>(&'a self, address: &'a str, message: Message) -> Publish<'a> {
         self.inner.reply(address, message)
     }

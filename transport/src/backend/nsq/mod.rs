@@ -11,7 +11,8 @@
 //!   the context's attempt number); messages in progress for half of `msg_timeout` are
 //!   `TOUCH`ed. When the subscription ends, `CLS` stops deliveries and what was delivered
 //!   and not begun goes back with `REQ`.
-//! - Publish: one connection, `PUB` (or `DPUB`), returning after nsqd's `OK`.
+//! - Publish: one connection, `PUB` (`DPUB` for a deferred message, `MPUB` for a
+//!   batch), returning after nsqd's `OK`.
 //! - NSQ messages are bodies only: headers and keys are not carried (a foreign
 //!   producer's raw body is the payload as it is).
 //! - Recovery: a lost connection ends its subscription (the dispatcher subscribes again,
@@ -516,6 +517,38 @@ impl Backend for NsqBackend {
                 .publish(Command::Pub {
                     topic,
                     body: &message.payload,
+                })
+                .await
+        })
+    }
+
+    fn publish_deferred<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+        delay: Duration,
+    ) -> Publish<'a> {
+        Publish::boxed(async move {
+            self.inner
+                .publish(Command::Dpub {
+                    topic,
+                    defer_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    body: &message.payload,
+                })
+                .await
+        })
+    }
+
+    fn publish_batch<'a>(&'a self, topic: &'a str, messages: Vec<Message>) -> Publish<'a> {
+        Publish::boxed(async move {
+            if messages.is_empty() {
+                return Ok(());
+            }
+            let bodies: Vec<bytes::Bytes> = messages.into_iter().map(|m| m.payload).collect();
+            self.inner
+                .publish(Command::Mpub {
+                    topic,
+                    bodies: &bodies,
                 })
                 .await
         })
