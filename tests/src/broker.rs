@@ -27,6 +27,9 @@ pub enum Server {
     /// `nsqd` (from `NSQD_BIN`, else `PATH`) with a data directory that survives
     /// restarts.
     Nsqd,
+    /// `nsqlookupd` (from `NSQLOOKUPD_BIN`, else `PATH`): TCP on the port, HTTP on the
+    /// second port.
+    Nsqlookupd,
 }
 
 impl Server {
@@ -38,6 +41,7 @@ impl Server {
             Server::Mosquitto => "mosquitto",
             Server::Tansu => "tansu",
             Server::Nsqd => "nsqd",
+            Server::Nsqlookupd => "nsqlookupd",
         }
     }
 
@@ -46,9 +50,12 @@ impl Server {
         if self == Server::Tansu {
             return tansu_binary();
         }
-        if self == Server::Nsqd
-            && let Some(path) = std::env::var_os("NSQD_BIN")
-        {
+        let variable = match self {
+            Server::Nsqd => Some("NSQD_BIN"),
+            Server::Nsqlookupd => Some("NSQLOOKUPD_BIN"),
+            _ => None,
+        };
+        if let Some(path) = variable.and_then(std::env::var_os) {
             return Some(path.into());
         }
         on_path(self.binary()).then(|| self.binary().into())
@@ -75,6 +82,8 @@ pub fn tansu_binary() -> Option<std::path::PathBuf> {
 pub struct PrivateBroker {
     server: Server,
     binary: std::path::PathBuf,
+    /// Arguments added to the server's own (`start_with`).
+    extra: Vec<String>,
     port: u16,
     /// A second port, for servers that need one (RabbitMQ's Erlang distribution).
     other_port: u16,
@@ -121,6 +130,11 @@ fn on_path(binary: &str) -> bool {
 impl PrivateBroker {
     /// Starts `server` on a free port; `Err` says why it could not.
     pub fn start(server: Server) -> Result<Self, String> {
+        Self::start_with(server, Vec::new())
+    }
+
+    /// Starts `server` on a free port with `extra` arguments after its own.
+    pub fn start_with(server: Server, extra: Vec<String>) -> Result<Self, String> {
         let Some(binary) = server.locate() else {
             return Err(format!(
                 "`{}` is not installed (run scripts/brokers up)",
@@ -133,6 +147,7 @@ impl PrivateBroker {
         let mut broker = PrivateBroker {
             server,
             binary,
+            extra,
             port,
             other_port,
             dir,
@@ -148,6 +163,12 @@ impl PrivateBroker {
             Server::Mosquitto => {
                 let mut c = Command::new(&self.binary);
                 c.args(["-p", &port]);
+                c
+            }
+            Server::Nsqlookupd => {
+                let mut c = Command::new(&self.binary);
+                c.arg(format!("--tcp-address=127.0.0.1:{port}"))
+                    .arg(format!("--http-address=127.0.0.1:{}", self.other_port));
                 c
             }
             Server::Nsqd => {
@@ -219,6 +240,7 @@ impl PrivateBroker {
                 c
             }
         };
+        command.args(&self.extra);
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -256,7 +278,18 @@ impl PrivateBroker {
             Server::Mosquitto => format!("mqtt://127.0.0.1:{}", self.port),
             Server::Tansu => format!("kafka://127.0.0.1:{}", self.port),
             Server::Nsqd => format!("nsq://127.0.0.1:{}", self.port),
+            Server::Nsqlookupd => format!("127.0.0.1:{}", self.other_port),
         }
+    }
+
+    /// The server's second port (nsqd's and nsqlookupd's HTTP, RabbitMQ's distribution).
+    pub fn other_port(&self) -> u16 {
+        self.other_port
+    }
+
+    /// The server's own port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Kills the process (SIGKILL) and waits until the port is closed.

@@ -173,7 +173,7 @@ impl Target {
             Some(Server::Mosquitto) => Some(format!("mqtt://127.0.0.1:{port}")),
             Some(Server::Tansu) => Some(format!("kafka://127.0.0.1:{port}")),
             Some(Server::Nsqd) => Some(format!("nsq://127.0.0.1:{port}")),
-            None => None,
+            Some(Server::Nsqlookupd) | None => None,
         }
     }
 

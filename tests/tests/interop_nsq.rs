@@ -186,3 +186,99 @@ async fn batches_and_deferred_messages_reach_a_subscriber() {
     );
     app.shutdown().await.expect("shutdown");
 }
+
+pub struct Spread(pub UnboundedSender<u64>);
+
+#[transport::service]
+impl Spread {
+    #[subscriber(topic = "interop.nsq.spread", group = "spread")]
+    async fn order(&self, order: Order) {
+        let _ = self.0.send(order.id);
+    }
+}
+
+/// With `[broker.nsq] lookupd`, a subscription reads from every nsqd that nsqlookupd
+/// names for the topic: two private nsqds registered with a private nsqlookupd, each
+/// given messages directly, and the subscriber (which knows only nsqlookupd) gets them
+/// all, from an nsqd that came up after it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_reads_every_nsqd_that_nsqlookupd_names() {
+    use transport_tests::broker::{PrivateBroker, Server};
+    if nsqd().is_none() {
+        return;
+    }
+    init_tracing();
+    let lookupd = match PrivateBroker::start(Server::Nsqlookupd) {
+        Ok(lookupd) => lookupd,
+        Err(reason) => {
+            eprintln!("SKIPPED: {reason} (NSQLOOKUPD_BIN)");
+            return;
+        }
+    };
+    let register = || {
+        vec![format!(
+            "--lookupd-tcp-address=127.0.0.1:{}",
+            lookupd.port()
+        )]
+    };
+    let first = PrivateBroker::start_with(Server::Nsqd, register()).expect("nsqd starts");
+    let prefix = format!("{}.", unique("nsq"));
+    // the topic exists on the first nsqd before the subscriber asks nsqlookupd
+    let publisher = App::new(config(&first.url().replace("nsq://", ""), &prefix))
+        .select(|_| false)
+        .start()
+        .await
+        .expect("publisher starts");
+    publisher
+        .publisher()
+        .publish(
+            "interop.nsq.spread",
+            &Order {
+                id: 1,
+                item: "first".into(),
+            },
+        )
+        .await
+        .expect("published");
+    let config = Config::from_toml(&format!(
+        "[broker]\nkind = \"nsq\"\nurl = \"{}\"\ntopic_prefix = \"{prefix}\"\n\
+         [broker.nsq]\nlookupd = [\"{}\"]\nlookupd_poll_interval = \"500ms\"",
+        first.url(),
+        lookupd.url()
+    ))
+    .expect("config");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = App::new(config)
+        .select(|r| r.name == "Spread::order")
+        .service(Spread(tx))
+        .start()
+        .await
+        .unwrap_or_else(|error| panic!("the app starts: {error}"));
+    assert_eq!(receive(&mut rx, 1).await, [1]);
+    // a second nsqd comes up and gets the topic: the subscriber finds it
+    let second = PrivateBroker::start_with(Server::Nsqd, register()).expect("nsqd starts");
+    let other = App::new(config_for(&second, &prefix))
+        .select(|_| false)
+        .start()
+        .await
+        .expect("second publisher starts");
+    other
+        .publisher()
+        .publish(
+            "interop.nsq.spread",
+            &Order {
+                id: 2,
+                item: "second".into(),
+            },
+        )
+        .await
+        .expect("published");
+    assert_eq!(receive(&mut rx, 1).await, [2], "read from the second nsqd");
+    app.shutdown().await.expect("shutdown");
+    other.shutdown().await.expect("shutdown");
+    publisher.shutdown().await.expect("shutdown");
+}
+
+fn config_for(nsqd: &transport_tests::broker::PrivateBroker, prefix: &str) -> Config {
+    config(&nsqd.url().replace("nsq://", ""), prefix)
+}

@@ -93,6 +93,8 @@ pub struct BrokerConfig {
     pub mqtt: MqttConfig,
     /// `[broker.kafka]`: Kafka topics, consumer groups and librdkafka properties.
     pub kafka: KafkaConfig,
+    /// `[broker.nsq]`: nsqlookupd discovery.
+    pub nsq: NsqConfig,
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -110,6 +112,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("rabbitmq", &self.rabbitmq)
             .field("mqtt", &self.mqtt)
             .field("kafka", &self.kafka)
+            .field("nsq", &self.nsq)
             .finish()
     }
 }
@@ -129,6 +132,29 @@ impl Default for BrokerConfig {
             rabbitmq: RabbitMqConfig::default(),
             mqtt: MqttConfig::default(),
             kafka: KafkaConfig::default(),
+            nsq: NsqConfig::default(),
+        }
+    }
+}
+
+/// `[broker.nsq]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NsqConfig {
+    /// nsqlookupd HTTP addresses (`127.0.0.1:4161`): subscriptions read from every nsqd
+    /// they name for the topic, instead of the nsqds in `broker.url` (which publishing
+    /// uses).
+    pub lookupd: Vec<String>,
+    /// How often nsqlookupd is asked again.
+    #[serde(with = "humantime_serde")]
+    pub lookupd_poll_interval: Duration,
+}
+
+impl Default for NsqConfig {
+    fn default() -> Self {
+        NsqConfig {
+            lookupd: Vec::new(),
+            lookupd_poll_interval: Duration::from_secs(60),
         }
     }
 }

@@ -44,6 +44,8 @@ const DEFAULT_URL: &str = "nsq://127.0.0.1:4150";
 const MSG_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often nsqd sends a heartbeat on a subscription's connection.
 const HEARTBEAT: Duration = Duration::from_secs(30);
+/// How often a subscription makes the connections it lacks.
+const RECONNECT: Duration = Duration::from_secs(1);
 /// How long a closing subscription keeps reading after `CLOSE_WAIT` once nothing comes.
 const LINGER: Duration = Duration::from_millis(300);
 /// How long a subscription waits for `CLOSE_WAIT` after `CLS`.
@@ -55,7 +57,11 @@ pub struct NsqBackend {
 }
 
 struct Inner {
-    address: String,
+    /// nsqd TCP addresses from the URL (`nsq://a:4150,b:4150`).
+    addresses: Vec<String>,
+    /// nsqlookupd HTTP addresses (`[broker.nsq] lookupd`).
+    lookupd: Vec<String>,
+    lookupd_poll_interval: Duration,
     connect_timeout: Duration,
     max_frame: usize,
     publisher: tokio::sync::Mutex<Option<Connection>>,
@@ -69,19 +75,83 @@ fn operation_error(operation: &'static str, error: impl std::fmt::Display) -> Ba
     }
 }
 
-/// `nsq://host:port` (nsqd's TCP address) as `host:port`.
-fn tcp_address(url: &str) -> Result<String, String> {
-    let address = url
+/// `nsq://host:port[,host:port...]` (nsqd TCP addresses) as `host:port`s.
+fn tcp_addresses(url: &str) -> Result<Vec<String>, String> {
+    let list = url
         .strip_prefix("nsq://")
         .unwrap_or(url)
         .trim_end_matches('/');
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| "expected `nsq://host:port` (nsqd's TCP address)".to_string())?;
-    if host.is_empty() || port.parse::<u16>().is_err() || address.contains(['@', '/', ',']) {
-        return Err("expected `nsq://host:port` (nsqd's TCP address)".into());
+    list.split(',').map(host_port).collect()
+}
+
+/// `host:port`, or why it is not one.
+fn host_port(address: &str) -> Result<String, String> {
+    let expected = || format!("`{address}`: expected `host:port` (nsqd's TCP address)");
+    let (host, port) = address.rsplit_once(':').ok_or_else(expected)?;
+    if host.is_empty() || port.parse::<u16>().is_err() || address.contains(['@', '/', ' ']) {
+        return Err(expected());
     }
     Ok(address.to_string())
+}
+
+/// What nsqlookupd's `/lookup` answers: the nsqds that have the topic.
+#[derive(serde::Deserialize)]
+struct Lookup {
+    #[serde(default)]
+    producers: Vec<Producer>,
+    /// nsqlookupd before 1.0 wrapped the answer
+    data: Option<Box<Lookup>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Producer {
+    broadcast_address: String,
+    tcp_port: u16,
+}
+
+/// Asks the nsqlookupd at `lookupd` (`host:port` or `http://host:port`) which nsqds have
+/// `topic`: their TCP addresses.
+async fn lookup(lookupd: &str, topic: &str, timeout: Duration) -> Result<Vec<String>, String> {
+    let host = lookupd
+        .strip_prefix("http://")
+        .unwrap_or(lookupd)
+        .trim_end_matches('/');
+    let exchange = async {
+        let mut stream = TcpStream::connect(host).await.map_err(|e| e.to_string())?;
+        let request = format!("GET /lookup?topic={topic} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        // a lookup answer is small; a hostile server is cut off at 1 MiB
+        (&mut stream)
+            .take(1 << 20)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(answer)
+    };
+    let answer = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))??;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| "not an HTTP answer".to_string())?;
+    if head.contains(" 404 ") {
+        // no nsqd has the topic yet
+        return Ok(Vec::new());
+    }
+    let mut lookup: Lookup = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    if let Some(data) = lookup.data.take() {
+        lookup = *data;
+    }
+    Ok(lookup
+        .producers
+        .into_iter()
+        .map(|p| format!("{}:{}", p.broadcast_address, p.tcp_port))
+        .collect())
 }
 
 /// One TCP connection to nsqd, before it is split for a subscription.
@@ -204,13 +274,16 @@ impl NsqBackend {
     /// `broker.connect_timeout`).
     pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
         let url = config.url.as_deref().unwrap_or(DEFAULT_URL);
-        let address = tcp_address(url).map_err(|reason| BackendError::Connect {
+        let addresses = tcp_addresses(url).map_err(|reason| BackendError::Connect {
             backend: KIND,
             url: crate::redact::redact_url(url),
             reason,
         })?;
+        let settings = &config.nsq;
         let inner = Arc::new(Inner {
-            address,
+            addresses,
+            lookupd: settings.lookupd.clone(),
+            lookupd_poll_interval: settings.lookupd_poll_interval,
             connect_timeout: config.connect_timeout,
             // nsqd's default `--max-msg-size` is 1 MiB; a frame adds its headers
             max_frame: config.max_message_bytes.saturating_add(64),
@@ -223,16 +296,44 @@ impl NsqBackend {
 }
 
 impl Inner {
+    /// A publishing connection to the first configured nsqd that answers.
     async fn open_publisher(&self) -> Result<Connection, BackendError> {
         let id = format!("transport-{}-publisher-{}", std::process::id(), unique());
-        // heartbeats off: an idle publishing connection is not read between publishes
-        Connection::open(
-            &self.address,
-            identify(&id, None),
-            self.connect_timeout,
-            self.max_frame,
-        )
-        .await
+        let mut failure = None;
+        for address in &self.addresses {
+            // heartbeats off: an idle publishing connection is not read between publishes
+            match Connection::open(
+                address,
+                identify(&id, None),
+                self.connect_timeout,
+                self.max_frame,
+            )
+            .await
+            {
+                Ok(connection) => return Ok(connection),
+                Err(error) => failure = Some(error),
+            }
+        }
+        Err(failure.unwrap_or_else(|| operation_error("publish", "no nsqd address")))
+    }
+
+    /// The nsqds a subscription to `topic` reads from: the configured ones, and those
+    /// nsqlookupd names (a lookupd that does not answer is logged and skipped).
+    async fn discover(&self, topic: &str) -> Vec<String> {
+        let mut addresses = if self.lookupd.is_empty() {
+            self.addresses.clone()
+        } else {
+            Vec::new()
+        };
+        for lookupd in &self.lookupd {
+            match lookup(lookupd, topic, self.connect_timeout).await {
+                Ok(found) => addresses.extend(found),
+                Err(error) => tracing::warn!(%lookupd, topic, %error, "nsqlookupd lookup failed"),
+            }
+        }
+        addresses.sort();
+        addresses.dedup();
+        addresses
     }
 
     /// Sends one publishing command and waits for `OK`; a broken connection is made
@@ -272,6 +373,7 @@ impl Inner {
 
 /// What a subscription's writer sends.
 enum Out {
+    Rdy(u64),
     Fin(u64),
     Req(u64, Duration),
     Touch(u64),
@@ -294,6 +396,7 @@ async fn writer(mut write: OwnedWriteHalf, mut commands: mpsc::UnboundedReceiver
     while commands.recv_many(&mut batch, 256).await > 0 {
         for command in batch.drain(..) {
             match command {
+                Out::Rdy(count) => Command::Rdy(count).encode(&mut out),
                 Out::Fin(token) => Command::Fin(&message_id(token)).encode(&mut out),
                 Out::Req(token, delay) => Command::Req {
                     id: &message_id(token),
@@ -344,16 +447,47 @@ impl Settle for Settler {
     }
 }
 
-impl NsqBackend {
-    async fn start(&self, spec: &SubscriptionSpec) -> Result<Subscription, BackendError> {
+/// One subscription: its connections (one per nsqd that has the topic), all feeding one
+/// stream of deliveries.
+struct Consumer {
+    inner: Arc<Inner>,
+    topic: String,
+    channel: String,
+    prefetch: usize,
+    subscriber: String,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    /// Each live connection's command queue, by nsqd address.
+    connections: Mutex<HashMap<String, mpsc::UnboundedSender<Out>>>,
+}
+
+impl Consumer {
+    fn connected(&self) -> Vec<String> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Shares `prefetch` out as each connection's `RDY` (at least 1 each).
+    fn share_rdy(&self) {
+        let connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let each = (self.prefetch / connections.len().max(1)).clamp(1, 2500) as u64;
+        for commands in connections.values() {
+            let _ = commands.send(Out::Rdy(each));
+        }
+    }
+
+    /// Connects to the nsqd at `address`, subscribes, and starts its reader.
+    async fn connect(self: &Arc<Self>, address: &str) -> Result<(), BackendError> {
         let inner = &self.inner;
-        let channel = match &spec.group {
-            Some(group) => group.clone(),
-            None => format!("t{}-{}#ephemeral", std::process::id(), unique()),
-        };
         let client_id = format!("transport-{}-{}", std::process::id(), unique());
         let mut connection = Connection::open(
-            &inner.address,
+            address,
             identify(&client_id, Some(HEARTBEAT)),
             inner.connect_timeout,
             inner.max_frame,
@@ -361,132 +495,216 @@ impl NsqBackend {
         .await?;
         let mut out = BytesMut::new();
         Command::Sub {
-            topic: &spec.topic,
-            channel: &channel,
+            topic: &self.topic,
+            channel: &self.channel,
         }
         .encode(&mut out);
         connection
             .send_and_confirm(&out)
             .await
-            .map_err(|e| operation_error("subscribe", format!("`{}`: {e}", spec.topic)))?;
-        out.clear();
-        Command::Rdy(spec.prefetch.clamp(1, 2500) as u64).encode(&mut out);
-        connection
-            .write
-            .write_all(&out)
-            .await
-            .map_err(|e| operation_error("subscribe", e))?;
+            .map_err(|e| operation_error("subscribe", format!("`{}`: {e}", self.topic)))?;
         let Connection {
-            mut read,
+            read,
             write,
-            mut buffer,
+            buffer,
             decoder,
         } = connection;
         let (commands, outgoing) = mpsc::unbounded_channel();
         tokio::spawn(writer(write, outgoing));
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(address.to_string(), commands.clone());
+        let this = Arc::clone(self);
+        let address = address.to_string();
+        tokio::spawn(async move {
+            this.read(read, buffer, decoder, commands).await;
+            this.connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&address);
+        });
+        Ok(())
+    }
+
+    /// Reads one connection's frames until it closes, or until the subscription ends
+    /// and nsqd has stopped sending.
+    async fn read(
+        &self,
+        mut read: OwnedReadHalf,
+        mut buffer: BytesMut,
+        decoder: FrameDecoder,
+        commands: mpsc::UnboundedSender<Out>,
+    ) {
+        let tx = &self.deliveries;
+        let subscriber = &self.subscriber;
         let settler = Arc::new(Settler {
             commands: commands.clone(),
             open: Mutex::new(HashMap::new()),
         });
         let settle: Arc<dyn Settle> = Arc::clone(&settler) as Arc<dyn Settle>;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let subscriber = spec.subscriber.clone();
-        tokio::spawn(async move {
-            let mut touch = tokio::time::interval(MSG_TIMEOUT / 4);
-            let mut closing: Option<Instant> = None;
-            // after `CLOSE_WAIT`, messages nsqd had already sent may still come: they are
-            // read and handed back until the connection has been quiet a while (nsqd
-            // hands back a message lost with a connection only at its `msg_timeout`)
-            let linger = tokio::time::sleep(Duration::from_secs(3600));
-            tokio::pin!(linger);
-            let mut lingering = false;
-            loop {
-                let frame = loop {
-                    match decoder.decode(&mut buffer) {
-                        Ok(Some(frame)) => break Some(Ok(frame)),
-                        Ok(None) => {}
+        let mut touch = tokio::time::interval(MSG_TIMEOUT / 4);
+        let mut closing: Option<Instant> = None;
+        // after `CLOSE_WAIT`, messages nsqd had already sent may still come: they are
+        // read and handed back until the connection has been quiet a while (nsqd
+        // hands back a message lost with a connection only at its `msg_timeout`)
+        let linger = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(linger);
+        let mut lingering = false;
+        loop {
+            let frame = loop {
+                match decoder.decode(&mut buffer) {
+                    Ok(Some(frame)) => break Some(Ok(frame)),
+                    Ok(None) => {}
+                    Err(error) => break Some(Err(operation_error("read", error))),
+                }
+                tokio::select! {
+                    () = tx.closed(), if closing.is_none() => {
+                        // the subscription ended: no more deliveries
+                        let _ = commands.send(Out::Cls);
+                        closing = Some(Instant::now());
+                    }
+                    () = &mut linger, if lingering => break None,
+                    _ = touch.tick() => {
+                        let now = Instant::now();
+                        let open = settler.open.lock().unwrap_or_else(PoisonError::into_inner);
+                        for (token, since) in open.iter() {
+                            if now.duration_since(*since) >= MSG_TIMEOUT / 2 {
+                                let _ = commands.send(Out::Touch(*token));
+                            }
+                        }
+                        if closing.is_some_and(|at| at.elapsed() > CLOSE_WAIT_LIMIT) {
+                            break None;
+                        }
+                    }
+                    read = read.read_buf(&mut buffer) => match read {
+                        Ok(0) => break Some(Err(operation_error("read", "nsqd closed the connection"))),
+                        Ok(_) => {}
                         Err(error) => break Some(Err(operation_error("read", error))),
+                    },
+                }
+            };
+            match frame {
+                None => return,
+                Some(Err(error)) => {
+                    if closing.is_none() {
+                        tracing::warn!(%subscriber, %error, "nsq subscription connection lost");
                     }
-                    tokio::select! {
-                        () = tx.closed(), if closing.is_none() => {
-                            // the subscription ended: no more deliveries
-                            let _ = commands.send(Out::Cls);
-                            closing = Some(Instant::now());
-                        }
-                        () = &mut linger, if lingering => break None,
-                        _ = touch.tick() => {
-                            let now = Instant::now();
-                            let open = settler.open.lock().unwrap_or_else(PoisonError::into_inner);
-                            for (token, since) in open.iter() {
-                                if now.duration_since(*since) >= MSG_TIMEOUT / 2 {
-                                    let _ = commands.send(Out::Touch(*token));
-                                }
-                            }
-                            if closing.is_some_and(|at| at.elapsed() > CLOSE_WAIT_LIMIT) {
-                                break None;
-                            }
-                        }
-                        read = read.read_buf(&mut buffer) => match read {
-                            Ok(0) => break Some(Err(operation_error("read", "nsqd closed the connection"))),
-                            Ok(_) => {}
-                            Err(error) => break Some(Err(operation_error("read", error))),
-                        },
+                    return;
+                }
+                Some(Ok(Frame::Response(body))) => {
+                    if body == protocol::HEARTBEAT {
+                        let _ = commands.send(Out::Nop);
+                    } else if body == protocol::CLOSE_WAIT {
+                        lingering = true;
+                        linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
                     }
-                };
-                match frame {
-                    None => return,
-                    Some(Err(error)) => {
-                        if closing.is_none() {
-                            tracing::warn!(%subscriber, %error, "nsq subscription connection lost");
-                        }
-                        return;
-                    }
-                    Some(Ok(Frame::Response(body))) => {
-                        if body == protocol::HEARTBEAT {
-                            let _ = commands.send(Out::Nop);
-                        } else if body == protocol::CLOSE_WAIT {
-                            lingering = true;
+                }
+                Some(Ok(Frame::Error(error))) => {
+                    tracing::warn!(%subscriber, error = %String::from_utf8_lossy(&error), "nsqd error");
+                }
+                Some(Ok(Frame::Message(message))) => {
+                    let Some(token) = std::str::from_utf8(&message.id)
+                        .ok()
+                        .and_then(|id| u64::from_str_radix(id, 16).ok())
+                    else {
+                        tracing::warn!(%subscriber, "nsq message id is not hex: left to time out");
+                        continue;
+                    };
+                    if closing.is_some() {
+                        // sent before nsqd saw `CLS`: back at once
+                        let _ = commands.send(Out::Req(token, Duration::ZERO));
+                        if lingering {
                             linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
                         }
+                        continue;
                     }
-                    Some(Ok(Frame::Error(error))) => {
-                        tracing::warn!(%subscriber, error = %String::from_utf8_lossy(&error), "nsqd error");
+                    settler
+                        .open
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(token, Instant::now());
+                    let mut ours = Message::new(message.body);
+                    ours.id = std::str::from_utf8(&message.id).ok().map(Into::into);
+                    let delivery = Delivery::settled_by(
+                        ours,
+                        u32::from(message.attempts),
+                        Arc::clone(&settle),
+                        token,
+                    );
+                    // a closed receiver hands the delivery back on drop
+                    let _ = tx.send(delivery);
+                }
+            }
+        }
+    }
+
+    /// Keeps the subscription connected until it ends: connects to the nsqds it is not
+    /// connected to (the configured ones, and those nsqlookupd names for the topic, asked
+    /// every `lookupd_poll_interval`), and shares `RDY` out again when that changes.
+    async fn maintain(self: Arc<Self>) {
+        let mut lookup_at = Instant::now() + self.inner.lookupd_poll_interval;
+        let mut known: Vec<String> = Vec::new();
+        loop {
+            tokio::select! {
+                () = self.deliveries.closed() => return,
+                () = tokio::time::sleep(RECONNECT) => {}
+            }
+            if Instant::now() >= lookup_at || known.is_empty() {
+                known = self.inner.discover(&self.topic).await;
+                lookup_at = Instant::now() + self.inner.lookupd_poll_interval;
+            }
+            let connected = self.connected();
+            let mut changed = false;
+            for address in known.iter().filter(|a| !connected.contains(a)) {
+                match self.connect(address).await {
+                    Ok(()) => {
+                        tracing::info!(subscriber = %self.subscriber, %address, "nsq connection made");
+                        changed = true;
                     }
-                    Some(Ok(Frame::Message(message))) => {
-                        let Some(token) = std::str::from_utf8(&message.id)
-                            .ok()
-                            .and_then(|id| u64::from_str_radix(id, 16).ok())
-                        else {
-                            tracing::warn!(%subscriber, "nsq message id is not hex: left to time out");
-                            continue;
-                        };
-                        if closing.is_some() {
-                            // sent before nsqd saw `CLS`: back at once
-                            let _ = commands.send(Out::Req(token, Duration::ZERO));
-                            if lingering {
-                                linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
-                            }
-                            continue;
-                        }
-                        settler
-                            .open
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(token, Instant::now());
-                        let mut ours = Message::new(message.body);
-                        ours.id = std::str::from_utf8(&message.id).ok().map(Into::into);
-                        let delivery = Delivery::settled_by(
-                            ours,
-                            u32::from(message.attempts),
-                            Arc::clone(&settle),
-                            token,
-                        );
-                        // a closed receiver hands the delivery back on drop
-                        let _ = tx.send(delivery);
+                    Err(error) => {
+                        tracing::debug!(subscriber = %self.subscriber, %address, %error, "nsq connection not made");
                     }
                 }
             }
+            if changed || connected.len() != self.connected().len() {
+                self.share_rdy();
+            }
+        }
+    }
+}
+
+impl NsqBackend {
+    async fn start(&self, spec: &SubscriptionSpec) -> Result<Subscription, BackendError> {
+        let inner = &self.inner;
+        let channel = match &spec.group {
+            Some(group) => group.clone(),
+            None => format!("t{}-{}#ephemeral", std::process::id(), unique()),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let consumer = Arc::new(Consumer {
+            inner: Arc::clone(inner),
+            topic: spec.topic.clone(),
+            channel,
+            prefetch: spec.prefetch.max(1),
+            subscriber: spec.subscriber.clone(),
+            deliveries: tx,
+            connections: Mutex::new(HashMap::new()),
         });
+        let mut failure = None;
+        for address in inner.discover(&spec.topic).await {
+            if let Err(error) = consumer.connect(&address).await {
+                failure.get_or_insert(error);
+            }
+        }
+        if consumer.connected().is_empty()
+            && let Some(error) = failure
+        {
+            return Err(error);
+        }
+        // (no nsqd has the topic yet, as nsqlookupd says: connections come when one has)
+        consumer.share_rdy();
+        tokio::spawn(Arc::clone(&consumer).maintain());
         Ok(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|delivery| (delivery, rx))
         })
@@ -596,12 +814,12 @@ mod tests {
     #[test]
     fn urls_are_nsqd_tcp_addresses() {
         assert_eq!(
-            tcp_address("nsq://127.0.0.1:4150").unwrap(),
-            "127.0.0.1:4150"
+            tcp_addresses("nsq://127.0.0.1:4150").unwrap(),
+            ["127.0.0.1:4150"]
         );
-        assert_eq!(tcp_address("host:1").unwrap(), "host:1");
-        for bad in ["nsq://host", "nsq://u:p@h:1", "nsq://h:x", "nsq://a:1,b:2"] {
-            assert!(tcp_address(bad).is_err(), "{bad}");
+        assert_eq!(tcp_addresses("a:1,b:2").unwrap(), ["a:1", "b:2"]);
+        for bad in ["nsq://host", "nsq://u:p@h:1", "nsq://h:x", "nsq://a:1,"] {
+            assert!(tcp_addresses(bad).is_err(), "{bad}");
         }
     }
 
