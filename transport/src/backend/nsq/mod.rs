@@ -44,6 +44,8 @@ const DEFAULT_URL: &str = "nsq://127.0.0.1:4150";
 const MSG_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often nsqd sends a heartbeat on a subscription's connection.
 const HEARTBEAT: Duration = Duration::from_secs(30);
+/// `max_rdy_count` of an nsqd that does not say (nsqd's default).
+const DEFAULT_MAX_RDY: u64 = 2500;
 /// How often a subscription makes the connections it lacks.
 const RECONNECT: Duration = Duration::from_secs(1);
 /// How long a closing subscription keeps reading after `CLOSE_WAIT` once nothing comes.
@@ -160,6 +162,15 @@ struct Connection {
     write: OwnedWriteHalf,
     buffer: BytesMut,
     decoder: FrameDecoder,
+    /// The largest `RDY` nsqd takes on it (negotiated by `IDENTIFY`).
+    max_rdy: u64,
+}
+
+/// What nsqd answers to `IDENTIFY` with `feature_negotiation` (the settings it took).
+#[derive(serde::Deserialize)]
+struct Negotiated {
+    max_rdy_count: Option<u64>,
+    max_msg_size: Option<u64>,
 }
 
 impl Connection {
@@ -186,15 +197,27 @@ impl Connection {
             write,
             buffer: BytesMut::with_capacity(64 * 1024),
             decoder: FrameDecoder { limit: max_frame },
+            max_rdy: DEFAULT_MAX_RDY,
         };
         let body = serde_json::to_vec(&identify).map_err(|e| connect_error(e.to_string()))?;
         let mut out = BytesMut::new();
         out.extend_from_slice(MAGIC);
         Command::Identify(&body).encode(&mut out);
-        tokio::time::timeout(timeout, connection.send_and_confirm(&out))
+        let answer = tokio::time::timeout(timeout, connection.send_and_confirm(&out))
             .await
             .map_err(|_| connect_error(format!("no IDENTIFY answer within {timeout:?}")))?
             .map_err(|e| connect_error(e.to_string()))?;
+        // `OK` from an nsqd that negotiates nothing; else the settings it took
+        if let Ok(negotiated) = serde_json::from_slice::<Negotiated>(&answer) {
+            connection.max_rdy = negotiated.max_rdy_count.unwrap_or(DEFAULT_MAX_RDY).max(1);
+            if let Some(size) = negotiated.max_msg_size {
+                // a frame holds the message's header and body
+                let limit = usize::try_from(size)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(64);
+                connection.decoder.limit = connection.decoder.limit.min(limit).max(64);
+            }
+        }
         Ok(connection)
     }
 
@@ -220,7 +243,7 @@ impl Connection {
 
     /// Writes `bytes` (one command) and waits for its answer: `OK` or a response body
     /// (IDENTIFY's), or the error nsqd gives. Heartbeats meanwhile are answered.
-    async fn send_and_confirm(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+    async fn send_and_confirm(&mut self, bytes: &[u8]) -> Result<bytes::Bytes, BackendError> {
         self.write
             .write_all(bytes)
             .await
@@ -235,7 +258,7 @@ impl Connection {
                         .await
                         .map_err(|e| operation_error("write", e))?;
                 }
-                Frame::Response(_) => return Ok(()),
+                Frame::Response(body) => return Ok(body),
                 Frame::Error(error) => {
                     return Err(operation_error("command", String::from_utf8_lossy(&error)));
                 }
@@ -255,7 +278,7 @@ fn identify(client_id: &str, heartbeat: Option<Duration>) -> serde_json::Value {
     serde_json::json!({
         "client_id": client_id,
         "hostname": hostname(),
-        "feature_negotiation": false,
+        "feature_negotiation": true,
         "heartbeat_interval": heartbeat.map_or(-1, |h| i64::try_from(h.as_millis()).unwrap_or(i64::MAX)),
         "msg_timeout": MSG_TIMEOUT.as_millis() as u64,
         "user_agent": concat!("transport/", env!("CARGO_PKG_VERSION")),
@@ -350,7 +373,7 @@ impl Inner {
                 continue;
             };
             match connection.send_and_confirm(&out).await {
-                Ok(()) => return Ok(()),
+                Ok(_) => return Ok(()),
                 Err(BackendError::Operation {
                     operation: "command",
                     reason,
@@ -456,8 +479,8 @@ struct Consumer {
     prefetch: usize,
     subscriber: String,
     deliveries: mpsc::UnboundedSender<Delivery>,
-    /// Each live connection's command queue, by nsqd address.
-    connections: Mutex<HashMap<String, mpsc::UnboundedSender<Out>>>,
+    /// Each live connection's command queue and largest `RDY`, by nsqd address.
+    connections: Mutex<HashMap<String, (mpsc::UnboundedSender<Out>, u64)>>,
 }
 
 impl Consumer {
@@ -476,9 +499,9 @@ impl Consumer {
             .connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let each = (self.prefetch / connections.len().max(1)).clamp(1, 2500) as u64;
-        for commands in connections.values() {
-            let _ = commands.send(Out::Rdy(each));
+        let each = u64::try_from(self.prefetch / connections.len().max(1)).unwrap_or(u64::MAX);
+        for (commands, max_rdy) in connections.values() {
+            let _ = commands.send(Out::Rdy(each.clamp(1, *max_rdy)));
         }
     }
 
@@ -508,13 +531,14 @@ impl Consumer {
             write,
             buffer,
             decoder,
+            max_rdy,
         } = connection;
         let (commands, outgoing) = mpsc::unbounded_channel();
         tokio::spawn(writer(write, outgoing));
         self.connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(address.to_string(), commands.clone());
+            .insert(address.to_string(), (commands.clone(), max_rdy));
         let this = Arc::clone(self);
         let address = address.to_string();
         tokio::spawn(async move {
