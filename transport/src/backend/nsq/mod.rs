@@ -46,8 +46,10 @@ const MSG_TIMEOUT: Duration = Duration::from_secs(60);
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// `max_rdy_count` of an nsqd that does not say (nsqd's default).
 const DEFAULT_MAX_RDY: u64 = 2500;
-/// How often a subscription makes the connections it lacks.
+/// How often a subscription makes the connections it lacks (the first wait after a
+/// failed try; doubled on each further failure, up to `RECONNECT_MAX`).
 const RECONNECT: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// How long a closing subscription keeps reading after `CLOSE_WAIT` once nothing comes.
 const LINGER: Duration = Duration::from_millis(300);
 /// How long a subscription waits for `CLOSE_WAIT` after `CLS`.
@@ -669,6 +671,9 @@ impl Consumer {
     async fn maintain(self: Arc<Self>) {
         let mut lookup_at = Instant::now() + self.inner.lookupd_poll_interval;
         let mut known: Vec<String> = Vec::new();
+        // per nsqd that would not connect: the wait before the next try, and when
+        let mut backoff: HashMap<String, (Duration, Instant)> = HashMap::new();
+        let mut shared_among = self.connected().len();
         loop {
             tokio::select! {
                 () = self.deliveries.closed() => return,
@@ -679,20 +684,35 @@ impl Consumer {
                 lookup_at = Instant::now() + self.inner.lookupd_poll_interval;
             }
             let connected = self.connected();
-            let mut changed = false;
+            let mut made = false;
             for address in known.iter().filter(|a| !connected.contains(a)) {
+                if backoff
+                    .get(address)
+                    .is_some_and(|(_, next)| Instant::now() < *next)
+                {
+                    continue;
+                }
                 match self.connect(address).await {
                     Ok(()) => {
                         tracing::info!(subscriber = %self.subscriber, %address, "nsq connection made");
-                        changed = true;
+                        backoff.remove(address);
+                        made = true;
                     }
                     Err(error) => {
-                        tracing::debug!(subscriber = %self.subscriber, %address, %error, "nsq connection not made");
+                        let wait = backoff
+                            .get(address)
+                            .map_or(RECONNECT, |(wait, _)| (*wait * 2).min(RECONNECT_MAX));
+                        tracing::debug!(subscriber = %self.subscriber, %address, %error, retry_in = ?wait, "nsq connection not made");
+                        backoff.insert(address.clone(), (wait, Instant::now() + wait));
                     }
                 }
             }
-            if changed || connected.len() != self.connected().len() {
+            // a connection made (it has no `RDY` yet) or lost: `prefetch` is shared out
+            // again
+            let now_among = self.connected().len();
+            if made || now_among != shared_among {
                 self.share_rdy();
+                shared_among = now_among;
             }
         }
     }
