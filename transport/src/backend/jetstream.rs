@@ -67,10 +67,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::nats::{
     PUBLISH_TIMEOUT, bounded_flush, check_payload, connect_client, from_nats, is_nats_header,
-    operation_error, to_nats_headers, wire_size,
+    to_nats_headers, wire_size,
 };
 use super::{
     Acknowledge, Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec,
+    operation_error,
 };
 use crate::config::{BrokerConfig, JetStreamConfig};
 use crate::error::BackendError;
@@ -160,8 +161,8 @@ impl JetStreamBackend {
         if let Some(name) = &spec.consumer {
             if !is_valid_name(name) {
                 return Err(operation_error(
-                    "subscribe",
                     KIND,
+                    "subscribe",
                     format!(
                         "consumer name `{}` of `{}` is not a JetStream name (no `.`, `*`, `>`, `/`, `\\` or whitespace)",
                         name.escape_debug(),
@@ -365,8 +366,8 @@ impl Streams {
             Err(error) if matches!(error.kind(), GetStreamByNameErrorKind::NotFound) => {}
             Err(error) => {
                 return Err(operation_error(
-                    "find stream",
                     KIND,
+                    "find stream",
                     format!("the stream capturing `{topic}`: {error}"),
                 ));
             }
@@ -397,7 +398,7 @@ impl Streams {
             .get_or_create_stream(config)
             .await
             .map(drop)
-            .map_err(|e| operation_error("create stream", KIND, format!("stream `{name}`: {e}")))
+            .map_err(|e| operation_error(KIND, "create stream", format!("stream `{name}`: {e}")))
     }
 }
 
@@ -839,8 +840,8 @@ impl Backend for JetStreamBackend {
                     }
                     Err(PublishFailure::NoStream) => {
                         return Err(operation_error(
-                            "publish",
                             KIND,
+                            "publish",
                             format!("no stream captures `{topic}`"),
                         ));
                     }
@@ -848,7 +849,7 @@ impl Backend for JetStreamBackend {
                         return Err(self.too_large(topic, &message).await);
                     }
                     Err(PublishFailure::Other(reason)) => {
-                        return Err(operation_error("publish", KIND, reason));
+                        return Err(operation_error(KIND, "publish", reason));
                     }
                 }
             };
@@ -868,8 +869,8 @@ impl Backend for JetStreamBackend {
                     // is never meant to repeat: the message was dropped.
                     id => {
                         return Err(operation_error(
-                            "publish",
                             KIND,
+                            "publish",
                             format!(
                                 "stream `{}` dropped the message as a duplicate: a message with id `{}` (Nats-Msg-Id) is already stored",
                                 ack.stream,
@@ -894,7 +895,7 @@ impl Backend for JetStreamBackend {
                 .context
                 .get_stream(&stream_name)
                 .await
-                .map_err(|e| operation_error("subscribe", KIND, e))?;
+                .map_err(|e| operation_error(KIND, "subscribe", e))?;
             let info = bind_consumer(&stream, &config, named).await?;
             check_max_deliver(&info, spec)?;
             let prefetch = spec.prefetch.max(1);
@@ -1033,8 +1034,8 @@ async fn bind_consumer(
         match stream.consumer_info(name).await {
             Ok(info) if info.config.deliver_subject.is_some() => {
                 return Err(operation_error(
-                    "subscribe",
                     KIND,
+                    "subscribe",
                     format!("consumer `{name}` is a push consumer; a pull consumer is needed"),
                 ));
             }
@@ -1046,8 +1047,8 @@ async fn bind_consumer(
                 ) => {}
             Err(error) => {
                 return Err(operation_error(
-                    "subscribe",
                     KIND,
+                    "subscribe",
                     format!("consumer `{name}`: {error}"),
                 ));
             }
@@ -1072,7 +1073,7 @@ async fn bind_consumer(
                 ),
                 Err(_) => format!("consumer `{name}`: {error}"),
             };
-            Err(operation_error("subscribe", KIND, reason))
+            Err(operation_error(KIND, "subscribe", reason))
         }
     }
 }
@@ -1087,8 +1088,8 @@ fn check_max_deliver(info: &consumer::Info, spec: &SubscriptionSpec) -> Result<(
     let needed = i64::from(spec.max_attempts) + 1;
     if max_deliver > 0 && max_deliver < needed {
         return Err(operation_error(
-            "subscribe",
             KIND,
+            "subscribe",
             format!(
                 "consumer `{}` of `{}` has max_deliver {max_deliver}, but max_attempts is {}: \
                  the server would stop delivering a failing message before it is dead-lettered; \

@@ -39,7 +39,10 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use super::{Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec};
+use super::{
+    Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec,
+    operation_error,
+};
 use crate::config::{BrokerConfig, KafkaConfig};
 use crate::error::BackendError;
 use crate::message::Message;
@@ -87,14 +90,6 @@ struct Inner {
     /// Every subscription's consumer, committed at `close`.
     consumers: Mutex<Vec<Weak<Consumer_>>>,
     max_message: usize,
-}
-
-fn operation_error(operation: &'static str, error: impl std::fmt::Display) -> BackendError {
-    BackendError::Operation {
-        backend: KIND,
-        operation,
-        reason: error.to_string(),
-    }
 }
 
 /// `kafka://host:port[,host:port...]` (or the bare list) as librdkafka's
@@ -215,12 +210,13 @@ impl Inner {
             .admin
             .create_topics([&new], &options)
             .await
-            .map_err(|e| operation_error("create topic", format!("`{topic}`: {e}")))?;
+            .map_err(|e| operation_error(KIND, "create topic", format!("`{topic}`: {e}")))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
                     return Err(operation_error(
+                        KIND,
                         "create topic",
                         format!("`{topic}`: {code}"),
                     ));
@@ -311,6 +307,7 @@ impl Inner {
     ) -> BackendError {
         let Some(error) = error else {
             return operation_error(
+                KIND,
                 "publish",
                 format!("`{topic}`: the topic could not be created"),
             );
@@ -322,7 +319,7 @@ impl Inner {
                 limit: self.max_message,
             };
         }
-        operation_error("publish", format!("`{topic}`: {error}"))
+        operation_error(KIND, "publish", format!("`{topic}`: {error}"))
     }
 
     /// One publish (creating the topic first where needed); a failure forgets that the
@@ -380,7 +377,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, BackendError> {
     tokio::task::spawn_blocking(call)
         .await
-        .map_err(|e| operation_error("call librdkafka", e))
+        .map_err(|e| operation_error(KIND, "call librdkafka", e))
 }
 
 impl KafkaBackend {
@@ -737,12 +734,12 @@ impl KafkaBackend {
                     assigned,
                     commits,
                 })
-                .map_err(|e| operation_error("create consumer", e))?,
+                .map_err(|e| operation_error(KIND, "create consumer", e))?,
         );
         if commits {
             consumer
                 .subscribe(&[&topic])
-                .map_err(|e| operation_error("subscribe", format!("`{topic}`: {e}")))?;
+                .map_err(|e| operation_error(KIND, "subscribe", format!("`{topic}`: {e}")))?;
         } else {
             let reader = Arc::clone(&consumer);
             let name = topic.clone();
@@ -809,6 +806,7 @@ impl KafkaBackend {
                 Ok(true) => {}
                 _ => {
                     return Err(operation_error(
+                        KIND,
                         "subscribe",
                         format!(
                             "`{topic}`: no partitions assigned within {:?} (`broker.kafka.join_timeout`)",
@@ -844,7 +842,7 @@ fn assign_from_the_end(
     let partitions = loop {
         let metadata = consumer
             .fetch_metadata(Some(topic), Timeout::After(CALL_TIMEOUT))
-            .map_err(|e| operation_error("subscribe", format!("`{topic}`: {e}")))?;
+            .map_err(|e| operation_error(KIND, "subscribe", format!("`{topic}`: {e}")))?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -856,6 +854,7 @@ fn assign_from_the_end(
         }
         if started.elapsed() > deadline {
             return Err(operation_error(
+                KIND,
                 "subscribe",
                 format!("`{topic}`: the topic has no partitions (does it exist?)"),
             ));
@@ -866,13 +865,13 @@ fn assign_from_the_end(
     for partition in partitions {
         let (_, high) = consumer
             .fetch_watermarks(topic, partition, Timeout::After(CALL_TIMEOUT))
-            .map_err(|e| operation_error("subscribe", format!("`{topic}`: {e}")))?;
+            .map_err(|e| operation_error(KIND, "subscribe", format!("`{topic}`: {e}")))?;
         list.add_partition_offset(topic, partition, Offset::Offset(high))
-            .map_err(|e| operation_error("subscribe", e))?;
+            .map_err(|e| operation_error(KIND, "subscribe", e))?;
     }
     consumer
         .assign(&list)
-        .map_err(|e| operation_error("subscribe", format!("`{topic}`: {e}")))
+        .map_err(|e| operation_error(KIND, "subscribe", format!("`{topic}`: {e}")))
 }
 
 /// A number no other fan-out consumer of this process has.

@@ -378,6 +378,19 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// `backend`'s `operation` failed, as the broker or its client said (`error`).
+pub(crate) fn operation_error(
+    backend: &'static str,
+    operation: &'static str,
+    error: impl fmt::Display,
+) -> BackendError {
+    BackendError::Operation {
+        backend,
+        operation,
+        reason: error.to_string(),
+    }
+}
+
 /// The error of a backend that cannot subscribe to an MQTT topic filter.
 pub(crate) fn filters_unsupported(backend: &'static str, filter: &str) -> BackendError {
     BackendError::InvalidTopic {

@@ -37,7 +37,10 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use super::mqtt_filter::{self, mqtt_name};
-use super::{Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec};
+use super::{
+    Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec,
+    operation_error,
+};
 use crate::config::{BrokerConfig, MqttConfig};
 use crate::error::BackendError;
 use crate::message::{CONTENT_TYPE, Headers, Message};
@@ -66,14 +69,6 @@ struct Inner {
     /// Incoming packets up to this size are accepted.
     max_packet: u32,
     publisher: tokio::sync::Mutex<Option<PublishLink>>,
-}
-
-fn operation_error(operation: &'static str, error: impl std::fmt::Display) -> BackendError {
-    BackendError::Operation {
-        backend: KIND,
-        operation,
-        reason: error.to_string(),
-    }
 }
 
 /// A user name and password.
@@ -406,13 +401,15 @@ impl MqttBackend {
         client
             .subscribe(filter.clone(), QoS::AtLeastOnce)
             .await
-            .map_err(|e| operation_error("subscribe", e))?;
+            .map_err(|e| operation_error(KIND, "subscribe", e))?;
         let early = tokio::time::timeout(inner.connect_timeout, handshake(&mut events, true))
             .await
             .map_err(|_| {
                 inner.connect_error(format!("no SUBACK within {:?}", inner.connect_timeout))
             })?
-            .map_err(|reason| operation_error("subscribe", format!("`{filter}`: {reason}")))?;
+            .map_err(|reason| {
+                operation_error(KIND, "subscribe", format!("`{filter}`: {reason}"))
+            })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let settle: Arc<dyn Settle> = Arc::new(Acker {
             client: client.clone(),
@@ -491,13 +488,13 @@ impl MqttBackend {
                     .unwrap_or_else(PoisonError::into_inner)
                     .queued
                     .pop_back();
-                return Err(operation_error("publish", error));
+                return Err(operation_error(KIND, "publish", error));
             }
         }
         match confirmed.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(operation_error("publish", reason)),
-            Err(_) => Err(operation_error("publish", "the connection closed")),
+            Ok(Err(reason)) => Err(operation_error(KIND, "publish", reason)),
+            Err(_) => Err(operation_error(KIND, "publish", "the connection closed")),
         }
     }
 }

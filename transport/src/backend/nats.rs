@@ -18,7 +18,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 
-use super::{Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec};
+use super::{
+    Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec, operation_error,
+};
 use crate::config::BrokerConfig;
 use crate::error::BackendError;
 use crate::message::{CONTENT_TYPE, Headers, Message};
@@ -56,10 +58,10 @@ pub(crate) async fn bounded_flush(
     kind: &'static str,
 ) -> Result<(), BackendError> {
     match tokio::time::timeout(CLOSE_TIMEOUT, client.flush()).await {
-        Ok(result) => result.map_err(|e| operation_error("flush", kind, e)),
+        Ok(result) => result.map_err(|e| operation_error(kind, "flush", e)),
         Err(_) => Err(operation_error(
-            "flush",
             kind,
+            "flush",
             format!(
                 "the server did not take the buffered messages within {CLOSE_TIMEOUT:?} (unreachable?)"
             ),
@@ -294,18 +296,6 @@ pub(crate) fn wire_size(message: &Message) -> usize {
     message.payload.len() + header_bytes
 }
 
-pub(crate) fn operation_error(
-    operation: &'static str,
-    kind: &'static str,
-    error: impl std::fmt::Display,
-) -> BackendError {
-    BackendError::Operation {
-        backend: kind,
-        operation,
-        reason: error.to_string(),
-    }
-}
-
 /// The NATS core backend.
 pub struct NatsBackend {
     client: async_nats::Client,
@@ -345,10 +335,10 @@ impl Backend for NatsBackend {
                 self.client
                     .publish_with_headers(topic.to_string(), headers, message.payload);
             match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-                Ok(result) => result.map_err(|e| operation_error("publish", KIND, e)),
+                Ok(result) => result.map_err(|e| operation_error(KIND, "publish", e)),
                 Err(_) => Err(operation_error(
-                    "publish",
                     KIND,
+                    "publish",
                     format!(
                         "the client's buffer stayed full for {PUBLISH_TIMEOUT:?} (server unreachable?)"
                     ),
@@ -370,11 +360,11 @@ impl Backend for NatsBackend {
                 }
                 None => self.client.subscribe(spec.topic.clone()).await,
             }
-            .map_err(|e| operation_error("subscribe", KIND, e))?;
+            .map_err(|e| operation_error(KIND, "subscribe", e))?;
             // Make sure the server has the interest before the App reports "subscribed".
             round_trip(&self.client)
                 .await
-                .map_err(|e| operation_error("subscribe", KIND, e))?;
+                .map_err(|e| operation_error(KIND, "subscribe", e))?;
             let stream = subscriber.map(|message| {
                 Delivery::unacknowledged(from_nats(
                     message.payload,

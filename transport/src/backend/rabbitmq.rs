@@ -40,7 +40,10 @@ use lapin::{
 };
 use tokio::sync::mpsc;
 
-use super::{Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec};
+use super::{
+    Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec,
+    operation_error,
+};
 use crate::config::{BrokerConfig, RabbitMqConfig};
 use crate::error::BackendError;
 use crate::message::{CONTENT_TYPE, Headers, Message};
@@ -87,14 +90,6 @@ struct Link {
 impl Link {
     fn alive(&self) -> bool {
         self.connection.status().connected() && self.publish.status().connected()
-    }
-}
-
-fn operation_error(operation: &'static str, error: impl std::fmt::Display) -> BackendError {
-    BackendError::Operation {
-        backend: KIND,
-        operation,
-        reason: error.to_string(),
     }
 }
 
@@ -198,8 +193,11 @@ impl Inner {
                 properties,
             )
             .await
-            .map_err(|e| operation_error("publish", e))?;
-        match confirm.await.map_err(|e| operation_error("publish", e))? {
+            .map_err(|e| operation_error(KIND, "publish", e))?;
+        match confirm
+            .await
+            .map_err(|e| operation_error(KIND, "publish", e))?
+        {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_returned)) => Err(BackendError::Operation {
                 backend: KIND,
@@ -252,7 +250,7 @@ impl Inner {
             .connection
             .create_channel()
             .await
-            .map_err(|e| operation_error("declare delay queue", e))?;
+            .map_err(|e| operation_error(KIND, "declare delay queue", e))?;
         let declared = channel
             .queue_declare(
                 ShortString::from(name.as_str()),
@@ -263,7 +261,7 @@ impl Inner {
                 arguments,
             )
             .await
-            .map_err(|e| operation_error("declare delay queue", e));
+            .map_err(|e| operation_error(KIND, "declare delay queue", e));
         if channel.status().connected() {
             let _ = channel.close(200, ShortString::from("declared")).await;
         }
@@ -566,7 +564,8 @@ async fn republish(
 impl RabbitMqBackend {
     async fn start(&self, spec: &SubscriptionSpec) -> Result<Subscription, BackendError> {
         let link = self.inner.link().await?;
-        let failed = |operation: &'static str| move |e: lapin::Error| operation_error(operation, e);
+        let failed =
+            |operation: &'static str| move |e: lapin::Error| operation_error(KIND, operation, e);
         let channel = link
             .connection
             .create_channel()
@@ -753,7 +752,7 @@ impl Backend for RabbitMqBackend {
                 link.connection
                     .close(200, ShortString::from("bye"))
                     .await
-                    .map_err(|e| operation_error("close", e))?;
+                    .map_err(|e| operation_error(KIND, "close", e))?;
             }
             Ok(())
         }

@@ -26,7 +26,9 @@ use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::{Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec};
+use super::{
+    Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec, operation_error,
+};
 use crate::config::BrokerConfig;
 use crate::error::BackendError;
 use crate::message::Message;
@@ -143,18 +145,6 @@ pub(crate) async fn connect_manager(
     .map_err(|_| connect_error(format!("no connection within {:?}", config.connect_timeout)))?
     .map_err(|e| connect_error(e.to_string()))?;
     Ok((client, manager))
-}
-
-pub(crate) fn operation_error(
-    kind: &'static str,
-    operation: &'static str,
-    error: impl std::fmt::Display,
-) -> BackendError {
-    BackendError::Operation {
-        backend: kind,
-        operation,
-        reason: error.to_string(),
-    }
 }
 
 /// The Redis pub/sub backend.

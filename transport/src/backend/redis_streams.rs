@@ -66,7 +66,8 @@ use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::redis::{connect_manager, operation_error};
+use super::operation_error;
+use super::redis::connect_manager;
 use super::{
     Acknowledge, Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec,
 };

@@ -33,7 +33,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use self::protocol::{Command, Frame, FrameDecoder, MAGIC};
-use super::{Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec};
+use super::{
+    Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec,
+    operation_error,
+};
 use crate::config::BrokerConfig;
 use crate::error::BackendError;
 use crate::message::Message;
@@ -69,14 +72,6 @@ struct Inner {
     connect_timeout: Duration,
     max_frame: usize,
     publisher: tokio::sync::Mutex<Option<Connection>>,
-}
-
-fn operation_error(operation: &'static str, error: impl std::fmt::Display) -> BackendError {
-    BackendError::Operation {
-        backend: KIND,
-        operation,
-        reason: error.to_string(),
-    }
 }
 
 /// `nsq://host:port[,host:port...]` (nsqd TCP addresses) as `host:port`s.
@@ -228,7 +223,7 @@ impl Connection {
             if let Some(frame) = self
                 .decoder
                 .decode(&mut self.buffer)
-                .map_err(|e| operation_error("read", e))?
+                .map_err(|e| operation_error(KIND, "read", e))?
             {
                 return Ok(frame);
             }
@@ -236,9 +231,9 @@ impl Connection {
                 .read
                 .read_buf(&mut self.buffer)
                 .await
-                .map_err(|e| operation_error("read", e))?;
+                .map_err(|e| operation_error(KIND, "read", e))?;
             if read == 0 {
-                return Err(operation_error("read", "nsqd closed the connection"));
+                return Err(operation_error(KIND, "read", "nsqd closed the connection"));
             }
         }
     }
@@ -249,7 +244,7 @@ impl Connection {
         self.write
             .write_all(bytes)
             .await
-            .map_err(|e| operation_error("write", e))?;
+            .map_err(|e| operation_error(KIND, "write", e))?;
         loop {
             match self.read_frame().await? {
                 Frame::Response(body) if body == protocol::HEARTBEAT => {
@@ -258,11 +253,15 @@ impl Connection {
                     self.write
                         .write_all(&out)
                         .await
-                        .map_err(|e| operation_error("write", e))?;
+                        .map_err(|e| operation_error(KIND, "write", e))?;
                 }
                 Frame::Response(body) => return Ok(body),
                 Frame::Error(error) => {
-                    return Err(operation_error("command", String::from_utf8_lossy(&error)));
+                    return Err(operation_error(
+                        KIND,
+                        "command",
+                        String::from_utf8_lossy(&error),
+                    ));
                 }
                 Frame::Message(_) => {}
             }
@@ -339,7 +338,7 @@ impl Inner {
                 Err(error) => failure = Some(error),
             }
         }
-        Err(failure.unwrap_or_else(|| operation_error("publish", "no nsqd address")))
+        Err(failure.unwrap_or_else(|| operation_error(KIND, "publish", "no nsqd address")))
     }
 
     /// The nsqds a subscription to `topic` reads from: the configured ones, and those
@@ -382,17 +381,17 @@ impl Inner {
                     ..
                 }) => {
                     // nsqd refused it (E_BAD_MESSAGE...): the connection is fine
-                    return Err(operation_error("publish", reason));
+                    return Err(operation_error(KIND, "publish", reason));
                 }
                 Err(error) => {
                     *publisher = None;
                     if attempt == 1 {
-                        return Err(operation_error("publish", error));
+                        return Err(operation_error(KIND, "publish", error));
                     }
                 }
             }
         }
-        Err(operation_error("publish", "no connection"))
+        Err(operation_error(KIND, "publish", "no connection"))
     }
 }
 
@@ -527,7 +526,7 @@ impl Consumer {
         connection
             .send_and_confirm(&out)
             .await
-            .map_err(|e| operation_error("subscribe", format!("`{}`: {e}", self.topic)))?;
+            .map_err(|e| operation_error(KIND, "subscribe", format!("`{}`: {e}", self.topic)))?;
         let Connection {
             read,
             write,
@@ -582,7 +581,7 @@ impl Consumer {
                 match decoder.decode(&mut buffer) {
                     Ok(Some(frame)) => break Some(Ok(frame)),
                     Ok(None) => {}
-                    Err(error) => break Some(Err(operation_error("read", error))),
+                    Err(error) => break Some(Err(operation_error(KIND, "read", error))),
                 }
                 tokio::select! {
                     () = tx.closed(), if closing.is_none() => {
@@ -604,9 +603,9 @@ impl Consumer {
                         }
                     }
                     read = read.read_buf(&mut buffer) => match read {
-                        Ok(0) => break Some(Err(operation_error("read", "nsqd closed the connection"))),
+                        Ok(0) => break Some(Err(operation_error(KIND, "read", "nsqd closed the connection"))),
                         Ok(_) => {}
-                        Err(error) => break Some(Err(operation_error("read", error))),
+                        Err(error) => break Some(Err(operation_error(KIND, "read", error))),
                     },
                 }
             };
