@@ -1,6 +1,6 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,kafka,inprocess]
+//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,kafka,inprocess]
 //!
 //! `--rounds R` alternates framework and raw R times per backend and prints the medians.
 //! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
@@ -721,10 +721,12 @@ async fn jetstream(n: u64, run: &str) -> Measured {
     }
 }
 
+#[cfg(feature = "kafka")]
 const KAFKA_SERVERS: &str = "127.0.0.1:9092";
 
 /// Writes `n` readings to `topic` with a raw producer (queued, then flushed), each with
 /// what the framework's publisher writes (`content-type`, a message id).
+#[cfg(feature = "kafka")]
 fn fill_kafka(topic: &str, n: u64) {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -769,6 +771,7 @@ fn fill_kafka(topic: &str, n: u64) {
 /// Kafka: both backlogs written by a raw producer before the clock; the framework drains
 /// its group's, the raw consumer (the same librdkafka, one partition, offsets stored after
 /// each handled message and committed in the background, as at-least-once needs) its own.
+#[cfg(feature = "kafka")]
 async fn kafka(n: u64, run: &str) -> Measured {
     use rdkafka::Message as _;
     use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -855,8 +858,10 @@ async fn main() {
         "jetstream".to_string(),
         "rabbitmq".to_string(),
         "mqtt".to_string(),
-        "kafka".to_string(),
     ];
+    if cfg!(feature = "kafka") {
+        backends.push("kafka".to_string());
+    }
     let mut i = 0;
     while i < args.len() {
         match (args[i].as_str(), args.get(i + 1)) {
@@ -905,7 +910,15 @@ async fn main() {
                 "jetstream" => jetstream(messages, &run).await,
                 "rabbitmq" => rabbitmq(messages, &run).await,
                 "mqtt" => mqtt(messages, &run).await,
+                #[cfg(feature = "kafka")]
                 "kafka" => kafka(messages, &run).await,
+                #[cfg(not(feature = "kafka"))]
+                "kafka" => {
+                    eprintln!(
+                        "the kafka row needs the examples' `kafka` feature: --features kafka"
+                    );
+                    std::process::exit(2);
+                }
                 "inprocess" => inprocess(messages).await,
                 other => {
                     eprintln!("unknown backend `{other}`");

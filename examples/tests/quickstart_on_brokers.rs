@@ -96,6 +96,7 @@ fn on_mqtt() {
     run_on(Some("mqtt"), 1883);
 }
 
+#[cfg(feature = "kafka")]
 #[test]
 fn on_kafka() {
     run_on(Some("kafka"), 9092);

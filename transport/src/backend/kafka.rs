@@ -69,7 +69,7 @@ const BACKLOG_FACTOR: usize = 64;
 /// Bits of a settle token holding the offset (the partition is above them).
 const OFFSET_BITS: u32 = 48;
 
-type Consumer_ = rdkafka::consumer::StreamConsumer<Group>;
+type KafkaConsumer = rdkafka::consumer::StreamConsumer<Group>;
 
 /// A Kafka producer, the admin client that creates topics, and the consumers of the
 /// subscriptions.
@@ -88,7 +88,7 @@ struct Inner {
     /// Topics known to exist (created here or found).
     topics: Mutex<HashSet<String>>,
     /// Every subscription's consumer, committed at `close`.
-    consumers: Mutex<Vec<Weak<Consumer_>>>,
+    consumers: Mutex<Vec<Weak<KafkaConsumer>>>,
     max_message: usize,
 }
 
@@ -556,7 +556,7 @@ fn untoken(token: u64) -> (i32, i64) {
 
 /// Settles one subscription's deliveries: tokens are partition and offset.
 struct Offsets {
-    consumer: Arc<Consumer_>,
+    consumer: Arc<KafkaConsumer>,
     progress: Arc<Mutex<Progress>>,
     topic: String,
     commits: bool,
@@ -726,7 +726,7 @@ impl KafkaBackend {
         }
         let progress = Arc::new(Mutex::new(Progress::default()));
         let (assigned, mut joined) = watch::channel(0u64);
-        let consumer: Arc<Consumer_> = Arc::new(
+        let consumer: Arc<KafkaConsumer> = Arc::new(
             inner
                 .client_config(&own, &settings.consumer)
                 .create_with_context(Group {
@@ -834,7 +834,7 @@ impl KafkaBackend {
 
 /// A fan-out subscriber reads every partition of `topic` from its current end.
 fn assign_from_the_end(
-    consumer: &Consumer_,
+    consumer: &KafkaConsumer,
     topic: &str,
     deadline: Duration,
 ) -> Result<(), BackendError> {
@@ -913,7 +913,7 @@ impl Backend for KafkaBackend {
         let inner = Arc::clone(&self.inner);
         async move {
             // what was handled is committed; what was published is delivered
-            let consumers: Vec<Arc<Consumer_>> = inner
+            let consumers: Vec<Arc<KafkaConsumer>> = inner
                 .consumers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

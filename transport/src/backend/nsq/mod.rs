@@ -569,13 +569,15 @@ impl Consumer {
         });
         let settle: Arc<dyn Settle> = Arc::clone(&settler) as Arc<dyn Settle>;
         let mut touch = tokio::time::interval(MSG_TIMEOUT / 4);
-        let mut closing: Option<Instant> = None;
-        // after `CLOSE_WAIT`, messages nsqd had already sent may still come: they are
-        // read and handed back until the connection has been quiet a while (nsqd
-        // hands back a message lost with a connection only at its `msg_timeout`)
-        let linger = tokio::time::sleep(Duration::from_secs(3600));
-        tokio::pin!(linger);
-        let mut lingering = false;
+        // Once the subscription ends: `CLS`, then reading on until `deadline`, at most
+        // `CLOSE_WAIT_LIMIT` for `CLOSE_WAIT`, then until the connection has been quiet
+        // for `LINGER` (messages nsqd had already sent may still come: they are handed
+        // back, since nsqd hands back a message lost with a connection only at its
+        // `msg_timeout`).
+        let mut closing = false;
+        let mut close_waited = false;
+        let deadline = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(deadline);
         loop {
             let frame = loop {
                 match decoder.decode(&mut buffer) {
@@ -584,12 +586,13 @@ impl Consumer {
                     Err(error) => break Some(Err(operation_error(KIND, "read", error))),
                 }
                 tokio::select! {
-                    () = tx.closed(), if closing.is_none() => {
+                    () = tx.closed(), if !closing => {
                         // the subscription ended: no more deliveries
                         let _ = commands.send(Out::Cls);
-                        closing = Some(Instant::now());
+                        closing = true;
+                        deadline.as_mut().reset(tokio::time::Instant::now() + CLOSE_WAIT_LIMIT);
                     }
-                    () = &mut linger, if lingering => break None,
+                    () = &mut deadline, if closing => break None,
                     _ = touch.tick() => {
                         let now = Instant::now();
                         let open = settler.open.lock().unwrap_or_else(PoisonError::into_inner);
@@ -597,9 +600,6 @@ impl Consumer {
                             if now.duration_since(*since) >= MSG_TIMEOUT / 2 {
                                 let _ = commands.send(Out::Touch(*token));
                             }
-                        }
-                        if closing.is_some_and(|at| at.elapsed() > CLOSE_WAIT_LIMIT) {
-                            break None;
                         }
                     }
                     read = read.read_buf(&mut buffer) => match read {
@@ -612,7 +612,7 @@ impl Consumer {
             match frame {
                 None => return,
                 Some(Err(error)) => {
-                    if closing.is_none() {
+                    if !closing {
                         tracing::warn!(%subscriber, %error, "nsq subscription connection lost");
                     }
                     return;
@@ -621,8 +621,10 @@ impl Consumer {
                     if body == protocol::HEARTBEAT {
                         let _ = commands.send(Out::Nop);
                     } else if body == protocol::CLOSE_WAIT {
-                        lingering = true;
-                        linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                        close_waited = true;
+                        deadline
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + LINGER);
                     }
                 }
                 Some(Ok(Frame::Error(error))) => {
@@ -636,11 +638,13 @@ impl Consumer {
                         tracing::warn!(%subscriber, "nsq message id is not hex: left to time out");
                         continue;
                     };
-                    if closing.is_some() {
+                    if closing {
                         // sent before nsqd saw `CLS`: back at once
                         let _ = commands.send(Out::Req(token, Duration::ZERO));
-                        if lingering {
-                            linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                        if close_waited {
+                            deadline
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + LINGER);
                         }
                         continue;
                     }
