@@ -7,7 +7,7 @@ use std::process::Command;
 /// The path of example `name`, built for the profile of the running test binary.
 ///
 /// `cargo test` builds a package's examples only when it runs all its targets, so the
-/// example is (re)built here, with the same cargo, profile and target directory: a no-op
+/// example is (re)built here, with the same cargo, profile, features and target directory: a no-op
 /// when it is up to date, and never a stale binary.
 pub fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no test binary path: {e}"));
@@ -33,6 +33,10 @@ pub fn example_binary(name: &str) -> PathBuf {
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
+        }
+        // the features this test was built with (else the example loses its Kafka)
+        if cfg!(feature = "kafka") {
+            build.args(["--features", "kafka"]);
         }
         let status = build
             .status()
