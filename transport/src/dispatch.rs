@@ -94,15 +94,22 @@ enum SourceState {
 }
 
 impl Source {
+    /// The next delivery.
     async fn next(&mut self) -> Delivery {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Polled directly rather than through an `async fn`: on the hot path this is one
+    /// poll of the backend's stream and nothing else.
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Delivery> {
         loop {
             match &mut self.state {
-                SourceState::Active(subscription) => match subscription.next().await {
-                    Some(delivery) => {
+                SourceState::Active(subscription) => match subscription.poll_next_unpin(cx) {
+                    Poll::Ready(Some(delivery)) => {
                         self.backoff = RESUBSCRIBE_BACKOFF.0;
-                        return delivery;
+                        return Poll::Ready(delivery);
                     }
-                    None => {
+                    Poll::Ready(None) => {
                         tracing::warn!(
                             subscriber = %self.spec.subscriber,
                             topic = %self.spec.topic,
@@ -112,17 +119,21 @@ impl Source {
                         self.state =
                             SourceState::Waiting(Box::pin(tokio::time::sleep(self.backoff)));
                     }
+                    Poll::Pending => return Poll::Pending,
                 },
                 SourceState::Waiting(sleep) => {
-                    sleep.as_mut().await;
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                     let backend = Arc::clone(&self.backend);
                     let spec = self.spec.clone();
                     self.state = SourceState::Subscribing(
                         async move { backend.subscribe(&spec).await }.boxed(),
                     );
                 }
-                SourceState::Subscribing(subscribing) => match subscribing.await {
-                    Ok(subscription) => {
+                SourceState::Subscribing(subscribing) => match subscribing.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(subscription)) => {
                         tracing::info!(
                             subscriber = %self.spec.subscriber,
                             topic = %self.spec.topic,
@@ -130,7 +141,7 @@ impl Source {
                         );
                         self.state = SourceState::Active(subscription);
                     }
-                    Err(error) => {
+                    Poll::Ready(Err(error)) => {
                         self.backoff = (self.backoff * 2).min(RESUBSCRIBE_BACKOFF.1);
                         tracing::error!(
                             subscriber = %self.spec.subscriber,
@@ -335,17 +346,14 @@ impl Dispatcher {
             if shutdown.is_cancelled() {
                 return;
             }
-            let delivery = {
-                let next = source.next();
-                tokio::pin!(next);
-                match poll_once(next.as_mut()).await {
-                    Poll::Ready(delivery) => delivery,
-                    Poll::Pending => tokio::select! {
-                        biased;
-                        _ = &mut cancelled => return,
-                        delivery = &mut next => delivery,
-                    },
-                }
+            let ready = std::future::poll_fn(|cx| Poll::Ready(source.poll_next(cx))).await;
+            let delivery = match ready {
+                Poll::Ready(delivery) => delivery,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    _ = &mut cancelled => return,
+                    delivery = source.next() => delivery,
+                },
             };
             let work = self.guarded(delivery, &shutdown);
             tokio::pin!(work);

@@ -67,7 +67,19 @@ impl Publisher {
         topic: &str,
         value: &T,
     ) -> Result<(), PublishError> {
-        self.to(topic).send(value).await
+        // encoded and checked here, in one frame: the only await is the broker's
+        let (payload, content_type) =
+            self.codec
+                .encode(value)
+                .map_err(|source| PublishError::Encode {
+                    topic: topic.to_string(),
+                    source,
+                })?;
+        let mut message = Message::new(payload);
+        message.headers.insert_static(CONTENT_TYPE, content_type);
+        self.start(topic, message, None)?
+            .await
+            .map_err(|source| backend_error(topic, source))
     }
 
     /// Publishes to a typed topic with the topic's codec. Only a `&T` is accepted.
@@ -75,9 +87,16 @@ impl Publisher {
     where
         C: Encoder<T>,
     {
-        self.untyped(Cow::Borrowed(topic.name()))
-            .send_with::<C, T>(value)
+        let topic = topic.name();
+        let payload = C::encode(value).map_err(|source| PublishError::Encode {
+            topic: topic.to_string(),
+            source,
+        })?;
+        let mut message = Message::new(payload);
+        message.headers.insert_static(CONTENT_TYPE, C::CONTENT_TYPE);
+        self.start(topic, message, None)?
             .await
+            .map_err(|source| backend_error(topic, source))
     }
 
     /// Starts a message, to add headers or a key before sending: to a topic by name
@@ -109,7 +128,9 @@ impl Publisher {
     /// `broker.max_message_bytes`, or a topic the backend cannot use, is refused before
     /// it reaches the broker.
     pub async fn publish_message(&self, topic: &str, message: Message) -> Result<(), PublishError> {
-        self.publish_prepared(topic, message, None).await
+        self.start(topic, message, None)?
+            .await
+            .map_err(|source| backend_error(topic, source))
     }
 
     /// Publishes `values` to `topic` with the default codec, as one batch where the broker
@@ -176,10 +197,7 @@ impl Publisher {
         self.backend
             .publish_batch(topic, messages)
             .await
-            .map_err(|source| PublishError::Backend {
-                topic: topic.to_string(),
-                source,
-            })
+            .map_err(|source| backend_error(topic, source))
     }
 
     /// Gives `message` an id if it has none, and checks it and `topic` as every publish
@@ -189,40 +207,43 @@ impl Publisher {
             message.id = Some(crate::message::message_id());
         }
         if let Err(source) = self.backend.validate_topic(topic) {
-            return Err(PublishError::Backend {
-                topic: topic.to_string(),
-                source,
-            });
+            return Err(backend_error(topic, source));
         }
         let size = message.payload.len();
         if size > self.max_message_bytes {
-            return Err(PublishError::Backend {
-                topic: topic.to_string(),
-                source: BackendError::TooLarge {
+            return Err(backend_error(
+                topic,
+                BackendError::TooLarge {
                     backend: self.backend.kind(),
                     size,
                     limit: self.max_message_bytes,
                 },
-            });
+            ));
         }
         Ok(())
     }
 
-    async fn publish_prepared(
-        &self,
-        topic: &str,
+    /// Checks `message` and hands it to the backend: what every publish does before its
+    /// one await (the broker's), so a publish is a single future, not a chain of them.
+    fn start<'a>(
+        &'a self,
+        topic: &'a str,
         mut message: Message,
         defer: Option<std::time::Duration>,
-    ) -> Result<(), PublishError> {
+    ) -> Result<crate::backend::Publish<'a>, PublishError> {
         self.check(topic, &mut message)?;
-        let published = match defer {
-            None => self.backend.publish(topic, message).await,
-            Some(delay) => self.backend.publish_deferred(topic, message, delay).await,
-        };
-        published.map_err(|source: BackendError| PublishError::Backend {
-            topic: topic.to_string(),
-            source,
+        Ok(match defer {
+            None => self.backend.publish(topic, message),
+            Some(delay) => self.backend.publish_deferred(topic, message, delay),
         })
+    }
+}
+
+/// A broker's refusal of a publish to `topic`.
+fn backend_error(topic: &str, source: BackendError) -> PublishError {
+    PublishError::Backend {
+        topic: topic.to_string(),
+        source,
     }
 }
 
@@ -238,10 +259,7 @@ impl Publisher {
         self.backend
             .publish(topic, message)
             .await
-            .map_err(|source| PublishError::Backend {
-                topic: topic.to_string(),
-                source,
-            })
+            .map_err(|source| backend_error(topic, source))
     }
 }
 
@@ -388,7 +406,7 @@ impl Outgoing<'_> {
     /// Encodes `value` with the publisher's default codec and publishes it.
     pub async fn send<T: Serialize + ?Sized>(self, value: &T) -> Result<(), PublishError> {
         match self.publisher.codec.encode(value) {
-            Ok((payload, content_type)) => self.send_payload(payload, content_type).await,
+            Ok((payload, content_type)) => self.publish(payload, Some(content_type)).await,
             Err(source) => Err(PublishError::Encode {
                 topic: self.topic.into_owned(),
                 source,
@@ -399,7 +417,7 @@ impl Outgoing<'_> {
     /// Encodes `value` with codec `C` and publishes it.
     pub async fn send_with<C: Encoder<T>, T: ?Sized>(self, value: &T) -> Result<(), PublishError> {
         match C::encode(value) {
-            Ok(payload) => self.send_payload(payload, C::CONTENT_TYPE).await,
+            Ok(payload) => self.publish(payload, Some(C::CONTENT_TYPE)).await,
             Err(source) => Err(PublishError::Encode {
                 topic: self.topic.into_owned(),
                 source,
@@ -408,24 +426,33 @@ impl Outgoing<'_> {
     }
 
     /// Publishes raw bytes (no codec, no content type unless set as a header).
-    pub async fn send_bytes(mut self, payload: impl Into<Bytes>) -> Result<(), PublishError> {
-        self.message.payload = payload.into();
-        self.publisher
-            .publish_prepared(&self.topic, self.message, self.defer)
-            .await
+    pub async fn send_bytes(self, payload: impl Into<Bytes>) -> Result<(), PublishError> {
+        self.publish(payload.into(), None).await
     }
 
-    async fn send_payload(
-        mut self,
+    /// Publishes `payload` with this message's headers, key and id; `content_type` unless
+    /// a header already says one.
+    async fn publish(
+        self,
         payload: Bytes,
-        content_type: &'static str,
+        content_type: Option<&'static str>,
     ) -> Result<(), PublishError> {
-        if !self.message.headers.contains(CONTENT_TYPE) {
-            self.message
-                .headers
-                .insert_static(CONTENT_TYPE, content_type);
+        let Outgoing {
+            publisher,
+            topic,
+            mut message,
+            defer,
+        } = self;
+        message.payload = payload;
+        if let Some(content_type) = content_type
+            && !message.headers.contains(CONTENT_TYPE)
+        {
+            message.headers.insert_static(CONTENT_TYPE, content_type);
         }
-        self.send_bytes(payload).await
+        publisher
+            .start(&topic, message, defer)?
+            .await
+            .map_err(|source| backend_error(&topic, source))
     }
 }
 
@@ -481,10 +508,7 @@ pub(crate) async fn publish_reply<C: Encoder<T> + Codec, T: ?Sized>(
                 .backend
                 .reply(address, message)
                 .await
-                .map_err(|source| PublishError::Backend {
-                    topic: address.clone(),
-                    source,
-                })
+                .map_err(|source| backend_error(address, source))
         }
         None => publisher.publish_message(topic, message).await,
     }

@@ -29,6 +29,8 @@ use super::{
 use crate::error::BackendError;
 use crate::message::Message;
 
+mod queue;
+
 const KIND: &str = "memory";
 
 /// Settings of an in-process broker.
@@ -96,7 +98,7 @@ struct TopicQueues {
     fanout: Vec<Queue>,
     /// A group's queue, and its receiving end for members yet to join (weak, so the
     /// queue closes when its last member leaves).
-    groups: HashMap<String, (Queue, async_channel::WeakReceiver<Envelope>)>,
+    groups: HashMap<String, (Queue, queue::WeakReceiver<Envelope>)>,
     /// Every live queue of the topic; what `publish` sends to. Rebuilt on change.
     targets: Arc<[Queue]>,
 }
@@ -114,15 +116,34 @@ impl TopicQueues {
     }
 }
 
-type Queue = async_channel::Sender<Envelope>;
+type Queue = queue::Sender<Envelope>;
 
 #[derive(Clone)]
 struct Envelope {
-    /// Shared by every queue of a fan-out and by the deliveries: never copied.
-    message: Arc<Message>,
+    message: Held,
     attempt: u32,
     /// The topic it was published to, for a subscription to a filter.
     topic: Option<Arc<str>>,
+}
+
+/// A queued message: never copied.
+#[derive(Clone)]
+enum Held {
+    /// Bound for one queue only (the common case): its delivery's shared handle is made
+    /// by the consuming thread, which also frees it, so the allocator's fast path serves
+    /// both (an allocation freed by another thread takes its slow path).
+    Alone(Message),
+    /// Shared by the queues of a fan-out, a filter's delivery, a requeued message.
+    Shared(Arc<Message>),
+}
+
+impl Held {
+    fn shared(self) -> Arc<Message> {
+        match self {
+            Held::Alone(message) => Arc::new(message),
+            Held::Shared(message) => message,
+        }
+    }
 }
 
 fn registry() -> &'static Mutex<HashMap<String, MemoryBroker>> {
@@ -159,7 +180,7 @@ impl MemoryBroker {
 
     /// The queue a new subscription reads: its receiving end, and its sending end for
     /// requeues.
-    fn queue_for(&self, spec: &SubscriptionSpec) -> (async_channel::Receiver<Envelope>, Queue) {
+    fn queue_for(&self, spec: &SubscriptionSpec) -> (queue::Receiver<Envelope>, Queue) {
         let mut topics = self.topics();
         let queues = if spec.filter {
             let filters = &mut topics.filters;
@@ -182,12 +203,12 @@ impl MemoryBroker {
         let pair = match (existing, &spec.group) {
             (Some(pair), _) => pair,
             (None, None) => {
-                let (tx, rx) = async_channel::unbounded();
+                let (tx, rx) = queue::unbounded();
                 queues.fanout.push(tx.clone());
                 (rx, tx)
             }
             (None, Some(group)) => {
-                let (tx, rx) = async_channel::unbounded();
+                let (tx, rx) = queue::unbounded();
                 queues
                     .groups
                     .insert(group.clone(), (tx.clone(), rx.downgrade()));
@@ -203,7 +224,7 @@ impl MemoryBroker {
         // sending never waits, so it happens under the lock (no copy of the queue list)
         let mut topics = self.topics();
         let Topics { names, filters } = &mut *topics;
-        let named = names.get_mut(topic);
+        let mut named = names.get_mut(topic);
         let mut matching: Vec<&mut TopicQueues> = Vec::new();
         if !filters.is_empty() {
             let name = mqtt_filter::mqtt_name(topic);
@@ -233,8 +254,24 @@ impl MemoryBroker {
                 ),
             });
         }
+        if matching.is_empty()
+            && let Some(queues) = named.as_deref_mut()
+            && let [queue] = &*queues.targets
+        {
+            // one queue: the message moves into it
+            let envelope = Envelope {
+                message: Held::Alone(message),
+                attempt: 1,
+                topic: None,
+            };
+            let closed = queue.try_send(envelope).is_err();
+            if closed {
+                queues.prune();
+            }
+            return Ok(());
+        }
         let mut envelope = Envelope {
-            message: Arc::new(message),
+            message: Held::Shared(Arc::new(message)),
             attempt: 1,
             topic: None,
         };
@@ -319,21 +356,28 @@ impl Backend for MemoryBroker {
             let stream = receiver.map(move |envelope: Envelope| match envelope.topic {
                 // a filter's delivery comes back with its topic: settled by a handle of
                 // its own (filters are rare; names take the shared one)
-                Some(topic) => Delivery::new(
-                    Arc::clone(&envelope.message),
-                    envelope.attempt,
-                    Box::new(TopicRequeue {
-                        requeue: Arc::clone(&requeue),
-                        envelope: Some(Envelope {
-                            topic: Some(Arc::clone(&topic)),
-                            ..envelope
+                Some(topic) => {
+                    let message = envelope.message.shared();
+                    Delivery::new(
+                        Arc::clone(&message),
+                        envelope.attempt,
+                        Box::new(TopicRequeue {
+                            requeue: Arc::clone(&requeue),
+                            envelope: Some(Envelope {
+                                message: Held::Shared(message),
+                                attempt: envelope.attempt,
+                                topic: Some(Arc::clone(&topic)),
+                            }),
                         }),
-                    }),
-                )
-                .with_topic(topic),
-                None => {
-                    Delivery::settled_by(envelope.message, envelope.attempt, Arc::clone(&settle), 0)
+                    )
+                    .with_topic(topic)
                 }
+                None => Delivery::settled_by(
+                    envelope.message.shared(),
+                    envelope.attempt,
+                    Arc::clone(&settle),
+                    0,
+                ),
             });
             Ok(stream.boxed())
         }
@@ -361,7 +405,7 @@ impl Requeue {
     fn requeue(&self, message: &Arc<Message>, attempt: u32, delay: Duration) {
         self.requeue_envelope(
             Envelope {
-                message: Arc::clone(message),
+                message: Held::Shared(Arc::clone(message)),
                 attempt,
                 topic: None,
             },
@@ -384,7 +428,7 @@ impl Requeue {
                 handle.spawn(async move {
                     tokio::time::sleep(delay).await;
                     // A closed queue means every subscriber left; the message goes with it.
-                    let _ = queue.send(envelope).await;
+                    let _ = queue.try_send(envelope);
                 });
             }
             Err(_) => {
