@@ -1,6 +1,6 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,kafka,inprocess]
+//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess]
 //!
 //! `--rounds R` alternates framework and raw R times per backend and prints the medians.
 //! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
@@ -498,16 +498,27 @@ async fn rabbitmq(n: u64, run: &str) -> Measured {
 /// MQTT keeps nothing for a subscriber that is not there: both sides publish and drain
 /// inside the clock, the framework through its publisher (each publish confirmed by its
 /// PUBACK, 256 at a time), the raw side with a second rumqttc client (pipelined QoS 1).
-async fn mqtt(n: u64, run: &str) -> Measured {
+/// The framework's side on a broker that keeps nothing for absent subscribers (MQTT
+/// clean sessions, NATS core, Redis pub/sub): the App starts, then publishes `n` readings
+/// (256 at a time) while its subscriber drains them; timed from the App's start to the
+/// last one handled. At-most-once brokers may drop under load: after `LIVE_PATIENCE`
+/// without the last one, the bench stops and says how many arrived.
+async fn framework_live(kind: &str, prefix: &str, n: u64) -> Duration {
     use futures_util::StreamExt;
-    let prefix = format!("bench{run}.");
     let counter = Counter::global();
     counter.reset(n);
     let done = counter.done.notified();
     tokio::pin!(done);
     done.as_mut().enable();
+    let mut config = config(kind, prefix, n);
+    if kind == "redis" {
+        // Redis pub/sub hands a subscriber what it is sent, and the framework queues up
+        // to `prefetch` of it, dropping the rest (at-most-once, counted): the queue is
+        // made to hold the whole burst, as the raw client's socket buffer does
+        config.subscriber.prefetch = usize::try_from(n).unwrap_or(usize::MAX);
+    }
     let started = Instant::now();
-    let app = App::new(config("mqtt", &prefix, n))
+    let app = App::new(config)
         .start()
         .await
         .unwrap_or_else(|e| panic!("app: {e}"));
@@ -523,9 +534,28 @@ async fn mqtt(n: u64, run: &str) -> Measured {
             std::future::ready(())
         })
         .await;
-    done.await;
+    if tokio::time::timeout(LIVE_PATIENCE, done).await.is_err() {
+        lost(kind, "framework", counter.seen.load(Ordering::Relaxed), n);
+    }
     let framework = started.elapsed();
     app.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    framework
+}
+
+/// How long a live drain may go without finishing before the bench calls messages lost.
+const LIVE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Ends the bench: an at-most-once broker dropped messages, so no rate would be true.
+fn lost(backend: &str, side: &str, seen: u64, n: u64) -> ! {
+    eprintln!(
+        "{backend} ({side}): {seen} of {n} messages arrived within {LIVE_PATIENCE:?}; the broker dropped the rest (at-most-once): try fewer --messages"
+    );
+    std::process::exit(1);
+}
+
+async fn mqtt(n: u64, run: &str) -> Measured {
+    let prefix = format!("bench{run}.");
+    let framework = framework_live("mqtt", &prefix, n).await;
     if framework_only() {
         return alone(n, framework);
     }
@@ -568,8 +598,17 @@ async fn mqtt(n: u64, run: &str) -> Measured {
     let sending = tokio::spawn(async move {
         for i in 0..n {
             let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
+            // what the framework's publisher writes: a content type, the id as a property
+            let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                content_type: Some("application/json".to_string()),
+                user_properties: vec![(
+                    transport::backend::mqtt::ID_PROPERTY.to_string(),
+                    transport::message_id().to_string(),
+                )],
+                ..Default::default()
+            };
             producer
-                .publish(topic.clone(), QoS::AtLeastOnce, false, body)
+                .publish_with_properties(topic.clone(), QoS::AtLeastOnce, false, body, properties)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         }
@@ -604,6 +643,127 @@ async fn mqtt(n: u64, run: &str) -> Measured {
 }
 
 const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+async fn nats_core(n: u64, run: &str) -> Measured {
+    let prefix = format!("bench{run}.");
+    let framework = framework_live("nats", &prefix, n).await;
+    if framework_only() {
+        return alone(n, framework);
+    }
+    // raw: a queue-group subscriber (as the framework's group is) decoding each message,
+    // and a publisher on the same client, flushed at the end, writing what the framework's
+    // publisher writes (`content-type`, a message id)
+    let client = async_nats::connect(NATS_URL)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let subject = format!("{prefix}raw");
+    let mut subscriber = client
+        .queue_subscribe(subject.clone(), "raw".to_string())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let publisher = client.clone();
+    let sending = tokio::spawn(async move {
+        for i in 0..n {
+            let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("content-type", "application/json");
+            headers.insert(
+                transport::backend::nats::ID_HEADER,
+                transport::message_id().as_str(),
+            );
+            publisher
+                .publish_with_headers(subject.clone(), headers, body.into())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        publisher.flush().await.unwrap_or_else(|e| panic!("{e}"));
+    });
+    let mut seen = 0;
+    while seen < n {
+        match tokio::time::timeout(LIVE_PATIENCE, subscriber.next()).await {
+            Ok(Some(message)) => {
+                let reading: Reading =
+                    serde_json::from_slice(&message.payload).unwrap_or_else(|e| panic!("{e}"));
+                std::hint::black_box(&reading);
+                seen += 1;
+            }
+            _ => lost("nats", "raw", seen, n),
+        }
+    }
+    let raw = started.elapsed();
+    let _ = sending.await;
+    Measured {
+        framework: rate(n, framework),
+        raw: rate(n, raw),
+    }
+}
+
+async fn redis_pubsub(n: u64, run: &str) -> Measured {
+    let prefix = format!("bench{run}.");
+    let framework = framework_live("redis", &prefix, n).await;
+    if framework_only() {
+        return alone(n, framework);
+    }
+    // raw: a subscriber connection decoding each message, and PUBLISH 256 at a time on a
+    // multiplexed connection (as the framework's publisher is driven here)
+    let client = redis::Client::open(REDIS_URL).unwrap_or_else(|e| panic!("{e}"));
+    let channel = format!("{prefix}raw");
+    let mut pubsub = client
+        .get_async_pubsub()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    pubsub
+        .subscribe(&channel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let sending = tokio::spawn(async move {
+        futures_util::stream::iter(0..n)
+            .map(|i| {
+                let mut connection = connection.clone();
+                let channel = channel.clone();
+                async move {
+                    let body = serde_json::to_vec(&reading(i)).unwrap_or_default();
+                    redis::cmd("PUBLISH")
+                        .arg(&channel)
+                        .arg(body)
+                        .query_async::<i64>(&mut connection)
+                        .await
+                }
+            })
+            .buffer_unordered(256)
+            .for_each(|published| {
+                published.unwrap_or_else(|e| panic!("{e}"));
+                std::future::ready(())
+            })
+            .await;
+    });
+    let mut messages = pubsub.on_message();
+    let mut seen = 0;
+    while seen < n {
+        match tokio::time::timeout(LIVE_PATIENCE, messages.next()).await {
+            Ok(Some(message)) => {
+                let reading: Reading = serde_json::from_slice(message.get_payload_bytes())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                std::hint::black_box(&reading);
+                seen += 1;
+            }
+            _ => lost("redis", "raw", seen, n),
+        }
+    }
+    let raw = started.elapsed();
+    let _ = sending.await;
+    Measured {
+        framework: rate(n, framework),
+        raw: rate(n, raw),
+    }
+}
 
 /// Writes a backlog of `n` readings to `subject` with the raw client, into stream
 /// `stream` (created as the framework creates its own: file storage, 7 days, 1 GiB),
@@ -858,6 +1018,8 @@ async fn main() {
         "jetstream".to_string(),
         "rabbitmq".to_string(),
         "mqtt".to_string(),
+        "nats".to_string(),
+        "redis".to_string(),
     ];
     if cfg!(feature = "kafka") {
         backends.push("kafka".to_string());
@@ -883,7 +1045,7 @@ async fn main() {
             }
             (other, _) => {
                 eprintln!(
-                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,kafka,inprocess] (got `{other}`)"
+                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess] (got `{other}`)"
                 );
                 std::process::exit(2);
             }
@@ -910,6 +1072,8 @@ async fn main() {
                 "jetstream" => jetstream(messages, &run).await,
                 "rabbitmq" => rabbitmq(messages, &run).await,
                 "mqtt" => mqtt(messages, &run).await,
+                "nats" => nats_core(messages, &run).await,
+                "redis" => redis_pubsub(messages, &run).await,
                 #[cfg(feature = "kafka")]
                 "kafka" => kafka(messages, &run).await,
                 #[cfg(not(feature = "kafka"))]
