@@ -66,8 +66,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::nats::{
-    PUBLISH_TIMEOUT, bounded_flush, check_payload, connect_client, from_nats, is_nats_header,
-    to_nats_headers, wire_size,
+    PUBLISH_TIMEOUT, PayloadLimit, bounded_flush, check_payload, connect_client, from_nats,
+    is_nats_header, to_nats_headers, wire_size,
 };
 use super::{
     Acknowledge, Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec,
@@ -102,6 +102,8 @@ enum AckOp {
 /// The JetStream backend.
 pub struct JetStreamBackend {
     client: async_nats::Client,
+    /// The server's `max_payload` (see [`PayloadLimit`]).
+    limit: Arc<PayloadLimit>,
     context: jetstream::Context,
     settings: JetStreamConfig,
     streams: Arc<Streams>,
@@ -115,7 +117,7 @@ pub struct JetStreamBackend {
 impl JetStreamBackend {
     /// Connects to the server `config.url` names (JetStream must be enabled there).
     pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
-        let client = connect_client(config, KIND).await?;
+        let (client, limit) = connect_client(config, KIND).await?;
         let context = jetstream::new(client.clone());
         // Fail at startup, not at the first publish, when JetStream is off.
         check_available(&client)
@@ -136,6 +138,7 @@ impl JetStreamBackend {
                 known: std::sync::Mutex::new(HashMap::new()),
             }),
             client,
+            limit,
             context,
             settings: config.jetstream.clone(),
             acks,
@@ -821,7 +824,7 @@ impl Backend for JetStreamBackend {
 
     fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
         Publish::boxed(async move {
-            check_payload(&self.client, KIND, &message)?;
+            check_payload(&self.client, &self.limit, KIND, &message)?;
             let headers = to_nats_headers(&message, KIND)?;
             self.streams.for_topic(topic).await?;
             let mut looked_again = false;

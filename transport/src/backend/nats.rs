@@ -14,6 +14,9 @@
 //! [`CLOSE_TIMEOUT`] (a shutdown while the server is down ends, reporting what was not
 //! flushed).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -73,7 +76,7 @@ pub(crate) async fn bounded_flush(
 pub(crate) async fn connect_client(
     config: &BrokerConfig,
     kind: &'static str,
-) -> Result<async_nats::Client, BackendError> {
+) -> Result<(async_nats::Client, Arc<PayloadLimit>), BackendError> {
     let url = config
         .url
         .clone()
@@ -95,22 +98,60 @@ pub(crate) async fn connect_client(
     };
     // Fail fast at startup when the server is unreachable; once connected, async-nats
     // reconnects (with backoff) and resubscribes by itself, without limit.
-    options
+    let limit = Arc::new(PayloadLimit::default());
+    let connected = Arc::clone(&limit);
+    let client = options
         .name(format!("transport/{}", std::process::id()))
         .connection_timeout(config.connect_timeout)
         .max_reconnects(None)
-        .event_callback(move |event| async move {
-            match event {
-                async_nats::Event::Disconnected => {
-                    tracing::warn!(backend = kind, "disconnected; reconnecting")
+        .event_callback(move |event| {
+            let connected = Arc::clone(&connected);
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(backend = kind, "disconnected; reconnecting")
+                    }
+                    async_nats::Event::Connected => {
+                        // possibly another server, with another limit
+                        connected.stale.store(true, Ordering::Release);
+                        tracing::info!(backend = kind, "connected");
+                    }
+                    other => tracing::debug!(backend = kind, event = %other, "nats event"),
                 }
-                async_nats::Event::Connected => tracing::info!(backend = kind, "connected"),
-                other => tracing::debug!(backend = kind, event = %other, "nats event"),
             }
         })
         .connect(address.as_str())
         .await
-        .map_err(|e| connect_error(e.to_string()))
+        .map_err(|e| connect_error(e.to_string()))?;
+    Ok((client, limit))
+}
+
+/// The server's `max_payload`, read from the client once per connection: reading it costs
+/// a copy of everything the server said about itself (`Client::server_info`), too much
+/// for every publish.
+pub(crate) struct PayloadLimit {
+    limit: AtomicUsize,
+    /// Set by each (re)connection: the limit is read again at the next publish.
+    stale: AtomicBool,
+}
+
+impl Default for PayloadLimit {
+    fn default() -> Self {
+        PayloadLimit {
+            limit: AtomicUsize::new(0),
+            stale: AtomicBool::new(true),
+        }
+    }
+}
+
+impl PayloadLimit {
+    fn get(&self, client: &async_nats::Client) -> usize {
+        if self.stale.swap(false, Ordering::AcqRel) {
+            self.limit
+                .store(client.server_info().max_payload, Ordering::Release);
+        }
+        self.limit.load(Ordering::Acquire)
+    }
 }
 
 /// What a NATS URL's userinfo carries.
@@ -261,11 +302,12 @@ fn known_content_type(value: &str) -> Option<&'static str> {
 /// Refuses a message over the server's `max_payload` (headers count towards it).
 pub(crate) fn check_payload(
     client: &async_nats::Client,
+    limit: &PayloadLimit,
     kind: &'static str,
     message: &Message,
 ) -> Result<(), BackendError> {
     let size = wire_size(message);
-    let limit = client.server_info().max_payload;
+    let limit = limit.get(client);
     if size > limit {
         return Err(BackendError::TooLarge {
             backend: kind,
@@ -299,14 +341,14 @@ pub(crate) fn wire_size(message: &Message) -> usize {
 /// The NATS core backend.
 pub struct NatsBackend {
     client: async_nats::Client,
+    limit: Arc<PayloadLimit>,
 }
 
 impl NatsBackend {
     /// Connects to the server `config.url` names.
     pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
-        Ok(NatsBackend {
-            client: connect_client(config, KIND).await?,
-        })
+        let (client, limit) = connect_client(config, KIND).await?;
+        Ok(NatsBackend { client, limit })
     }
 }
 
@@ -329,7 +371,7 @@ impl Backend for NatsBackend {
 
     fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
         Publish::boxed(async move {
-            check_payload(&self.client, KIND, &message)?;
+            check_payload(&self.client, &self.limit, KIND, &message)?;
             let headers = to_nats_headers(&message, KIND)?;
             let publish =
                 self.client
