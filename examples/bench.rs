@@ -570,8 +570,9 @@ async fn mqtt(n: u64, run: &str) -> Measured {
         .set_receive_maximum(Some(1024))
         .set_max_packet_size(Some(1 << 20));
     let (subscriber, mut events) = AsyncClient::new(options, 1024);
+    // a shared subscription, as the framework's group is
     subscriber
-        .subscribe(topic.clone(), QoS::AtLeastOnce)
+        .subscribe(format!("$share/raw/{topic}"), QoS::AtLeastOnce)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     loop {

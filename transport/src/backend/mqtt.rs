@@ -434,9 +434,12 @@ impl MqttBackend {
         tokio::spawn(async move {
             // keeps the client (and so the connection) alive as long as the subscription
             let _client = client;
+            // made once: a new one per event would register a waiter per message
+            let closed = tx.closed();
+            tokio::pin!(closed);
             loop {
                 tokio::select! {
-                    () = tx.closed() => return,
+                    biased;
                     event = events.poll() => match event {
                         Ok(Event::Incoming(Packet::Publish(publish))) => {
                             if tx.send(deliver(publish)).is_err() {
@@ -449,6 +452,7 @@ impl MqttBackend {
                             return;
                         }
                     },
+                    () = &mut closed => return,
                 }
             }
         });
