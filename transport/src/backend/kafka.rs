@@ -591,13 +591,16 @@ impl Offsets {
         // at `BACKLOG_FACTOR` times that whatever (a backlog read far ahead of its
         // handlers). A pause makes librdkafka drop what it fetched ahead and fetch it
         // again on resume: not for the normal flow.
+        // (the clock is read only at the limit: this runs for every record)
         let open = state.open.len();
-        let stuck = state
-            .lowest
-            .is_some_and(|(_, since)| since.elapsed() >= STUCK);
+        let stuck = || {
+            state
+                .lowest
+                .is_some_and(|(_, since)| since.elapsed() >= STUCK)
+        };
         if state.resume_at.is_none()
             && open >= self.limit
-            && (stuck || open >= self.limit.saturating_mul(BACKLOG_FACTOR))
+            && (open >= self.limit.saturating_mul(BACKLOG_FACTOR) || stuck())
         {
             state.resume_at = Some(open - open / 4);
             self.pause_or_resume(partition, true);
