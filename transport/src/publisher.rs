@@ -68,15 +68,7 @@ impl Publisher {
         value: &T,
     ) -> Result<(), PublishError> {
         // encoded and checked here, in one frame: the only await is the broker's
-        let (payload, content_type) =
-            self.codec
-                .encode(value)
-                .map_err(|source| PublishError::Encode {
-                    topic: topic.to_string(),
-                    source,
-                })?;
-        let mut message = Message::new(payload);
-        message.headers.insert_static(CONTENT_TYPE, content_type);
+        let message = self.encoded(topic, value)?;
         self.start(topic, message, None)?
             .await
             .map_err(|source| backend_error(topic, source))
@@ -88,12 +80,7 @@ impl Publisher {
         C: Encoder<T>,
     {
         let topic = topic.name();
-        let payload = C::encode(value).map_err(|source| PublishError::Encode {
-            topic: topic.to_string(),
-            source,
-        })?;
-        let mut message = Message::new(payload);
-        message.headers.insert_static(CONTENT_TYPE, C::CONTENT_TYPE);
+        let message = encoded_with::<C, T>(topic, value)?;
         self.start(topic, message, None)?
             .await
             .map_err(|source| backend_error(topic, source))
@@ -147,19 +134,10 @@ impl Publisher {
         topic: &str,
         values: &[T],
     ) -> Result<(), PublishError> {
-        let mut messages = Vec::with_capacity(values.len());
-        for value in values {
-            let (payload, content_type) =
-                self.codec
-                    .encode(value)
-                    .map_err(|source| PublishError::Encode {
-                        topic: topic.to_string(),
-                        source,
-                    })?;
-            let mut message = Message::new(payload);
-            message.headers.insert_static(CONTENT_TYPE, content_type);
-            messages.push(message);
-        }
+        let messages = values
+            .iter()
+            .map(|value| self.encoded(topic, value))
+            .collect::<Result<Vec<_>, _>>()?;
         self.publish_batch(topic, messages).await
     }
 
@@ -173,17 +151,30 @@ impl Publisher {
     where
         C: Encoder<T>,
     {
-        let mut messages = Vec::with_capacity(values.len());
-        for value in values {
-            let payload = C::encode(value).map_err(|source| PublishError::Encode {
-                topic: topic.name().to_string(),
-                source,
-            })?;
-            let mut message = Message::new(payload);
-            message.headers.insert_static(CONTENT_TYPE, C::CONTENT_TYPE);
-            messages.push(message);
-        }
-        self.publish_batch(topic.name(), messages).await
+        let topic = topic.name();
+        let messages = values
+            .iter()
+            .map(|value| encoded_with::<C, T>(topic, value))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.publish_batch(topic, messages).await
+    }
+
+    /// `value` encoded with the default codec, as a message with its content type.
+    fn encoded<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<Message, PublishError> {
+        let (payload, content_type) =
+            self.codec
+                .encode(value)
+                .map_err(|source| PublishError::Encode {
+                    topic: topic.to_string(),
+                    source,
+                })?;
+        let mut message = Message::new(payload);
+        message.headers.insert_static(CONTENT_TYPE, content_type);
+        Ok(message)
     }
 
     async fn publish_batch(
@@ -237,6 +228,17 @@ impl Publisher {
             Some(delay) => self.backend.publish_deferred(topic, message, delay),
         })
     }
+}
+
+/// `value` encoded with codec `C`, as a message with its content type.
+fn encoded_with<C: Encoder<T>, T: ?Sized>(topic: &str, value: &T) -> Result<Message, PublishError> {
+    let payload = C::encode(value).map_err(|source| PublishError::Encode {
+        topic: topic.to_string(),
+        source,
+    })?;
+    let mut message = Message::new(payload);
+    message.headers.insert_static(CONTENT_TYPE, C::CONTENT_TYPE);
+    Ok(message)
 }
 
 /// A broker's refusal of a publish to `topic`.
