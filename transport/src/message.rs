@@ -74,6 +74,17 @@ impl Headers {
         }
     }
 
+    /// Sets a header a broker delivered (`name`, `value` as read from the wire). The
+    /// `content-type` of a built-in codec, the header nearly every message carries, is
+    /// held as the codec's own constant, copying nothing; anything else is copied as
+    /// [`Headers::insert`] does.
+    pub(crate) fn insert_received(&mut self, name: &str, value: &str) {
+        match known_content_type(name, value) {
+            Some(known) => self.insert_static(CONTENT_TYPE, known),
+            None => self.insert(name, value),
+        }
+    }
+
     /// Removes `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
         if let Some((fixed, value)) = self.fixed
@@ -108,6 +119,23 @@ impl Headers {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `value` as the same content type of a built-in codec, when `name` is `content-type`.
+fn known_content_type(name: &str, value: &str) -> Option<&'static str> {
+    use crate::codec::{Codec, Json, MsgPack, Protobuf, RawBytes, Text};
+    if name != CONTENT_TYPE {
+        return None;
+    }
+    [
+        Json::CONTENT_TYPE,
+        MsgPack::CONTENT_TYPE,
+        Protobuf::CONTENT_TYPE,
+        Text::CONTENT_TYPE,
+        RawBytes::CONTENT_TYPE,
+    ]
+    .into_iter()
+    .find(|known| *known == value)
 }
 
 /// Equal when the same names carry the same values in the same order.
@@ -422,6 +450,23 @@ mod tests {
         two.insert_static("a", "3");
         assert_eq!(two.get("a"), Some("3"));
         assert_eq!(two.len(), 2);
+    }
+
+    #[test]
+    fn a_received_codec_content_type_is_held_inline_and_reads_the_same() {
+        let mut received = Headers::new();
+        received.insert_received("trace-id", "t-1");
+        received.insert_received(CONTENT_TYPE, "application/json");
+        received.insert_received("x-other", "application/json");
+        assert!(received.fixed.is_some(), "the codec's constant, not a copy");
+        assert_eq!(received.get(CONTENT_TYPE), Some("application/json"));
+        assert_eq!(received.get("x-other"), Some("application/json"));
+        assert_eq!(received.len(), 3);
+        // an unknown content type is kept as sent
+        let mut csv = Headers::new();
+        csv.insert_received(CONTENT_TYPE, "text/csv");
+        assert!(csv.fixed.is_none());
+        assert_eq!(csv.get(CONTENT_TYPE), Some("text/csv"));
     }
 
     #[test]

@@ -462,7 +462,7 @@ fn from_record(record: &BorrowedMessage<'_>) -> Message {
             if header.key == ID_HEADER {
                 message.id = Some(value.as_ref().into());
             } else {
-                message.headers.insert(header.key, value);
+                message.headers.insert_received(header.key, &value);
             }
         }
     }

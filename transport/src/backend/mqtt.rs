@@ -321,7 +321,7 @@ fn from_publish(publish: MqttPublish) -> Message {
     let mut headers = Headers::new();
     if let Some(properties) = publish.properties {
         if let Some(content_type) = properties.content_type {
-            headers.insert(CONTENT_TYPE, content_type);
+            headers.insert_received(CONTENT_TYPE, &content_type);
         }
         if let Some(correlation) = properties.correlation_data {
             headers.insert(CORRELATION_ID, String::from_utf8_lossy(&correlation));

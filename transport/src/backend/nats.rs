@@ -26,7 +26,7 @@ use super::{
 };
 use crate::config::BrokerConfig;
 use crate::error::BackendError;
-use crate::message::{CONTENT_TYPE, Headers, Message};
+use crate::message::{Headers, Message};
 
 const KIND: &str = "nats";
 /// The header carrying a message's key.
@@ -273,30 +273,11 @@ pub(crate) fn from_nats(
         match name {
             KEY_HEADER => message.key = Some(value.as_str().to_string()),
             ID_HEADER => message.id = Some(value.as_str().into()),
-            CONTENT_TYPE => match known_content_type(value.as_str()) {
-                Some(known) => headers.insert_static(CONTENT_TYPE, known),
-                None => headers.insert(name, value.as_str()),
-            },
-            _ => headers.insert(name, value.as_str()),
+            _ => headers.insert_received(name, value.as_str()),
         }
     }
     message.headers = headers;
     message
-}
-
-/// `value` as the same content type of the built-in codecs, borrowed for the whole
-/// program: the header most messages carry is then not copied for every delivery.
-fn known_content_type(value: &str) -> Option<&'static str> {
-    use crate::codec::{Codec, Json, MsgPack, Protobuf, RawBytes, Text};
-    [
-        Json::CONTENT_TYPE,
-        MsgPack::CONTENT_TYPE,
-        Protobuf::CONTENT_TYPE,
-        Text::CONTENT_TYPE,
-        RawBytes::CONTENT_TYPE,
-    ]
-    .into_iter()
-    .find(|known| *known == value)
 }
 
 /// Refuses a message over the server's `max_payload` (headers count towards it).

@@ -334,7 +334,7 @@ fn from_delivery(delivery: lapin::message::Delivery) -> (Message, u32) {
     let mut attempt = None;
     let mut delivery_count = None;
     if let Some(content_type) = properties.content_type() {
-        headers.insert(CONTENT_TYPE, content_type.as_str());
+        headers.insert_received(CONTENT_TYPE, content_type.as_str());
     }
     if let Some(correlation) = properties.correlation_id() {
         headers.insert(CORRELATION_ID, correlation.as_str());
