@@ -557,6 +557,26 @@ async fn framework_live(kind: &str, prefix: &str, n: u64) -> Duration {
 /// How long a live drain may go without finishing before the bench calls messages lost.
 const LIVE_PATIENCE: Duration = Duration::from_secs(30);
 
+/// The raw side's drain on a broker that keeps no backlog: decodes `n` messages of
+/// `messages`, ending the bench if one does not come within `LIVE_PATIENCE`.
+async fn drain_live<S>(backend: &str, mut messages: S, n: u64, payload: fn(&S::Item) -> &[u8])
+where
+    S: futures_util::Stream + Unpin,
+{
+    let mut seen = 0;
+    while seen < n {
+        match tokio::time::timeout(LIVE_PATIENCE, messages.next()).await {
+            Ok(Some(message)) => {
+                let reading: Reading =
+                    serde_json::from_slice(payload(&message)).unwrap_or_else(|e| panic!("{e}"));
+                std::hint::black_box(&reading);
+                seen += 1;
+            }
+            _ => lost(backend, "raw", seen, n),
+        }
+    }
+}
+
 /// Ends the bench: an at-most-once broker dropped messages, so no rate would be true.
 fn lost(backend: &str, side: &str, seen: u64, n: u64) -> ! {
     eprintln!(
@@ -670,7 +690,7 @@ async fn nats_core(n: u64, run: &str) -> Measured {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let subject = format!("{prefix}raw");
-    let mut subscriber = client
+    let subscriber = client
         .queue_subscribe(subject.clone(), "raw".to_string())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -693,18 +713,10 @@ async fn nats_core(n: u64, run: &str) -> Measured {
         }
         publisher.flush().await.unwrap_or_else(|e| panic!("{e}"));
     });
-    let mut seen = 0;
-    while seen < n {
-        match tokio::time::timeout(LIVE_PATIENCE, subscriber.next()).await {
-            Ok(Some(message)) => {
-                let reading: Reading =
-                    serde_json::from_slice(&message.payload).unwrap_or_else(|e| panic!("{e}"));
-                std::hint::black_box(&reading);
-                seen += 1;
-            }
-            _ => lost("nats", "raw", seen, n),
-        }
+    fn payload(message: &async_nats::Message) -> &[u8] {
+        &message.payload
     }
+    drain_live("nats", subscriber, n, payload).await;
     let raw = started.elapsed();
     let _ = sending.await;
     Measured {
@@ -757,19 +769,10 @@ async fn redis_pubsub(n: u64, run: &str) -> Measured {
             })
             .await;
     });
-    let mut messages = pubsub.on_message();
-    let mut seen = 0;
-    while seen < n {
-        match tokio::time::timeout(LIVE_PATIENCE, messages.next()).await {
-            Ok(Some(message)) => {
-                let reading: Reading = serde_json::from_slice(message.get_payload_bytes())
-                    .unwrap_or_else(|e| panic!("{e}"));
-                std::hint::black_box(&reading);
-                seen += 1;
-            }
-            _ => lost("redis", "raw", seen, n),
-        }
+    fn payload(message: &redis::Msg) -> &[u8] {
+        message.get_payload_bytes()
     }
+    drain_live("redis", pubsub.on_message(), n, payload).await;
     let raw = started.elapsed();
     let _ = sending.await;
     Measured {
