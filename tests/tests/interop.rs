@@ -1158,6 +1158,59 @@ mod nats_hardening {
         app.shutdown().await.unwrap();
     }
 
+    /// A publish over the server's `max_payload` (but under the framework's own
+    /// `max_message_bytes`) is refused before it is sent, naming the server's limit, on
+    /// core NATS and on JetStream; the connection goes on (a server closes a connection
+    /// that sends an oversized payload). The limit is read once per connection, not per
+    /// publish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_over_the_servers_max_payload_is_refused_and_the_connection_goes_on() {
+        if !reachable(4222) {
+            return;
+        }
+        init_tracing();
+        let id = unique("interop");
+        let server_limit = async_nats::connect(NATS)
+            .await
+            .unwrap()
+            .server_info()
+            .max_payload;
+        for kind in ["nats", "jetstream"] {
+            let prefix = format!("{id}.{kind}.");
+            let extra = format!("max_message_bytes = {}", server_limit * 4);
+            let app = App::new(config(&prefix, kind, &extra))
+                .select(|_| false)
+                .start()
+                .await
+                .expect("starts");
+            for _ in 0..2 {
+                let error = app
+                    .publisher()
+                    .to("big")
+                    .send_bytes(vec![7u8; server_limit + 1])
+                    .await
+                    .expect_err("over the server's max_payload");
+                assert!(
+                    matches!(
+                        &error,
+                        transport::PublishError::Backend {
+                            source: transport::BackendError::TooLarge { limit, .. },
+                            ..
+                        } if *limit == server_limit
+                    ),
+                    "{kind}: {error:?}"
+                );
+            }
+            app.publisher()
+                .to("big")
+                .send_bytes(vec![1u8; 10])
+                .await
+                .unwrap_or_else(|error| panic!("{kind}: the connection goes on: {error}"));
+            app.shutdown().await.unwrap();
+        }
+        cleanup(&id).await;
+    }
+
     /// Credentials in `broker.url` never reach an error.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nats_credentials_in_the_url_never_reach_an_error() {
