@@ -112,7 +112,15 @@ fn with_scratch<E>(encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result
 
 impl<T: DeserializeOwned> Decoder<T> for Json {
     fn decode(payload: &Bytes) -> Result<T, CodecError> {
-        serde_json::from_slice(payload).map_err(|e| CodecError::new(Self::NAME, e))
+        // UTF-8 checked once over the whole payload (word at a time) rather than string by
+        // string as `from_slice` does (a third of a small message's decode); a payload
+        // that is not UTF-8 takes `from_slice`, which accepts what it accepts (invalid
+        // bytes in a field the type skips) and otherwise names the place.
+        match std::str::from_utf8(payload) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(payload),
+        }
+        .map_err(|e| CodecError::new(Self::NAME, e))
     }
 }
 
@@ -324,6 +332,27 @@ mod tests {
         assert_eq!(<Text as Decoder<String>>::decode(&bytes).unwrap(), "héllo");
         let raw = Bytes::from_static(&[0, 159, 255]);
         assert_eq!(<RawBytes as Decoder<Bytes>>::decode(&raw).unwrap(), raw);
+    }
+
+    #[test]
+    fn json_that_is_not_utf8_decodes_as_from_slice_would() {
+        #[derive(Debug, Deserialize)]
+        struct Only {
+            humidity: f64,
+        }
+        // invalid bytes in a field the type skips: accepted, as serde_json accepts them
+        let skipped = Bytes::from_static(b"{\"humidity\":1.5,\"note\":\"\xff\"}");
+        let only: Only = Json::decode(&skipped).unwrap();
+        assert_eq!(only.humidity, 1.5);
+        // in a field it reads: refused, with the place
+        let read = Bytes::from_static(b"{\"humidity\":41.5,\"label\":\"\xff\"}");
+        let err = <Json as Decoder<Reading>>::decode(&read).unwrap_err();
+        assert_eq!(err.codec, "json");
+        assert!(err.to_string().contains("column"), "{err}");
+        // and valid text decodes the same either way
+        let text = Bytes::from_static("{\"humidity\":2.0,\"label\":\"h\u{e9}\\u00e9\"}".as_bytes());
+        let reading: Reading = Json::decode(&text).unwrap();
+        assert_eq!(reading.label, "h\u{e9}\u{e9}");
     }
 
     #[test]

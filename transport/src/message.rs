@@ -78,6 +78,10 @@ impl Headers {
     /// `content-type` of a built-in codec, the header nearly every message carries, is
     /// held as the codec's own constant, copying nothing; anything else is copied as
     /// [`Headers::insert`] does.
+    #[cfg_attr(
+        not(any(feature = "nats", feature = "mqtt", feature = "rabbitmq", feature = "kafka")),
+        allow(dead_code)
+    )]
     pub(crate) fn insert_received(&mut self, name: &str, value: &str) {
         match known_content_type(name, value) {
             Some(known) => self.insert_static(CONTENT_TYPE, known),
@@ -122,6 +126,10 @@ impl Headers {
 }
 
 /// `value` as the same content type of a built-in codec, when `name` is `content-type`.
+#[cfg_attr(
+    not(any(feature = "nats", feature = "mqtt", feature = "rabbitmq", feature = "kafka")),
+    allow(dead_code)
+)]
 fn known_content_type(name: &str, value: &str) -> Option<&'static str> {
     use crate::codec::{Codec, Json, MsgPack, Protobuf, RawBytes, Text};
     if name != CONTENT_TYPE {
