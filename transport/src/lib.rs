@@ -37,6 +37,8 @@ mod redact;
 pub mod registry;
 pub mod testing;
 mod topic;
+#[cfg(feature = "websocket")]
+pub mod ws;
 
 pub use app::{App, Running, ShutdownHandle};
 pub use config::Config;

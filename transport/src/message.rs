@@ -79,7 +79,12 @@ impl Headers {
     /// held as the codec's own constant, copying nothing; anything else is copied as
     /// [`Headers::insert`] does.
     #[cfg_attr(
-        not(any(feature = "nats", feature = "mqtt", feature = "rabbitmq", feature = "kafka")),
+        not(any(
+            feature = "nats",
+            feature = "mqtt",
+            feature = "rabbitmq",
+            feature = "kafka"
+        )),
         allow(dead_code)
     )]
     pub(crate) fn insert_received(&mut self, name: &str, value: &str) {
@@ -127,7 +132,12 @@ impl Headers {
 
 /// `value` as the same content type of a built-in codec, when `name` is `content-type`.
 #[cfg_attr(
-    not(any(feature = "nats", feature = "mqtt", feature = "rabbitmq", feature = "kafka")),
+    not(any(
+        feature = "nats",
+        feature = "mqtt",
+        feature = "rabbitmq",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 fn known_content_type(name: &str, value: &str) -> Option<&'static str> {
