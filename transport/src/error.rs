@@ -34,6 +34,10 @@ pub enum Error {
     /// An introspection command (`list`, `asyncapi`, `check`) failed.
     #[error(transparent)]
     Introspect(#[from] IntrospectError),
+    /// The WebSocket server could not be built, or a send through it failed.
+    #[cfg(feature = "websocket")]
+    #[error(transparent)]
+    WebSocket(#[from] crate::ws::WsError),
 }
 
 impl Error {

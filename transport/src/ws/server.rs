@@ -32,9 +32,11 @@ use crate::codec::Encoder;
 mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
     pub const UNSUPPORTED: u16 = 1003;
     pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
 }
 
@@ -502,7 +504,7 @@ async fn run_session<S: Send + Sync + 'static>(
     }
     let end = serve_session(&server, &session, &mut socket).await;
     // no longer reachable: nothing more is queued for it
-    shared.outbox.close(Closing::Asked);
+    shared.outbox.close(Closing::Ended);
     server.inner.registry.remove(id);
     let disconnect = finish(&server, &mut socket, end).await;
     server.inner.counters.closed.fetch_add(1, Ordering::Relaxed);
@@ -559,6 +561,7 @@ async fn serve_session<S: Send + Sync + 'static>(
                 return End::Server(close::GOING_AWAY, "server shutting down");
             }
             Some(Closing::TooSlow) => return End::Server(close::POLICY, "too slow"),
+            Some(Closing::Ended) => return End::Server(close::NORMAL, ""),
         }
         tokio::select! {
             biased;
@@ -577,7 +580,20 @@ async fn serve_session<S: Send + Sync + 'static>(
                     Some(Ok(message)) => message,
                     Some(Err(error)) => {
                         tracing::debug!(session = session.id(), %error, "websocket read failed");
-                        return End::Client(None, error.to_string());
+                        // over `max_message_bytes` (the socket's own check), else a
+                        // protocol violation: said in a Close where the socket still can
+                        // (axum hides tungstenite's error type: its text tells them apart)
+                        let text = error.to_string();
+                        return if text.contains("Space limit exceeded") {
+                            End::Server(close::TOO_BIG, "message too big")
+                        } else if text.contains("Connection reset")
+                            || text.contains("closed")
+                            || text.contains("IO error")
+                        {
+                            End::Client(None, text)
+                        } else {
+                            End::Server(close::PROTOCOL, "protocol error")
+                        };
                     }
                     None => return End::Client(None, String::new()),
                 };

@@ -55,7 +55,8 @@ impl Outbox {
 
     /// Queues `frame`; `false` when the session is closing (it was not queued).
     pub(crate) fn push(&self, frame: Outgoing, counters: &Counters) -> bool {
-        if self.closing().is_some() {
+        // a session closing in order still writes what is queued before its Close
+        if matches!(self.closing(), Some(Closing::TooSlow | Closing::Ended)) {
             return false;
         }
         {
@@ -85,11 +86,16 @@ impl Outbox {
         std::mem::take(&mut *lock(&self.frames))
     }
 
-    /// Marks the session as closing (the first reason given stays) and wakes its task.
+    /// Marks the session as closing (the first reason given stays, but `Ended` is final)
+    /// and wakes its task.
     pub(crate) fn close(&self, why: Closing) {
-        let _ = self
-            .closing
-            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
+        if why == Closing::Ended {
+            self.closing.store(why as u8, Ordering::Release);
+        } else {
+            let _ =
+                self.closing
+                    .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
+        }
         self.ready.notify_one();
     }
 
@@ -99,6 +105,7 @@ impl Outbox {
             1 => Some(Closing::Asked),
             2 => Some(Closing::TooSlow),
             3 => Some(Closing::Shutdown),
+            4 => Some(Closing::Ended),
             _ => None,
         }
     }
@@ -114,6 +121,8 @@ pub(crate) enum Closing {
     TooSlow = 2,
     /// Shutdown: after what is queued (1001).
     Shutdown = 3,
+    /// The session is over: nothing more is queued.
+    Ended = 4,
 }
 
 /// What a session knows of the request that opened it.
