@@ -783,3 +783,53 @@ async fn a_broadcast_reaches_a_thousand_sessions_past_a_stalled_one() {
     drop(stalled);
     server.shutdown().await;
 }
+
+/// A broker subscriber sends to browsers through its context: the realtime map's shape
+/// (positions in from a topic, each browser sent the ones near its viewport), the server
+/// run by the App from `[websocket]`, and closed by the App's shutdown.
+mod bridge {
+    use super::*;
+
+    #[transport::subscriber(topic = "ws.positions")]
+    async fn forward(point: Point, ctx: &transport::Context) -> Result<(), transport::Error> {
+        let server = ctx
+            .websocket::<Option<i32>>()
+            .ok_or("the App runs no websocket server")?;
+        server.broadcast_where(POINT, &point, |x| {
+            x.is_some_and(|x| (x - point.x).abs() <= 10)
+        })?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_broadcasts_to_the_browsers_whose_viewport_holds_it() {
+        let config = transport_tests::memory_config(
+            "[websocket]\naddress = \"127.0.0.1:0\"\npath = \"/map\"\n",
+        );
+        let server = chat_server(config.websocket.clone(), quiet());
+        let app = transport::App::new(config)
+            .select_module(module_path!())
+            .websocket(server.clone())
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let address = app.websocket_addresses()[0];
+        let (mut near, _) = join(address, "/map?x=100").await;
+        let (mut far, _) = join(address, "/map?x=-100").await;
+        for x in [95, -95, 105] {
+            app.publisher()
+                .publish("ws.positions", &Point { x })
+                .await
+                .unwrap();
+        }
+        assert_eq!(next(&mut near).await.1, serde_json::json!({"x": 95}));
+        assert_eq!(next(&mut far).await.1, serde_json::json!({"x": -95}));
+        assert_eq!(next(&mut near).await.1, serde_json::json!({"x": 105}));
+        // the App's shutdown closes the sessions with 1001
+        let stopping = tokio::spawn(app.shutdown());
+        assert_eq!(closed_with(&mut near).await.unwrap().code, CloseCode::Away);
+        assert_eq!(closed_with(&mut far).await.unwrap().code, CloseCode::Away);
+        stopping.await.unwrap().unwrap();
+        assert_eq!(server.sessions(), 0);
+    }
+}

@@ -34,6 +34,11 @@ pub struct App {
     backend: Option<Arc<dyn Backend>>,
     selector: Option<Selector>,
     shutdown: CancellationToken,
+    /// WebSocket servers to run alongside the subscribers.
+    #[cfg(feature = "websocket")]
+    websockets: Vec<Arc<dyn crate::ws::Served>>,
+    /// What handlers reach through their `Context` (the WebSocket servers, by type).
+    extensions: crate::context::Extensions,
 }
 
 impl App {
@@ -45,6 +50,9 @@ impl App {
             backend: None,
             selector: None,
             shutdown: CancellationToken::new(),
+            #[cfg(feature = "websocket")]
+            websockets: Vec::new(),
+            extensions: Default::default(),
         }
     }
 
@@ -71,6 +79,17 @@ impl App {
     /// Like [`App::service`], for an instance already shared.
     pub fn service_arc<S: Send + Sync + 'static>(mut self, instance: Arc<S>) -> Self {
         self.instances.insert(instance);
+        self
+    }
+
+    /// Runs `server` alongside the subscribers: bound to its `address` at start (build it
+    /// from `app.config().websocket` to take `[websocket]` from the configuration), its
+    /// sessions closed with 1001 and drained at shutdown. Subscribers reach it through
+    /// [`Context::websocket`](crate::Context::websocket) (a broker in, browsers out).
+    #[cfg(feature = "websocket")]
+    pub fn websocket<S: Send + Sync + 'static>(mut self, server: crate::ws::WsServer<S>) -> Self {
+        self.extensions.insert(server.clone());
+        self.websockets.push(Arc::new(server));
         self
     }
 
@@ -309,6 +328,7 @@ impl App {
                 group: group.map(Arc::from),
                 subscriber: registration.name,
                 publisher: publisher.clone(),
+                extensions: self.extensions.clone(),
             });
             let dispatcher = Dispatcher {
                 registration,
@@ -328,6 +348,31 @@ impl App {
             tasks.spawn(dispatcher.run(subscription, shutdown.child_token(), drain_timeout));
         }
 
+        #[cfg(feature = "websocket")]
+        let mut websocket_addresses = Vec::new();
+        #[cfg(feature = "websocket")]
+        for server in &self.websockets {
+            match server.bind().await {
+                Ok((address, serving)) => {
+                    tracing::info!(%address, "websocket server listening");
+                    websocket_addresses.push(address);
+                    tasks.spawn(async move {
+                        if let Err(error) = serving.await {
+                            tracing::error!(%error, "websocket server stopped");
+                        }
+                    });
+                }
+                Err(error) => {
+                    shutdown.cancel();
+                    for server in &self.websockets {
+                        server.shutdown().await;
+                    }
+                    tasks.join_all().await;
+                    self.close_within(&backend).await;
+                    return Err(error.into());
+                }
+            }
+        }
         Ok(Running {
             backend,
             publisher,
@@ -336,6 +381,10 @@ impl App {
             dead_letters,
             drain_timeout,
             close_timeout: self.config.shutdown.close_timeout,
+            #[cfg(feature = "websocket")]
+            websockets: self.websockets,
+            #[cfg(feature = "websocket")]
+            websocket_addresses,
         })
     }
 
@@ -441,6 +490,10 @@ pub struct Running {
     dead_letters: DeadLetters,
     drain_timeout: std::time::Duration,
     close_timeout: std::time::Duration,
+    #[cfg(feature = "websocket")]
+    websockets: Vec<Arc<dyn crate::ws::Served>>,
+    #[cfg(feature = "websocket")]
+    websocket_addresses: Vec<std::net::SocketAddr>,
 }
 
 /// How long past `drain_timeout` shutdown waits for the dispatchers to return.
@@ -507,6 +560,13 @@ impl Running {
         ShutdownHandle(self.shutdown.clone())
     }
 
+    /// Where each WebSocket server given to [`App::websocket`] listens, in that order
+    /// (the port chosen when `address` ends in `:0`).
+    #[cfg(feature = "websocket")]
+    pub fn websocket_addresses(&self) -> &[std::net::SocketAddr] {
+        &self.websocket_addresses
+    }
+
     /// Records every message published to `topic` from now on (a fan-out subscription
     /// of its own), for tests and tools: `record("audit")` keeps raw messages,
     /// `record(&READINGS)` (a typed [`Topic`](crate::Topic)) decodes them to its type.
@@ -528,16 +588,28 @@ impl Running {
     /// it returns within those bounds even while the broker is down.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.shutdown.cancel();
+        // WebSocket sessions close (1001) and drain while the subscribers do
+        #[cfg(feature = "websocket")]
+        let websockets = std::mem::take(&mut self.websockets);
+        let sessions_closed = async {
+            #[cfg(feature = "websocket")]
+            for server in &websockets {
+                server.shutdown().await;
+            }
+        };
         // Each dispatcher drains within drain_timeout; one whose handler blocks its
         // thread cannot even be cancelled: it is left behind, not waited for.
-        let drained = tokio::time::timeout(self.drain_timeout + DRAIN_GRACE, async {
-            while let Some(joined) = self.tasks.join_next().await {
-                if let Err(error) = joined {
-                    tracing::error!(%error, "a dispatcher task failed");
+        let tasks = &mut self.tasks;
+        let (drained, ()) = tokio::join!(
+            tokio::time::timeout(self.drain_timeout + DRAIN_GRACE, async {
+                while let Some(joined) = tasks.join_next().await {
+                    if let Err(error) = joined {
+                        tracing::error!(%error, "a dispatcher task failed");
+                    }
                 }
-            }
-        })
-        .await;
+            }),
+            sessions_closed
+        );
         if drained.is_err() {
             tracing::error!(
                 subscribers = self.tasks.len(),

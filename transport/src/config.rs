@@ -60,6 +60,10 @@ pub struct Config {
     pub publisher: PublisherConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// The WebSocket server's settings (`[websocket]`: address, path, framing, limits),
+    /// for the servers given to [`App::websocket`](crate::App::websocket).
+    #[cfg(feature = "websocket")]
+    pub websocket: crate::ws::WsConfig,
 }
 
 /// `[broker]`. Its `Debug` output hides the password in `url`.

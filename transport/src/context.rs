@@ -39,6 +39,35 @@ pub(crate) struct SubscriptionInfo {
     pub group: Option<Arc<str>>,
     pub subscriber: &'static str,
     pub publisher: Publisher,
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub extensions: Extensions,
+}
+
+/// Values an App hands its handlers by type (its WebSocket servers).
+#[derive(Clone, Default)]
+pub(crate) struct Extensions(
+    Arc<std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
+);
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extensions")
+            .field("len", &self.0.len())
+            .finish()
+    }
+}
+
+impl Extensions {
+    /// Adds `value` (replacing one of its type); before the App starts.
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        Arc::make_mut(&mut self.0).insert(std::any::TypeId::of::<T>(), Arc::new(value));
+    }
+
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
+    pub(crate) fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.0.get(&std::any::TypeId::of::<T>())?.downcast_ref()
+    }
 }
 
 impl Context {
@@ -97,6 +126,14 @@ impl Context {
     /// A publisher on the App's backend.
     pub fn publisher(&self) -> &Publisher {
         &self.subscription.publisher
+    }
+
+    /// The App's WebSocket server whose sessions hold an `S` (given with
+    /// [`App::websocket`](crate::App::websocket)), to send or broadcast to browsers from a
+    /// broker subscriber; `None` if the App has none.
+    #[cfg(feature = "websocket")]
+    pub fn websocket<S: Send + Sync + 'static>(&self) -> Option<&crate::ws::WsServer<S>> {
+        self.subscription.extensions.get()
     }
 
     /// Adds a header to this handler's reply (subscribers declared with `reply = ...`).

@@ -3,10 +3,10 @@
 
 use axum::extract::ws::Message as Outgoing;
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How a server writes (and reads) its messages.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Framing {
     /// A binary frame: the type as a little-endian `u32`, then the codec's bytes

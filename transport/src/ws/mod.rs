@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::codec::{Codec, Decoder, Encoder, Json};
 use crate::error::{CodecError, Error};
@@ -114,7 +114,7 @@ impl<T, C: Codec> std::fmt::Debug for WsMessage<T, C> {
 }
 
 /// What a bad frame (malformed, or of a type no handler takes) is answered with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BadFramePolicy {
     /// An error frame (type 0) to the sender; the session goes on.
@@ -125,7 +125,7 @@ pub enum BadFramePolicy {
 }
 
 /// A WebSocket server's settings (`[websocket]` in the App's config).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
     /// Where the server listens when it runs on its own (inside an `App`, or
@@ -490,3 +490,24 @@ impl<S: Send + Sync + 'static> WsServerBuilder<S> {
 }
 
 pub use server::WsServer;
+
+/// A bound server's serving: runs until [`WsServer::shutdown`].
+pub type Serving = BoxFuture<'static, Result<(), WsError>>;
+
+/// A server an [`App`](crate::App) runs: bound at start, shut down with it.
+pub(crate) trait Served: Send + Sync {
+    /// Binds the server's address; the bound one and the serving future.
+    fn bind(&self) -> BoxFuture<'_, Result<(SocketAddr, Serving), WsError>>;
+    /// Closes every session (1001) and waits for them, within `close_timeout`.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+impl<S: Send + Sync + 'static> Served for WsServer<S> {
+    fn bind(&self) -> BoxFuture<'_, Result<(SocketAddr, Serving), WsError>> {
+        Box::pin(WsServer::bind(self))
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(WsServer::shutdown(self))
+    }
+}

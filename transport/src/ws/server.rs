@@ -223,15 +223,7 @@ impl<S: Send + Sync + 'static> WsServer<S> {
 
     /// Binds `config.address` and serves it until shutdown; the bound address once
     /// listening (`127.0.0.1:0` picks a free port).
-    pub async fn bind(
-        &self,
-    ) -> Result<
-        (
-            std::net::SocketAddr,
-            BoxFuture<'static, Result<(), WsError>>,
-        ),
-        WsError,
-    > {
+    pub async fn bind(&self) -> Result<(std::net::SocketAddr, super::Serving), WsError> {
         let address = self.inner.parts.config.address.ok_or_else(|| {
             WsError::Config("no `address` to listen on (set `websocket.address`)".to_string())
         })?;

@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use axum::http::{HeaderMap, Uri};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::stats::Counters;
 use axum::extract::ws::Message as Outgoing;
 
 /// What a full outbox does with one more frame.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlowConsumer {
     /// Drop the oldest queued frame (counted): a slow client misses messages, keeps its
