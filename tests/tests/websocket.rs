@@ -681,10 +681,15 @@ async fn shutdown_closes_every_session_with_1001_after_a_running_handler() {
 async fn a_broadcast_reaches_a_thousand_sessions_past_a_stalled_one() {
     const SESSIONS: usize = 1000;
     const ROUNDS: u64 = 200;
+    let (opened_tx, mut opened) = mpsc::unbounded_channel();
     let server = WsServer::<()>::builder(WsConfig {
         outbox: 16,
         slow_consumer: SlowConsumer::DropOldest,
         ..WsConfig::default()
+    })
+    .on_connect(move |session: Session<()>| {
+        let _ = opened_tx.send(session.id());
+        async {}
     })
     .build()
     .unwrap();
@@ -697,6 +702,7 @@ async fn a_broadcast_reaches_a_thousand_sessions_past_a_stalled_one() {
     let (stalled, _) = tokio_tungstenite::client_async(request(address, "/ws", &[]), stream)
         .await
         .unwrap_or_else(|e| panic!("stalled client: {e}"));
+    let stalled_id = tokio::time::timeout(PATIENCE, opened.recv()).await.unwrap().unwrap();
     let mut readers = Vec::new();
     let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<(u64, Instant)>();
     for _ in 0..SESSIONS {
@@ -711,6 +717,10 @@ async fn a_broadcast_reaches_a_thousand_sessions_past_a_stalled_one() {
         }));
     }
     drop(arrived_tx);
+    // (a session is registered just after its client's handshake returns)
+    for _ in 0..SESSIONS {
+        tokio::time::timeout(PATIENCE, opened.recv()).await.unwrap().unwrap();
+    }
     assert_eq!(server.sessions(), SESSIONS + 1);
     let _ = &stalled;
     #[derive(Serialize)]
@@ -722,8 +732,6 @@ async fn a_broadcast_reaches_a_thousand_sessions_past_a_stalled_one() {
     let filler = "x".repeat(1024);
     // stall it for real before the rounds: its socket buffers full (a few MiB on
     // loopback), then its outbox, dropping frames steadily
-    // (ids count from 1 on a new server, and the stalled client connected first)
-    let stalled_id = 1;
     let mut pushed = 0;
     while server.stats().dropped < 1000 {
         server
