@@ -17,8 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use transport::ws::{
-    BadFramePolicy, Disconnect, Framing, Rejection, Reply, Session, SlowConsumer, WsConfig,
-    WsMessage, WsServer,
+    BadFramePolicy, Disconnect, Framing, RawFrame, Rejection, Reply, Session, SlowConsumer,
+    WsConfig, WsMessage, WsServer,
 };
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -414,6 +414,51 @@ async fn bad_frames_get_an_error_frame_and_the_session_goes_on() {
 }
 
 #[tokio::test]
+async fn a_fallback_takes_the_frames_no_typed_handler_takes() {
+    let server = WsServer::<()>::builder(WsConfig::default())
+        .handle(ECHO, |chat: Chat, _session: Session<()>| async move {
+            Reply::new(ECHO, &chat)
+        })
+        .fallback(|frame: RawFrame, session: Session<()>| async move {
+            let echoed = match frame {
+                RawFrame::Text(text) => RawFrame::Text(format!("raw: {text}")),
+                RawFrame::Binary(bytes) => RawFrame::Binary(bytes),
+            };
+            session.send_raw(echoed)
+        })
+        .build()
+        .unwrap();
+    let address = serve(&server).await;
+    let mut client = connect(address, "/ws").await;
+    // a typed message still goes to its handler
+    client
+        .send(binary(ECHO.kind(), &chat("typed")))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut client).await.1["text"], "typed");
+    // anything else, as it came
+    client.send(Message::text("hello")).await.unwrap();
+    let raw = tokio::time::timeout(PATIENCE, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw, Message::text("raw: hello"));
+    client
+        .send(Message::Binary(vec![9, 9].into()))
+        .await
+        .unwrap();
+    let raw = tokio::time::timeout(PATIENCE, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw, Message::Binary(vec![9, 9].into()));
+    assert_eq!(server.stats().malformed, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn under_the_close_policy_a_bad_frame_closes_with_1007_or_1003() {
     let server = chat_server(
         WsConfig {
@@ -702,7 +747,10 @@ async fn a_broadcast_reaches_a_thousand_sessions_past_a_stalled_one() {
     let (stalled, _) = tokio_tungstenite::client_async(request(address, "/ws", &[]), stream)
         .await
         .unwrap_or_else(|e| panic!("stalled client: {e}"));
-    let stalled_id = tokio::time::timeout(PATIENCE, opened.recv()).await.unwrap().unwrap();
+    let stalled_id = tokio::time::timeout(PATIENCE, opened.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let mut readers = Vec::new();
     let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<(u64, Instant)>();
     for _ in 0..SESSIONS {
@@ -719,7 +767,10 @@ async fn a_broadcast_reaches_a_thousand_sessions_past_a_stalled_one() {
     drop(arrived_tx);
     // (a session is registered just after its client's handshake returns)
     for _ in 0..SESSIONS {
-        tokio::time::timeout(PATIENCE, opened.recv()).await.unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, opened.recv())
+            .await
+            .unwrap()
+            .unwrap();
     }
     assert_eq!(server.sessions(), SESSIONS + 1);
     let _ = &stalled;

@@ -317,6 +317,17 @@ type AuthenticateFn<S> =
 type ConnectFn<S> = Arc<dyn Fn(Session<S>) -> BoxFuture<'static, ()> + Send + Sync>;
 type DisconnectFn<S> = Arc<dyn Fn(Session<S>, Disconnect) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// A frame as it came, for the [`fallback`](WsServerBuilder::fallback) handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawFrame {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+type FallbackFn<S> = Arc<dyn Fn(RawFrame, Session<S>) -> BoxFuture<'static, Handled> + Send + Sync>;
+
 /// A registered handler: its codec (the text framings need JSON) and its glue.
 struct Handler<S> {
     codec: &'static str,
@@ -331,6 +342,7 @@ pub struct WsServerBuilder<S> {
     authenticate: AuthenticateFn<S>,
     on_connect: Option<ConnectFn<S>>,
     on_disconnect: Option<DisconnectFn<S>>,
+    fallback: Option<FallbackFn<S>>,
 }
 
 impl<S: Send + Sync + 'static> WsServer<S> {
@@ -359,6 +371,7 @@ impl<S: Send + Sync + 'static> WsServer<S> {
             authenticate: Arc::new(move |request| Box::pin(authenticate(request))),
             on_connect: None,
             on_disconnect: None,
+            fallback: None,
         }
     }
 }
@@ -395,6 +408,28 @@ impl<S: Send + Sync + 'static> WsServerBuilder<S> {
         if self.handlers.insert(message.kind, entry).is_some() {
             self.duplicates.push(message.kind);
         }
+        self
+    }
+
+    /// Takes every frame no typed handler takes (not a message of this server's framing,
+    /// or of a type without a handler), as it came, instead of answering it as a bad
+    /// frame: for a protocol of your own next to the typed messages, or an echo.
+    pub fn fallback<F, Fut, R>(mut self, handler: F) -> Self
+    where
+        F: Fn(RawFrame, Session<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: WsReturn,
+    {
+        let handler = Arc::new(handler);
+        self.fallback = Some(Arc::new(move |frame, session| {
+            let handler = Arc::clone(&handler);
+            Box::pin(async move {
+                match handler(frame, session).await.into_reply() {
+                    Ok(reply) => Handled::Done(reply),
+                    Err(error) => Handled::Failed(error),
+                }
+            })
+        }));
         self
     }
 
@@ -485,6 +520,7 @@ impl<S: Send + Sync + 'static> WsServerBuilder<S> {
             authenticate: self.authenticate,
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
+            fallback: self.fallback,
         }))
     }
 }

@@ -23,8 +23,8 @@ use super::frame::{self, FrameError};
 use super::session::{Closing, Outbox, Registry, SessionId, SessionShared, UpgradeRequest};
 use super::stats::{Counters, WsStats};
 use super::{
-    AuthenticateFn, BadFramePolicy, ConnectFn, DisconnectFn, ERROR_TYPE, Handled, HandlerFn, Reply,
-    WsConfig, WsError, WsMessage,
+    AuthenticateFn, BadFramePolicy, ConnectFn, DisconnectFn, ERROR_TYPE, FallbackFn, Handled,
+    HandlerFn, RawFrame, Reply, WsConfig, WsError, WsMessage,
 };
 use crate::codec::Encoder;
 
@@ -46,6 +46,7 @@ pub(crate) struct Parts<S> {
     pub authenticate: AuthenticateFn<S>,
     pub on_connect: Option<ConnectFn<S>>,
     pub on_disconnect: Option<DisconnectFn<S>>,
+    pub fallback: Option<FallbackFn<S>>,
 }
 
 struct Inner<S> {
@@ -119,6 +120,16 @@ impl<S> std::fmt::Debug for Session<S> {
 }
 
 impl<S: Send + Sync + 'static> Session<S> {
+    /// Sends `frame` to this session as it is (outside the server's framing: for the
+    /// [`fallback`](super::WsServerBuilder::fallback)'s own protocol, or an echo).
+    pub fn send_raw(&self, frame: RawFrame) -> Result<(), WsError> {
+        let frame = match frame {
+            RawFrame::Text(text) => Outgoing::text(text),
+            RawFrame::Binary(bytes) => Outgoing::Binary(bytes),
+        };
+        self.server.push(&self.shared, frame)
+    }
+
     /// This session's id (unique for the server's life).
     pub fn id(&self) -> SessionId {
         self.shared.id
@@ -578,6 +589,8 @@ async fn serve_session<S: Send + Sync + 'static>(
                         let text = error.to_string();
                         return if text.contains("Space limit exceeded") {
                             End::Server(close::TOO_BIG, "message too big")
+                        } else if text.contains("UTF-8") {
+                            End::Server(close::INVALID_DATA, "invalid UTF-8")
                         } else if text.contains("Connection reset")
                             || text.contains("closed")
                             || text.contains("IO error")
@@ -589,38 +602,11 @@ async fn serve_session<S: Send + Sync + 'static>(
                     }
                     None => return End::Client(None, String::new()),
                 };
-                let (kind, payload) = match message {
-                    Outgoing::Binary(bytes) => match frame::decode_binary(&bytes) {
-                        Ok(parts) => parts,
-                        Err(error) => match bad_frame(server, session, BadFrame::Malformed(error)) {
-                            Some(end) => return end,
-                            None => continue,
-                        },
-                    },
-                    Outgoing::Text(text) => match frame::decode_text(config.framing, text.as_str()) {
-                        Ok(parts) => parts,
-                        Err(error) => match bad_frame(server, session, BadFrame::Malformed(error)) {
-                            Some(end) => return end,
-                            None => continue,
-                        },
-                    },
-                    Outgoing::Close(frame) => {
-                        return End::Client(
-                            frame.as_ref().map(|f| f.code),
-                            frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                        );
-                    }
-                    // pings are answered by the socket itself; a pong is a sign of life
-                    Outgoing::Ping(_) | Outgoing::Pong(_) => continue,
-                };
-                let Some(handler) = server.inner.parts.handlers.get(&kind) else {
-                    match bad_frame(server, session, BadFrame::UnknownType(kind)) {
-                        Some(end) => return end,
-                        None => continue,
-                    }
-                };
-                server.inner.counters.received.fetch_add(1, Ordering::Relaxed);
-                handling = Some(call(handler, payload, session.clone()));
+                match route(server, session, message) {
+                    Route::Handle(call) => handling = Some(call),
+                    Route::Skip => {}
+                    Route::End(end) => return end,
+                }
             }
             _ = pings.tick() => {
                 if heard.elapsed() > config.idle_timeout {
@@ -636,6 +622,65 @@ async fn serve_session<S: Send + Sync + 'static>(
     }
 }
 
+/// What a received frame leads to.
+enum Route {
+    /// A handler's (or the fallback's) call.
+    Handle(BoxFuture<'static, Result<Handled, String>>),
+    /// Nothing more (a pong, a bad frame answered with an error frame).
+    Skip,
+    End(End),
+}
+
+/// The handler for `message`: by its type, else the fallback, else the bad-frame policy.
+fn route<S: Send + Sync + 'static>(
+    server: &WsServer<S>,
+    session: &Session<S>,
+    message: Outgoing,
+) -> Route {
+    let parts = &server.inner.parts;
+    let (decoded, raw) = match message {
+        Outgoing::Binary(bytes) => (frame::decode_binary(&bytes), RawFrame::Binary(bytes)),
+        Outgoing::Text(text) => (
+            frame::decode_text(parts.config.framing, text.as_str()),
+            RawFrame::Text(text.as_str().to_string()),
+        ),
+        Outgoing::Close(frame) => {
+            return Route::End(End::Client(
+                frame.as_ref().map(|f| f.code),
+                frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+            ));
+        }
+        // pings are answered by the socket itself; a pong is a sign of life
+        Outgoing::Ping(_) | Outgoing::Pong(_) => return Route::Skip,
+    };
+    let bad = match decoded {
+        Ok((kind, payload)) => match parts.handlers.get(&kind) {
+            Some(handler) => {
+                server
+                    .inner
+                    .counters
+                    .received
+                    .fetch_add(1, Ordering::Relaxed);
+                return Route::Handle(call(handler(payload, session.clone())));
+            }
+            None => BadFrame::UnknownType(kind),
+        },
+        Err(error) => BadFrame::Malformed(error),
+    };
+    if let Some(fallback) = &parts.fallback {
+        server
+            .inner
+            .counters
+            .received
+            .fetch_add(1, Ordering::Relaxed);
+        return Route::Handle(call(fallback(raw, session.clone())));
+    }
+    match bad_frame(server, session, bad) {
+        Some(end) => Route::End(end),
+        None => Route::Skip,
+    }
+}
+
 /// The handler's call in progress, if there is one (never ready when there is none).
 fn poll_handling<'a>(
     handling: &'a mut Option<BoxFuture<'static, Result<Handled, String>>>,
@@ -646,13 +691,8 @@ fn poll_handling<'a>(
     })
 }
 
-/// The handler's call, its panic caught.
-fn call<S: Send + Sync + 'static>(
-    handler: &HandlerFn<S>,
-    payload: Bytes,
-    session: Session<S>,
-) -> BoxFuture<'static, Result<Handled, String>> {
-    let future = handler(payload, session);
+/// A handler's call, its panic caught.
+fn call(future: BoxFuture<'static, Handled>) -> BoxFuture<'static, Result<Handled, String>> {
     Box::pin(AssertUnwindSafe(future).catch_unwind().map(|result| {
         result.map_err(|panic| {
             panic
