@@ -49,6 +49,9 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{Codec, Decoder, Encoder, Json};
 use crate::error::{CodecError, Error};
 
+/// The `axum` this server is built on, to mount [`WsServer::router`] into a router of
+/// your own without matching versions by hand.
+pub use axum;
 pub use frame::{FrameError, Framing};
 pub use server::{Disconnect, Session};
 pub use session::{SessionId, SlowConsumer, UpgradeRequest};
