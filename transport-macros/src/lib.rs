@@ -9,13 +9,15 @@ mod args;
 mod expand;
 mod service;
 mod signature;
+mod ws;
 
 use proc_macro::TokenStream;
 
 /// Marks an inherent `impl` block whose `async fn` methods carry `#[subscriber(...)]`.
 ///
 /// Each such method is registered at link time and runs on the instance given to
-/// `App::service`.
+/// `App::service`. Methods carrying `#[ws(message = CONST)]` handle WebSocket messages
+/// instead (feature `websocket`): `WsServerBuilder::service` registers them all.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
     service::expand(args.into(), item.into()).into()

@@ -9,6 +9,7 @@ use syn::{ImplItem, Item, ItemImpl};
 use crate::args::{self, Errors};
 use crate::expand::{self, GlueIdents, Subscriber};
 use crate::signature::{self, Place};
+use crate::ws;
 
 pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
@@ -46,19 +47,45 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
 
     let self_ty = (*block.self_ty).clone();
     let mut subscribers = Vec::new();
+    let mut ws_handlers = Vec::new();
     for impl_item in &mut block.items {
         let ImplItem::Fn(method) = impl_item else {
             continue;
         };
         let mut attrs = Vec::new();
+        let mut ws_attrs = Vec::new();
         method.attrs.retain(|attr| {
             if expand::is_subscriber_attr(attr.path()) {
                 attrs.push(attr.clone());
+                false
+            } else if ws::is_ws_attr(attr.path()) {
+                ws_attrs.push(attr.clone());
                 false
             } else {
                 true
             }
         });
+        if let Some(first) = ws_attrs.first() {
+            for extra in ws_attrs[1..].iter().chain(&attrs) {
+                errors.spanned(
+                    extra.path().span(),
+                    "a `#[ws]` method handles one WebSocket message and nothing else: write one method per message",
+                );
+            }
+            let (tokens, span) = match &first.meta {
+                syn::Meta::List(list) if !list.tokens.is_empty() => {
+                    (list.tokens.clone(), list.tokens.span())
+                }
+                other => (TokenStream::new(), other.path().span()),
+            };
+            let message = ws::parse_args(tokens, span, &mut errors);
+            if let Some(message) = message
+                && let Some(handler) = ws::check(&method.sig, message, &mut errors)
+            {
+                ws_handlers.push(handler);
+            }
+            continue;
+        }
         let Some(first) = attrs.first() else {
             continue;
         };
@@ -84,10 +111,12 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
 
+    ws::check_one_state(&ws_handlers, &mut errors);
     if !errors.is_empty() {
         let errors = errors.to_compile_errors();
         return quote!(#errors #block);
     }
+    let ws_impl = ws::expand(&self_ty, &ws_handlers);
 
     let mut bind_fns = TokenStream::new();
     let mut registrations = TokenStream::new();
@@ -115,6 +144,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         const _: () = {
             #registrations
         };
+        #ws_impl
     }
 }
 

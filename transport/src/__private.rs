@@ -287,3 +287,22 @@ impl<T: ?Sized> WithoutSchema for &SchemaProbe<T> {
 pub fn no_schema(_generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
     None
 }
+
+/// Registers a `#[ws]` method (`handler`, taking a `P`) for `message`, decoding with the
+/// constant's codec into the method's own payload type (the generated check has already
+/// said so if it differs from the constant's, so this adds no second error).
+#[cfg(feature = "websocket")]
+pub fn ws_handle<P, T, C, S, F, Fut>(
+    builder: crate::ws::WsServerBuilder<S>,
+    message: crate::ws::WsMessage<T, C>,
+    handler: F,
+) -> crate::ws::WsServerBuilder<S>
+where
+    P: Send + 'static,
+    C: Decoder<P> + 'static,
+    S: Send + Sync + 'static,
+    F: Fn(P, crate::ws::Session<S>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output: crate::ws::WsReturn> + Send + 'static,
+{
+    builder.handle(message.retyped::<P>(), handler)
+}

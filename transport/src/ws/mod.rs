@@ -96,6 +96,15 @@ impl<T, C> WsMessage<T, C> {
     pub const fn kind(&self) -> u32 {
         self.kind
     }
+
+    /// The same number and codec, bound to another payload type (for the generated
+    /// glue, after its own check).
+    pub(crate) const fn retyped<P>(self) -> WsMessage<P, C> {
+        WsMessage {
+            kind: self.kind,
+            _types: PhantomData,
+        }
+    }
 }
 
 impl<T, C> Clone for WsMessage<T, C> {
@@ -257,6 +266,18 @@ impl Reply {
             payload: C::encode(value),
         }
     }
+}
+
+/// A `#[transport::service]` type's `#[ws]` methods, for sessions holding an `S`
+/// (implemented by the macro; see [`WsServerBuilder::service`]).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no `#[ws]` handlers for sessions holding `{S}`",
+    label = "this server's sessions hold `{S}`",
+    note = "`#[ws(message = ...)]` methods inside `#[transport::service]` register a type; theirs take `Session<{S}>` to serve this server"
+)]
+pub trait WsHandlers<S>: Send + Sync + Sized + 'static {
+    /// Registers every handler, each run on `self`.
+    fn register(self: Arc<Self>, builder: WsServerBuilder<S>) -> WsServerBuilder<S>;
 }
 
 /// What a handler may return: `()`, `Result<(), E>`, a [`Reply`], `Result<Reply, E>`,
@@ -434,6 +455,32 @@ impl<S: Send + Sync + 'static> WsServerBuilder<S> {
             })
         }));
         self
+    }
+
+    /// Registers every `#[ws(message = ...)]` method of a `#[transport::service]` type,
+    /// each run on `instance`:
+    ///
+    /// ```
+    /// # use serde::Deserialize;
+    /// use transport::ws::{Reply, Session, WsConfig, WsMessage, WsServer};
+    /// # #[derive(serde::Serialize, Deserialize)] pub struct Chat { text: String }
+    /// const CHAT: WsMessage<Chat> = WsMessage::new(1);
+    ///
+    /// pub struct Room;
+    ///
+    /// #[transport::service]
+    /// impl Room {
+    ///     #[ws(message = CHAT)]
+    ///     async fn chat(&self, chat: Chat, session: Session<()>) -> Result<(), transport::ws::WsError> {
+    ///         session.server().broadcast(CHAT, &chat).map(drop)
+    ///     }
+    /// }
+    ///
+    /// let server = WsServer::<()>::builder(WsConfig::default()).service(Room).build();
+    /// # let _ = server;
+    /// ```
+    pub fn service<T: WsHandlers<S>>(self, instance: T) -> Self {
+        std::sync::Arc::new(instance).register(self)
     }
 
     /// Replaces how a session's state is made from its upgrade request (or refused).
