@@ -722,6 +722,71 @@ async fn shutdown_closes_every_session_with_1001_after_a_running_handler() {
     );
 }
 
+/// A client that never reads, with a small receive window: its socket fills fast.
+async fn stalled_client(address: SocketAddr) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(address).await.unwrap();
+    tokio_tungstenite::client_async(request(address, "/ws", &[]), MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap_or_else(|e| panic!("stalled client: {e}"))
+        .0
+}
+
+#[tokio::test]
+async fn under_the_close_policy_a_slow_consumer_is_cut_off_and_the_others_go_on() {
+    let (gone_tx, mut gone) = mpsc::unbounded_channel();
+    let (opened_tx, mut opened) = mpsc::unbounded_channel();
+    let server = WsServer::<()>::builder(WsConfig {
+        outbox: 8,
+        slow_consumer: SlowConsumer::Close,
+        close_timeout: Duration::from_millis(500),
+        ..WsConfig::default()
+    })
+    .on_connect(move |session: Session<()>| {
+        let _ = opened_tx.send(session.id());
+        async {}
+    })
+    .on_disconnect(move |session: Session<()>, why: Disconnect| {
+        let _ = gone_tx.send((session.id(), why));
+        async {}
+    })
+    .build()
+    .unwrap();
+    let address = serve(&server).await;
+    let _stalled = stalled_client(address).await;
+    let stalled = opened.recv().await.unwrap();
+    let mut reader = connect(address, "/ws").await;
+    opened.recv().await.unwrap();
+    let filler = "x".repeat(1024);
+    let mut sent = 0u64;
+    // broadcasts until the stalled one is cut off; the reader keeps up
+    while server.stats().slow_closed == 0 {
+        server.broadcast(SLOW, &sent).unwrap();
+        let _ = &filler;
+        server.send(stalled, CHAT, &chat(&filler)).ok();
+        assert_eq!(next(&mut reader).await.1, serde_json::json!(sent));
+        sent += 1;
+        assert!(sent < 100_000, "the stalled client was never cut off");
+    }
+    let (id, why) = tokio::time::timeout(PATIENCE, gone.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(id, stalled);
+    assert_eq!((why.code, why.by_server), (Some(1008), true));
+    assert!(matches!(
+        server.send(stalled, CHAT, &chat("more")),
+        Err(transport::ws::WsError::NoSession(_) | transport::ws::WsError::Closing(_))
+    ));
+    // the reader goes on
+    server.broadcast(SLOW, &u64::MAX).unwrap();
+    assert_eq!(next(&mut reader).await.1, serde_json::json!(u64::MAX));
+    assert_eq!(server.sessions(), 1);
+    assert_eq!(server.stats().dropped, 0);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_reaches_a_thousand_sessions_past_a_stalled_one() {
     const SESSIONS: usize = 1000;
@@ -741,12 +806,7 @@ async fn a_broadcast_reaches_a_thousand_sessions_past_a_stalled_one() {
     let address = serve(&server).await;
     // the stalled client: connected, never reading, with a small receive window (the
     // socket buffers fill, then its outbox, whose oldest frames are dropped)
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(address).await.unwrap();
-    let (stalled, _) = tokio_tungstenite::client_async(request(address, "/ws", &[]), stream)
-        .await
-        .unwrap_or_else(|e| panic!("stalled client: {e}"));
+    let stalled = stalled_client(address).await;
     let stalled_id = tokio::time::timeout(PATIENCE, opened.recv())
         .await
         .unwrap()

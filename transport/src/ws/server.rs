@@ -537,9 +537,7 @@ async fn serve_session<S: Send + Sync + 'static>(
         }
         // what is queued goes out first
         for frame in outbox.take() {
-            if let Err(end) =
-                write(config.idle_timeout, socket, frame, &server.inner.counters).await
-            {
+            if let Err(end) = write(server, session, socket, frame).await {
                 return end;
             }
         }
@@ -554,9 +552,7 @@ async fn serve_session<S: Send + Sync + 'static>(
                         let _ = settle(server, session, outcome);
                     }
                     for frame in outbox.take() {
-                        if let Err(end) =
-                            write(config.idle_timeout, socket, frame, &server.inner.counters).await
-                        {
+                        if let Err(end) = write(server, session, socket, frame).await {
                             return end;
                         }
                     }
@@ -614,7 +610,7 @@ async fn serve_session<S: Send + Sync + 'static>(
                     tracing::info!(session = session.id(), "websocket session idle past idle_timeout; closing");
                     return End::Server(close::GOING_AWAY, "idle");
                 }
-                if let Err(end) = write(config.idle_timeout, socket, Outgoing::Ping(Bytes::new()), &server.inner.counters).await {
+                if let Err(end) = write(server, session, socket, Outgoing::Ping(Bytes::new())).await {
                     return end;
                 }
             }
@@ -826,18 +822,47 @@ fn send_error<S: Send + Sync + 'static>(
 }
 
 /// Writes one frame, within `limit`; a write that fails or stalls ends the session.
-async fn write(
-    limit: Duration,
+async fn write<S: Send + Sync + 'static>(
+    server: &WsServer<S>,
+    session: &Session<S>,
     socket: &mut WebSocket,
     frame: Outgoing,
-    counters: &Counters,
 ) -> Result<(), End> {
-    match tokio::time::timeout(limit, socket.send(frame)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(End::Client(None, error.to_string())),
-        Err(_) => {
-            counters.idle_closed.fetch_add(1, Ordering::Relaxed);
-            Err(End::Server(close::INTERNAL, "write stalled"))
+    let outbox = &session.shared.outbox;
+    let config = &server.inner.parts.config;
+    // a write blocked on a peer that does not read must not outlast the session: cut
+    // off as too slow, it ends at once; at shutdown, after `close_timeout`
+    let cut_off = async {
+        let shutdown_passed = async {
+            server.inner.shutdown.cancelled().await;
+            tokio::time::sleep(config.close_timeout).await;
+        };
+        tokio::pin!(shutdown_passed);
+        loop {
+            if outbox.closing() == Some(Closing::TooSlow) {
+                return End::Server(close::POLICY, "too slow");
+            }
+            tokio::select! {
+                () = outbox.ready.notified() => {}
+                () = &mut shutdown_passed => {
+                    return End::Server(close::GOING_AWAY, "server shutting down");
+                }
+            }
+        }
+    };
+    tokio::select! {
+        sent = tokio::time::timeout(config.idle_timeout, socket.send(frame)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(End::Client(None, error.to_string())),
+            Err(_) => {
+                server.inner.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                Err(End::Server(close::INTERNAL, "write stalled"))
+            }
+        },
+        end = cut_off => {
+            // (a `notified` consumed here was for this closing, or is seen again below)
+            outbox.ready.notify_one();
+            Err(end)
         }
     }
 }
