@@ -3,7 +3,7 @@
 //! as text (a `<script>` payload is not executed), closing A fires the disconnect hook
 //! (B shows that A left); then SIGTERM stops the binary cleanly. `scripts/browser`
 //! installs Chromium and playwright-core; where they are absent this test says why and
-//! passes, unless `TRANSPORT_REQUIRE_BROWSER=1` (set by `scripts/test` once they installed).
+//! passes, unless `BROWSER_TEST_REQUIRED=1` (set by `scripts/test` once they installed).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use transport_examples::example_binary;
 
 /// The node_modules holding playwright-core, if the browser test can run here.
 fn browser_tools() -> Result<PathBuf, String> {
-    let modules = match std::env::var_os("TRANSPORT_BROWSER_MODULES") {
+    let modules = match std::env::var_os("PLAYWRIGHT_MODULES") {
         Some(path) => PathBuf::from(path),
         None => PathBuf::from(std::env::var_os("HOME").ok_or("no HOME")?)
             .join(".cache/transport-browser/node_modules"),
@@ -37,8 +37,8 @@ fn two_browsers_chat_safely_and_a_closed_page_is_announced() {
         Ok(modules) => modules,
         Err(reason) => {
             assert!(
-                std::env::var("TRANSPORT_REQUIRE_BROWSER").as_deref() != Ok("1"),
-                "{reason} (scripts/browser installs them), and TRANSPORT_REQUIRE_BROWSER=1"
+                std::env::var("BROWSER_TEST_REQUIRED").as_deref() != Ok("1"),
+                "{reason} (scripts/browser installs them), and BROWSER_TEST_REQUIRED=1"
             );
             eprintln!("skipped: {reason} (scripts/browser installs them)");
             return;

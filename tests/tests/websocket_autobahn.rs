@@ -2,7 +2,7 @@
 //! fallback handler): every case must end OK, NON-STRICT, INFORMATIONAL or
 //! UNIMPLEMENTED, and so must every close. `scripts/autobahn` installs the suite (it
 //! needs Python 2.7); where it is absent this test says why and passes, unless
-//! `TRANSPORT_REQUIRE_AUTOBAHN=1` (set by `scripts/test` once the install worked).
+//! `AUTOBAHN_REQUIRED=1` (set by `scripts/test` once the install worked).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use transport::ws::{RawFrame, Session, WsConfig, WsServer};
 
 /// Where `scripts/autobahn` puts its `wstest` wrapper.
 fn wstest() -> Option<PathBuf> {
-    let path = match std::env::var_os("TRANSPORT_WSTEST") {
+    let path = match std::env::var_os("AUTOBAHN_WSTEST") {
         Some(path) => PathBuf::from(path),
         None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/transport-autobahn/wstest"),
     };
@@ -27,8 +27,8 @@ async fn autobahn_fuzzing_client_finds_every_case_passing() {
     let Some(wstest) = wstest() else {
         let reason = "Autobahn's wstest is not installed (scripts/autobahn installs it where Python 2.7 exists)";
         assert!(
-            std::env::var("TRANSPORT_REQUIRE_AUTOBAHN").as_deref() != Ok("1"),
-            "{reason}, and TRANSPORT_REQUIRE_AUTOBAHN=1"
+            std::env::var("AUTOBAHN_REQUIRED").as_deref() != Ok("1"),
+            "{reason}, and AUTOBAHN_REQUIRED=1"
         );
         eprintln!("skipped: {reason}");
         return;

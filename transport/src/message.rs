@@ -88,7 +88,22 @@ impl Headers {
         allow(dead_code)
     )]
     pub(crate) fn insert_received(&mut self, name: &str, value: &str) {
-        match known_content_type(name, value) {
+        use crate::codec::{Codec, Json, MsgPack, Protobuf, RawBytes, Text};
+        // `value` as the same content type of a built-in codec
+        let known = (name == CONTENT_TYPE)
+            .then(|| {
+                [
+                    Json::CONTENT_TYPE,
+                    MsgPack::CONTENT_TYPE,
+                    Protobuf::CONTENT_TYPE,
+                    Text::CONTENT_TYPE,
+                    RawBytes::CONTENT_TYPE,
+                ]
+                .into_iter()
+                .find(|known| *known == value)
+            })
+            .flatten();
+        match known {
             Some(known) => self.insert_static(CONTENT_TYPE, known),
             None => self.insert(name, value),
         }
@@ -128,32 +143,6 @@ impl Headers {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// `value` as the same content type of a built-in codec, when `name` is `content-type`.
-#[cfg_attr(
-    not(any(
-        feature = "nats",
-        feature = "mqtt",
-        feature = "rabbitmq",
-        feature = "kafka"
-    )),
-    allow(dead_code)
-)]
-fn known_content_type(name: &str, value: &str) -> Option<&'static str> {
-    use crate::codec::{Codec, Json, MsgPack, Protobuf, RawBytes, Text};
-    if name != CONTENT_TYPE {
-        return None;
-    }
-    [
-        Json::CONTENT_TYPE,
-        MsgPack::CONTENT_TYPE,
-        Protobuf::CONTENT_TYPE,
-        Text::CONTENT_TYPE,
-        RawBytes::CONTENT_TYPE,
-    ]
-    .into_iter()
-    .find(|known| *known == value)
 }
 
 /// Equal when the same names carry the same values in the same order.
