@@ -1,7 +1,8 @@
-//! The chatroom example in a real browser: its binary started as a user would, two
-//! Chromium pages driven by playwright-core (`browser/chatroom.cjs`): A sends, B shows it
-//! as text (a `<script>` payload is not executed), closing A fires the disconnect hook
-//! (B shows that A left); then SIGTERM stops the binary cleanly. `scripts/browser`
+//! The chatroom example in a real browser: its binary started as a user would, Chromium
+//! pages driven by playwright-core (`browser/chatroom.cjs`): A sends, B in the same room
+//! shows it as text (a `<script>` payload is not executed), C in another room never sees
+//! it, A's rename is announced, D joining late is shown the room's history, closing A
+//! fires the disconnect hook (B shows that A left); then SIGTERM stops the binary cleanly. `scripts/browser`
 //! installs Chromium and playwright-core; where they are absent this test says why and
 //! passes, unless `BROWSER_TEST_REQUIRED=1` (set by `scripts/test` once they installed).
 
@@ -32,7 +33,7 @@ fn browser_tools() -> Result<PathBuf, String> {
 }
 
 #[test]
-fn two_browsers_chat_safely_and_a_closed_page_is_announced() {
+fn browsers_chat_in_rooms_safely_with_history_and_a_closed_page_is_announced() {
     let modules = match browser_tools() {
         Ok(modules) => modules,
         Err(reason) => {

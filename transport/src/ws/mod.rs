@@ -480,7 +480,13 @@ impl<S: Send + Sync + 'static> WsServerBuilder<S> {
     /// # let _ = server;
     /// ```
     pub fn service<T: WsHandlers<S>>(self, instance: T) -> Self {
-        std::sync::Arc::new(instance).register(self)
+        self.service_arc(Arc::new(instance))
+    }
+
+    /// Like [`service`](Self::service), for an instance shared with other code (its
+    /// hooks, a broker subscriber).
+    pub fn service_arc<T: WsHandlers<S>>(self, instance: Arc<T>) -> Self {
+        instance.register(self)
     }
 
     /// Replaces how a session's state is made from its upgrade request (or refused).
