@@ -9,6 +9,8 @@ fn saver() -> Command {
     let mut command = Command::new(transport_examples::example_binary("saver"));
     command
         .env_remove("TRANSPORT_CONFIG")
+        // the read side on a free port: two of these tests may run at once
+        .env("SAVER_HTTP", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
     command
@@ -78,24 +80,42 @@ fn sigint_drains_and_exits_zero() {
 }
 
 #[test]
-fn list_prints_the_subscriber_instead_of_consuming() {
+fn list_prints_the_subscribers_instead_of_consuming() {
     let output = saver().arg("list").output().expect("runs");
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let row = stdout
+    let rows: Vec<Vec<&str>> = stdout
         .lines()
-        .find(|l| l.starts_with("SaverService"))
-        .unwrap_or_else(|| panic!("a row for the service: {stdout}"));
-    let columns: Vec<&str> = row.split_whitespace().collect();
+        .filter(|l| l.starts_with("SaverService"))
+        .map(|row| row.split_whitespace().take(6).collect())
+        .collect();
     assert_eq!(
-        &columns[..6],
+        rows,
         [
-            "SaverService",
-            "save",
-            "report.event",
-            "saver",
-            "json",
-            "Report"
+            [
+                "SaverService",
+                "save_event",
+                "report.event",
+                "saver",
+                "json",
+                "Report"
+            ],
+            [
+                "SaverService",
+                "save_readings",
+                "sensor.batch",
+                "saver",
+                "json",
+                "Vec<SensorData>"
+            ],
+            [
+                "SaverService",
+                "save_user",
+                "report.user",
+                "saver",
+                "json",
+                "UserReport"
+            ],
         ],
         "{stdout}"
     );
