@@ -459,6 +459,43 @@ async fn a_fallback_takes_the_frames_no_typed_handler_takes() {
 }
 
 #[tokio::test]
+async fn a_frame_sent_before_close_arrives_and_a_broadcast_may_run_inside_update() {
+    let server = WsServer::<u32>::builder(WsConfig::default())
+        .handle(ECHO, |chat: Chat, session: Session<u32>| async move {
+            // a broadcast while this session's state is held for writing
+            session.update(|count| {
+                *count += 1;
+                session.server().broadcast(CHAT, &chat).map(drop)
+            })?;
+            // sent, then closed: the frame goes out before the Close
+            session.send(ECHO, &Chat { text: "bye".into() })?;
+            session.close();
+            Ok::<(), transport::Error>(())
+        })
+        .build()
+        .unwrap();
+    let address = serve(&server).await;
+    let mut client = connect(address, "/ws").await;
+    client
+        .send(binary(ECHO.kind(), &chat("all")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut client).await,
+        (CHAT.kind(), serde_json::json!({"text": "all"}))
+    );
+    assert_eq!(
+        next(&mut client).await,
+        (ECHO.kind(), serde_json::json!({"text": "bye"}))
+    );
+    assert_eq!(
+        closed_with(&mut client).await.unwrap().code,
+        CloseCode::Normal
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn under_the_close_policy_a_bad_frame_closes_with_1007_or_1003() {
     let server = chat_server(
         WsConfig {

@@ -542,6 +542,12 @@ impl<S: Send + Sync + 'static> WsServerBuilder<S> {
                 ));
             }
         }
+        if self.config.idle_timeout <= self.config.ping_interval {
+            problems.push(format!(
+                "idle_timeout ({:?}) must be longer than ping_interval ({:?}): a quiet client answering pings would be closed",
+                self.config.idle_timeout, self.config.ping_interval
+            ));
+        }
         if !self.config.path.starts_with('/') {
             problems.push(format!("path `{}` must start with `/`", self.config.path));
         }

@@ -148,7 +148,8 @@ impl<S: Send + Sync + 'static> Session<S> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Changes its state (what a predicate broadcast sees next).
+    /// Changes its state (what a predicate broadcast sees next). `change` runs under the
+    /// state's write lock: it must not call `broadcast_where` (which reads every state).
     pub fn update<R>(&self, change: impl FnOnce(&mut S) -> R) -> R {
         change(
             &mut self
@@ -321,7 +322,15 @@ impl<S: Send + Sync + 'static> WsServer<S> {
         message: WsMessage<T, C>,
         value: &T,
     ) -> Result<usize, WsError> {
-        self.broadcast_where(message, value, |_| true)
+        // (no session's state is read: a broadcast from inside `Session::update` works)
+        let frame = self.frame(message.kind, &C::encode(value)?)?;
+        let mut sent = 0;
+        self.inner.registry.for_each(|session| {
+            if session.outbox.push(frame.clone(), &self.inner.counters) {
+                sent += 1;
+            }
+        });
+        Ok(sent)
     }
 
     /// Sends `value` to the sessions whose state passes `filter` (one broadcast serving
@@ -381,7 +390,9 @@ impl<S: Send + Sync + 'static> WsServer<S> {
         self.inner
             .registry
             .get(session)
-            .map(|session| session.outbox.close(Closing::Asked))
+            .map(|session| {
+                session.outbox.close(Closing::Asked);
+            })
             .is_some()
     }
 
@@ -432,12 +443,12 @@ async fn upgrade<S: Send + Sync + 'static>(
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let config = &server.inner.parts.config;
-    if server.inner.shutdown.is_cancelled()
-        || server.inner.admitted.fetch_add(1, Ordering::AcqRel) >= config.max_sessions
-    {
-        if !server.inner.shutdown.is_cancelled() {
-            server.inner.admitted.fetch_sub(1, Ordering::AcqRel);
-        }
+    let before = server.inner.admitted.fetch_add(1, Ordering::AcqRel);
+    // released on every path from here (a refusal, a failed upgrade, the session's end)
+    let admission = Admission {
+        server: server.clone(),
+    };
+    if server.inner.shutdown.is_cancelled() || before >= config.max_sessions {
         counters.refused_full.fetch_add(1, Ordering::Relaxed);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -445,9 +456,6 @@ async fn upgrade<S: Send + Sync + 'static>(
         )
             .into_response();
     }
-    let admission = Admission {
-        server: server.clone(),
-    };
     let request = UpgradeRequest { uri, headers };
     let state = match (server.inner.parts.authenticate)(request.clone()).await {
         Ok(state) => state,
@@ -502,10 +510,27 @@ async fn run_session<S: Send + Sync + 'static>(
         server: server.clone(),
     };
     tracing::debug!(session = id, "websocket session open");
-    if let Some(hook) = &server.inner.parts.on_connect {
-        hook(session.clone()).await;
-    }
-    let end = serve_session(&server, &session, &mut socket).await;
+    // a connect hook that panics or outlasts shutdown ends the session, not the registry
+    let connected = match &server.inner.parts.on_connect {
+        Some(hook) => tokio::select! {
+            hooked = AssertUnwindSafe(hook(session.clone())).catch_unwind() => match hooked {
+                Ok(()) => true,
+                Err(_) => {
+                    tracing::error!(session = id, "the websocket connect hook panicked; closing the session");
+                    false
+                }
+            },
+            () = server.inner.shutdown.cancelled() => false,
+        },
+        None => true,
+    };
+    let end = if connected {
+        serve_session(&server, &session, &mut socket).await
+    } else if server.inner.shutdown.is_cancelled() {
+        End::Server(close::GOING_AWAY, "server shutting down")
+    } else {
+        End::Server(close::INTERNAL, "")
+    };
     // no longer reachable: nothing more is queued for it
     shared.outbox.close(Closing::Ended);
     server.inner.registry.remove(id);
@@ -532,43 +557,45 @@ async fn serve_session<S: Send + Sync + 'static>(
     let mut heard = Instant::now();
     let mut handling: Option<BoxFuture<'static, Result<Handled, String>>> = None;
     loop {
-        if outbox.closing() == Some(Closing::TooSlow) {
+        // read before writing what is queued: a frame accepted before a close request is
+        // written before the Close
+        let closing = outbox.closing();
+        if closing == Some(Closing::TooSlow) {
             return End::Server(close::POLICY, "too slow");
         }
-        // what is queued goes out first
-        for frame in outbox.take() {
-            if let Err(end) = write(server, session, socket, frame).await {
-                return end;
-            }
+        if let Err(end) = flush(server, session, socket).await {
+            return end;
         }
-        match outbox.closing() {
-            None => {}
-            Some(Closing::Asked) => return End::Server(close::NORMAL, ""),
-            Some(Closing::Shutdown) => {
-                // a handler under way finishes (within close_timeout), and what it queued
-                // goes out before the Close
-                if let Some(running) = handling.take() {
-                    if let Ok(outcome) = tokio::time::timeout(config.close_timeout, running).await {
-                        let _ = settle(server, session, outcome);
-                    }
-                    for frame in outbox.take() {
-                        if let Err(end) = write(server, session, socket, frame).await {
-                            return end;
-                        }
-                    }
-                }
-                return End::Server(close::GOING_AWAY, "server shutting down");
-            }
+        let (code, reason) = match closing {
+            None => (0, ""),
+            Some(Closing::Asked | Closing::Ended) => (close::NORMAL, ""),
+            Some(Closing::Shutdown) => (close::GOING_AWAY, "server shutting down"),
             Some(Closing::TooSlow) => return End::Server(close::POLICY, "too slow"),
-            Some(Closing::Ended) => return End::Server(close::NORMAL, ""),
+        };
+        if code != 0 {
+            // a handler under way finishes (within close_timeout), and what it queued
+            // goes out before the Close
+            if let Some(running) = handling.take() {
+                if let Ok(outcome) = tokio::time::timeout(config.close_timeout, running).await {
+                    let _ = settle(server, session, outcome);
+                }
+                if let Err(end) = flush(server, session, socket).await {
+                    return end;
+                }
+            }
+            return End::Server(code, reason);
         }
         tokio::select! {
             biased;
             // (what is queued is written on the next turn, then the Close)
-            () = server.inner.shutdown.cancelled() => outbox.close(Closing::Shutdown),
+            () = server.inner.shutdown.cancelled() => {
+                outbox.close(Closing::Shutdown);
+            }
             () = outbox.ready.notified() => {}
             outcome = poll_handling(&mut handling), if handling.is_some() => {
                 handling = None;
+                // (pongs are not read while a handler runs)
+                heard = Instant::now();
                 if let Some(end) = settle(server, session, outcome) {
                     return end;
                 }
@@ -614,6 +641,24 @@ async fn serve_session<S: Send + Sync + 'static>(
                     return end;
                 }
             }
+        }
+    }
+}
+
+/// Writes what the outbox holds, until it is empty (a push during a write is not left
+/// waiting for the next wake-up).
+async fn flush<S: Send + Sync + 'static>(
+    server: &WsServer<S>,
+    session: &Session<S>,
+    socket: &mut WebSocket,
+) -> Result<(), End> {
+    loop {
+        let frames = session.shared.outbox.take();
+        if frames.is_empty() {
+            return Ok(());
+        }
+        for frame in frames {
+            write(server, session, socket, frame).await?;
         }
     }
 }

@@ -69,8 +69,9 @@ impl Outbox {
                     }
                     SlowConsumer::Close => {
                         drop(frames);
-                        counters.slow_closed.fetch_add(1, Ordering::Relaxed);
-                        self.close(Closing::TooSlow);
+                        if self.close(Closing::TooSlow) {
+                            counters.slow_closed.fetch_add(1, Ordering::Relaxed);
+                        }
                         return false;
                     }
                 }
@@ -86,17 +87,24 @@ impl Outbox {
         std::mem::take(&mut *lock(&self.frames))
     }
 
-    /// Marks the session as closing (the first reason given stays, but `Ended` is final)
-    /// and wakes its task.
-    pub(crate) fn close(&self, why: Closing) {
-        if why == Closing::Ended {
-            self.closing.store(why as u8, Ordering::Release);
-        } else {
-            let _ =
-                self.closing
-                    .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
-        }
+    /// Marks the session as closing and wakes its task; whether this changed the reason.
+    /// The first reason stays, except that `TooSlow` (close at once) overrides an orderly
+    /// close, and `Ended` is final.
+    pub(crate) fn close(&self, why: Closing) -> bool {
+        let changed = self
+            .closing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                match (now, why) {
+                    (4, _) => None,
+                    (_, Closing::Ended) => Some(why as u8),
+                    (0, _) => Some(why as u8),
+                    (1 | 3, Closing::TooSlow) => Some(why as u8),
+                    _ => None,
+                }
+            })
+            .is_ok();
         self.ready.notify_one();
+        changed
     }
 
     /// Why the session must close, once it must.
@@ -274,10 +282,21 @@ impl<S> Registry<S> {
         };
         let room: Arc<str> = Arc::from(room);
         lock(&session.rooms).insert(Arc::clone(&room));
-        lock(&self.rooms).entry(room).or_default().insert(id);
-        // a session that left meanwhile takes its rooms with it
+        lock(&self.rooms)
+            .entry(Arc::clone(&room))
+            .or_default()
+            .insert(id);
+        // a session that left meanwhile takes its rooms with it (this one included: its
+        // own list may have been emptied before the insert above)
         if self.get(id).is_none() {
             self.remove_from_rooms(id, &session);
+            let mut rooms = lock(&self.rooms);
+            if let Some(members) = rooms.get_mut(&room) {
+                members.remove(&id);
+                if members.is_empty() {
+                    rooms.remove(&room);
+                }
+            }
             return false;
         }
         true
