@@ -3,7 +3,7 @@
 //! inside the viewport it reported (and fewer once it reports a smaller one), and sends
 //! geofence notices; SIGTERM stops it with 0.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,17 +15,8 @@ fn reachable(port: u16) -> bool {
 }
 
 fn http_get(address: &str, path: &str) -> serde_json::Value {
-    let mut stream = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("{e}"));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    let body = transport_examples::http_get(address, path);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 /// What the socket sends within `window`: positions (vehicle, lat, long) and notices.

@@ -11,7 +11,7 @@ mod service;
 #[path = "../saver/store.rs"]
 mod store;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -97,21 +97,6 @@ async fn counts(pool: &deadpool_postgres::Pool) -> store::Counts {
     store::counts(pool).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `GET path` on `address`: the body.
-fn http_get(address: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("{e}"));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
 async fn end_to_end(kind: &str, port: u16) {
     if !reachable(port) {
         assert!(
@@ -175,8 +160,11 @@ async fn end_to_end(kind: &str, port: u16) {
         "{kind}: rows changed after settling"
     );
 
-    let averages: Vec<store::Average> =
-        serde_json::from_str(&http_get(&address, "/averages?bucket=3600")).unwrap();
+    let averages: Vec<store::Average> = serde_json::from_str(&transport_examples::http_get(
+        &address,
+        "/averages?bucket=3600",
+    ))
+    .unwrap();
     let readings: i64 = averages.iter().map(|average| average.readings).sum();
     assert_eq!(readings, 4 * N, "{averages:?}");
     assert_eq!(
