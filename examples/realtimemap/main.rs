@@ -48,6 +48,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if app.run_command_from_args()? {
         return Ok(());
     }
+    // listening for SIGINT / SIGTERM from before startup, so a signal during it is not lost
+    let signals = Signals::listen()?;
     let running = app.start().await?;
     let router = api(map).merge(ws.router());
     let address = std::env::var("REALTIMEMAP_HTTP").unwrap_or_else(|_| "127.0.0.1:8082".into());
@@ -61,7 +63,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .into_future()
     });
     let feed = feed_too.then(|| tokio::spawn(feed(running.publisher().clone())));
-    running.run().await?;
+    signals.received().await;
+    tracing::info!("signal received; shutting down");
+    running.shutdown().await?;
     if let Some(feed) = feed {
         feed.abort();
     }
@@ -123,4 +127,27 @@ fn api(map: Arc<MapService>) -> Router {
         .route("/api/organization/{id}", axum::routing::get(organization))
         .route("/api/trail/{vehicle}", axum::routing::get(trail))
         .with_state(map)
+}
+
+/// SIGINT and SIGTERM, listened for from creation on.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }

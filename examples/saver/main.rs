@@ -50,7 +50,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     store::migrate(&pool, &schema).await?;
-    let running = app.start().await?;
     let listener = tokio::net::TcpListener::bind(env_or("SAVER_HTTP", "127.0.0.1:8081")).await?;
     tracing::info!(address = %listener.local_addr()?, "read side listening");
     let stop = tokio_util::sync::CancellationToken::new();
@@ -60,9 +59,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .into_future()
     });
-    running.run().await?;
+    // App::run listens for SIGINT / SIGTERM from before startup, so a signal during it
+    // is not lost; it consumes until one, then drains
+    let outcome = app.run().await;
     stop.cancel();
     let _ = read_side.await;
+    outcome?;
     tracing::info!("stopped");
     Ok(())
 }
