@@ -136,3 +136,36 @@ async fn reports_land_in_postgres_once_and_a_malformed_one_is_dead_lettered()
     drop_schema(&pool, &schema).await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_second_insert_with_the_same_key_adds_nothing_and_is_no_error() {
+    let (pool, schema) = fresh_store().await;
+    let report = Report {
+        id: 9,
+        text: "again".into(),
+    };
+    let user = UserReport {
+        user_id: 9,
+        status: "away".into(),
+    };
+    let readings = vec![SensorData {
+        sensor_id: "s9".into(),
+        ts_millis: 1_700_000_000_000,
+        temperature: 1.0,
+        humidity: 2.0,
+    }];
+    // a redelivery is a success that writes nothing (not an error the handler would retry)
+    for (attempt, new) in [(1, true), (2, false)] {
+        let event = store::insert_event(&pool, "k", &report).await;
+        assert_eq!(event.ok(), Some(new), "event, attempt {attempt}");
+        let status = store::insert_user(&pool, "k", &user).await;
+        assert_eq!(status.ok(), Some(new), "user, attempt {attempt}");
+        let batch = store::insert_readings(&pool, "k", &readings).await;
+        assert_eq!(
+            batch.ok(),
+            Some(u64::from(new)),
+            "readings, attempt {attempt}"
+        );
+    }
+    drop_schema(&pool, &schema).await;
+}

@@ -34,7 +34,7 @@ pub struct WsStats {
     pub refused_full: u64,
     /// Upgrades refused by the authentication hook.
     pub refused_auth: u64,
-    /// Frames received that named a handled message type.
+    /// Frames handed to a handler: a typed one, or the fallback.
     pub received: u64,
     /// Frames that were not a message (a short binary frame, a text frame that is not the
     /// envelope).
