@@ -9,7 +9,10 @@
 //!
 //! It publishes its own synthetic feed (fixed layout, vehicles moving along looping
 //! routes through two geofences) unless `--no-feed`; `publish` runs only the feed.
-//! `REALTIMEMAP_HTTP` (default `127.0.0.1:8082`) is where it listens.
+//! `REALTIMEMAP_HTTP` (default `127.0.0.1:8082`) is where it listens; the page at `/` draws
+//! routes, geofences and vehicles with Leaflet, served from this example's
+//! `web/node_modules` (`npm ci --prefix examples/realtimemap/web` first) or from
+//! `REALTIMEMAP_LEAFLET`: no tiles, fonts or scripts from anywhere else.
 
 mod model;
 mod service;
@@ -51,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // listening for SIGINT / SIGTERM from before startup, so a signal during it is not lost
     let signals = Signals::listen()?;
     let running = app.start().await?;
-    let router = api(map).merge(ws.router());
+    let router = api(map).merge(page()).merge(ws.router());
     let address = std::env::var("REALTIMEMAP_HTTP").unwrap_or_else(|_| "127.0.0.1:8082".into());
     let listener = tokio::net::TcpListener::bind(&address).await?;
     println!("realtimemap listening on http://{}", listener.local_addr()?);
@@ -127,6 +130,58 @@ fn api(map: Arc<MapService>) -> Router {
         .route("/api/organization/{id}", axum::routing::get(organization))
         .route("/api/trail/{vehicle}", axum::routing::get(trail))
         .with_state(map)
+}
+
+/// Where Leaflet's `dist` directory is: `REALTIMEMAP_LEAFLET`, else this example's
+/// `web/node_modules`.
+fn leaflet_dir() -> std::path::PathBuf {
+    std::env::var_os("REALTIMEMAP_LEAFLET")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("realtimemap/web/node_modules/leaflet/dist")
+        })
+}
+
+/// The page (`/`), its layout (`/api/layout`: routes and geofences to draw) and Leaflet
+/// (`/leaflet/leaflet.js`, `/leaflet/leaflet.css`).
+fn page() -> Router {
+    let leaflet = leaflet_dir();
+    if !leaflet.join("leaflet.js").exists() {
+        tracing::warn!(
+            directory = %leaflet.display(),
+            "Leaflet not found: the page cannot draw the map (npm ci --prefix examples/realtimemap/web, or set REALTIMEMAP_LEAFLET)"
+        );
+    }
+    async fn index() -> axum::response::Html<&'static str> {
+        axum::response::Html(include_str!("index.html"))
+    }
+    async fn layout() -> Json<serde_json::Value> {
+        let routes: Vec<_> = model::ROUTES
+            .iter()
+            .map(|route| serde_json::json!({ "id": route.id, "outline": route.outline(96) }))
+            .collect();
+        Json(serde_json::json!({ "routes": routes, "geofences": model::GEOFENCES }))
+    }
+    async fn asset(
+        State(leaflet): State<Arc<std::path::PathBuf>>,
+        Path(file): Path<String>,
+    ) -> Result<([(axum::http::header::HeaderName, &'static str); 1], Vec<u8>), StatusCode> {
+        let kind = match file.as_str() {
+            "leaflet.js" => "text/javascript",
+            "leaflet.css" => "text/css",
+            _ => return Err(StatusCode::NOT_FOUND),
+        };
+        let body = tokio::fs::read(leaflet.join(&file))
+            .await
+            .map_err(|_| StatusCode::NOT_FOUND)?;
+        Ok(([(axum::http::header::CONTENT_TYPE, kind)], body))
+    }
+    Router::new()
+        .route("/", axum::routing::get(index))
+        .route("/api/layout", axum::routing::get(layout))
+        .route("/leaflet/{file}", axum::routing::get(asset))
+        .with_state(Arc::new(leaflet))
 }
 
 /// SIGINT and SIGTERM, listened for from creation on.

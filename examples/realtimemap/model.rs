@@ -56,6 +56,24 @@ pub const ROUTES: [Route; 3] = [
     },
 ];
 
+impl Route {
+    /// The point `turn` (0 to 1) of the way round the loop.
+    pub fn point(&self, turn: f64) -> (f64, f64) {
+        let angle = turn * std::f64::consts::TAU;
+        (
+            self.centre.0 + self.radii.0 * angle.sin(),
+            self.centre.1 + self.radii.1 * angle.cos(),
+        )
+    }
+
+    /// The loop as `points` points, closed (the last is the first), for drawing.
+    pub fn outline(&self, points: usize) -> Vec<(f64, f64)> {
+        (0..=points)
+            .map(|n| self.point(n as f64 / points as f64))
+            .collect()
+    }
+}
+
 /// A circular geofence.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Geofence {
@@ -124,10 +142,8 @@ impl Vehicle {
     pub fn position(&self, at_millis: i64) -> Hfp {
         let route = &ROUTES[self.route];
         let turn = (at_millis as f64 / 1000.0 / route.lap + self.phase).fract();
-        let angle = turn * std::f64::consts::TAU;
-        let lat = route.centre.0 + route.radii.0 * angle.sin();
-        let long = route.centre.1 + route.radii.1 * angle.cos();
-        let heading = (angle.to_degrees() + 90.0).rem_euclid(360.0) as u32;
+        let (lat, long) = route.point(turn);
+        let heading = (turn * 360.0 + 90.0).rem_euclid(360.0) as u32;
         Hfp {
             vp: VehiclePosition {
                 desi: route.id.to_string(),

@@ -65,3 +65,47 @@ pub fn http_get(address: &str, path: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
     body.to_string()
 }
+
+/// The node_modules holding playwright-core, if the browser tests can run here (Chromium,
+/// node and playwright-core present); else `None` after saying why, or a panic when
+/// `BROWSER_TEST_REQUIRED=1` (set by `scripts/test` once `scripts/browser` installed them).
+pub fn browser_tools() -> Option<PathBuf> {
+    fn find() -> Result<PathBuf, String> {
+        let modules = match std::env::var_os("PLAYWRIGHT_MODULES") {
+            Some(path) => PathBuf::from(path),
+            None => PathBuf::from(std::env::var_os("HOME").ok_or("no HOME")?)
+                .join(".cache/transport-browser/node_modules"),
+        };
+        if !modules.join("playwright-core").exists() {
+            return Err(format!("no playwright-core in {}", modules.display()));
+        }
+        if !std::path::Path::new("/usr/bin/chromium").exists() {
+            return Err("no /usr/bin/chromium".to_string());
+        }
+        match Command::new("node").arg("--version").output() {
+            Ok(output) if output.status.success() => Ok(modules),
+            _ => Err("no node".to_string()),
+        }
+    }
+    find().map_or_else(|reason| skip(&reason), Some)
+}
+
+/// Leaflet's `dist` directory for the realtime map's page, if `npm ci` put it there.
+pub fn leaflet() -> Option<PathBuf> {
+    let dist =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("realtimemap/web/node_modules/leaflet/dist");
+    if dist.join("leaflet.js").exists() {
+        Some(dist)
+    } else {
+        skip(&format!("no Leaflet in {}", dist.display()))
+    }
+}
+
+fn skip<T>(reason: &str) -> Option<T> {
+    assert!(
+        std::env::var("BROWSER_TEST_REQUIRED").as_deref() != Ok("1"),
+        "{reason} (scripts/browser installs it), and BROWSER_TEST_REQUIRED=1"
+    );
+    eprintln!("skipped: {reason} (scripts/browser installs it)");
+    None
+}

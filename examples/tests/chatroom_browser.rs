@@ -11,39 +11,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use transport_examples::example_binary;
-
-/// The node_modules holding playwright-core, if the browser test can run here.
-fn browser_tools() -> Result<PathBuf, String> {
-    let modules = match std::env::var_os("PLAYWRIGHT_MODULES") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or("no HOME")?)
-            .join(".cache/transport-browser/node_modules"),
-    };
-    if !modules.join("playwright-core").exists() {
-        return Err(format!("no playwright-core in {}", modules.display()));
-    }
-    if !std::path::Path::new("/usr/bin/chromium").exists() {
-        return Err("no /usr/bin/chromium".to_string());
-    }
-    match Command::new("node").arg("--version").output() {
-        Ok(output) if output.status.success() => Ok(modules),
-        _ => Err("no node".to_string()),
-    }
-}
+use transport_examples::{browser_tools, example_binary};
 
 #[test]
 fn browsers_chat_in_rooms_safely_with_history_and_a_closed_page_is_announced() {
-    let modules = match browser_tools() {
-        Ok(modules) => modules,
-        Err(reason) => {
-            assert!(
-                std::env::var("BROWSER_TEST_REQUIRED").as_deref() != Ok("1"),
-                "{reason} (scripts/browser installs them), and BROWSER_TEST_REQUIRED=1"
-            );
-            eprintln!("skipped: {reason} (scripts/browser installs them)");
-            return;
-        }
+    let Some(modules) = browser_tools() else {
+        return;
     };
     let mut chatroom = Command::new(example_binary("chatroom"))
         .env("TRANSPORT_WEBSOCKET__ADDRESS", "127.0.0.1:0")

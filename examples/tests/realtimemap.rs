@@ -1,7 +1,7 @@
 //! The realtime map's server as deployed, on Mosquitto: its binary (with its synthetic
 //! feed, clock sped up) answers the REST API, sends a WebSocket client only the vehicles
 //! inside the viewport it reported (and fewer once it reports a smaller one), and sends
-//! geofence notices; SIGTERM stops it with 0.
+//! geofence notices; SIGTERM stops it with 0. And its page in Chromium.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -63,6 +63,54 @@ async fn report(
 /// The server process, killed if the test ends early.
 struct Server(std::process::Child);
 
+impl Server {
+    /// The binary on Mosquitto with its feed ten times faster, listening on a free port;
+    /// and that `host:port`.
+    fn start() -> (Server, String) {
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut server = Server(
+            Command::new(transport_examples::example_binary("realtimemap"))
+                .env_remove("TRANSPORT_CONFIG")
+                .env("TRANSPORT_BROKER__KIND", "mqtt")
+                .env("TRANSPORT_BROKER__MQTT__CLIENT_ID", format!("rtm{run}"))
+                .env("REALTIMEMAP_HTTP", "127.0.0.1:0")
+                .env("REALTIMEMAP_SPEEDUP", "10")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start realtimemap: {e}")),
+        );
+        let first = BufReader::new(server.0.stdout.take().unwrap())
+            .lines()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let address = first
+            .strip_prefix("realtimemap listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .to_string();
+        (server, address)
+    }
+
+    /// SIGTERM, and it exits with 0 within 20 s.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let exit = loop {
+            if let Some(exit) = self.0.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "still running after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(exit.success(), "{exit:?}");
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
@@ -82,30 +130,7 @@ async fn vehicles_reach_only_the_browsers_whose_viewport_holds_them() {
         eprintln!("SKIPPED: mosquitto unreachable on 1883 (scripts/brokers up)");
         return;
     }
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut server = Server(
-        Command::new(transport_examples::example_binary("realtimemap"))
-            .env_remove("TRANSPORT_CONFIG")
-            .env("TRANSPORT_BROKER__KIND", "mqtt")
-            .env("TRANSPORT_BROKER__MQTT__CLIENT_ID", format!("rtm{run}"))
-            .env("REALTIMEMAP_HTTP", "127.0.0.1:0")
-            .env("REALTIMEMAP_SPEEDUP", "10")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start realtimemap: {e}")),
-    );
-    let first = BufReader::new(server.0.stdout.take().unwrap())
-        .lines()
-        .next()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let address = first
-        .strip_prefix("realtimemap listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_string();
+    let (mut server, address) = Server::start();
 
     // the REST API: every operator's four vehicles, once they have been seen
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -182,16 +207,50 @@ async fn vehicles_reach_only_the_browsers_whose_viewport_holds_them() {
         notices.len()
     );
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = server.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
+    server.stop();
+}
+
+/// The page in Chromium (`browser/realtimemap.cjs`): vehicles drawn and moving between two
+/// screenshots, a geofence notice shown, and a smaller map viewport making the socket send
+/// fewer positions; the screenshots are kept under the target directory
+/// (`<target>/tmp/realtimemap/`).
+#[test]
+fn the_page_draws_moving_vehicles_and_notices_and_a_smaller_view_gets_less() {
+    let Some(modules) = transport_examples::browser_tools() else {
+        return;
     };
-    assert!(exit.success(), "{exit:?}");
+    if transport_examples::leaflet().is_none() {
+        return;
+    }
+    if !reachable(1883) {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+            "mosquitto unreachable on 1883 in CI"
+        );
+        eprintln!("SKIPPED: mosquitto unreachable on 1883 (scripts/brokers up)");
+        return;
+    }
+    let (mut server, address) = Server::start();
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("realtimemap");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/realtimemap.cjs");
+    let browser = Command::new("node")
+        .arg(&script)
+        .arg(format!("http://{address}"))
+        .arg(&shots)
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap_or_else(|e| panic!("run node: {e}"));
+    assert!(
+        browser.status.success(),
+        "the browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&browser.stdout),
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&browser.stdout).trim());
+    for shot in ["realtimemap-1.png", "realtimemap-2.png"] {
+        let bytes = std::fs::read(shots.join(shot)).unwrap_or_else(|e| panic!("{shot}: {e}"));
+        assert!(bytes.starts_with(b"\x89PNG"), "{shot} is not a PNG");
+    }
+    server.stop();
 }
