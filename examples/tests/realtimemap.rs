@@ -10,8 +10,17 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-fn reachable(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+/// Whether Mosquitto answers on 1883; in CI it must.
+fn mosquitto() -> bool {
+    if std::net::TcpStream::connect(("127.0.0.1", 1883)).is_ok() {
+        return true;
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+        "mosquitto unreachable on 1883 in CI"
+    );
+    eprintln!("SKIPPED: mosquitto unreachable on 1883 (scripts/brokers up)");
+    false
 }
 
 fn http_get(address: &str, path: &str) -> serde_json::Value {
@@ -122,12 +131,7 @@ impl Drop for Server {
 
 #[tokio::test]
 async fn vehicles_reach_only_the_browsers_whose_viewport_holds_them() {
-    if !reachable(1883) {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
-            "mosquitto unreachable on 1883 in CI"
-        );
-        eprintln!("SKIPPED: mosquitto unreachable on 1883 (scripts/brokers up)");
+    if !mosquitto() {
         return;
     }
     let (mut server, address) = Server::start();
@@ -222,12 +226,7 @@ fn the_page_draws_moving_vehicles_and_notices_and_a_smaller_view_gets_less() {
     if transport_examples::leaflet().is_none() {
         return;
     }
-    if !reachable(1883) {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
-            "mosquitto unreachable on 1883 in CI"
-        );
-        eprintln!("SKIPPED: mosquitto unreachable on 1883 (scripts/brokers up)");
+    if !mosquitto() {
         return;
     }
     let (mut server, address) = Server::start();

@@ -5,7 +5,7 @@
 // server's disconnect hook).
 //
 //   NODE_PATH=<node_modules with playwright-core> node chatroom.cjs http://127.0.0.1:PORT
-const { chromium } = require("playwright-core");
+const { launch } = require("./launch.cjs");
 
 const base = process.argv[2];
 const patience = { timeout: 15000 };
@@ -29,13 +29,7 @@ async function open(browser, name, room) {
 }
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  const browser = await launch();
   try {
     const a = await open(browser, "alice", "lobby");
     const b = await open(browser, "bob", "lobby");

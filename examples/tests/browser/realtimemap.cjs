@@ -4,7 +4,7 @@
 // one route, the page reports the smaller viewport and the socket sends fewer positions.
 //
 //   NODE_PATH=<node_modules with playwright-core> node realtimemap.cjs http://127.0.0.1:PORT <screenshot dir>
-const { chromium } = require("playwright-core");
+const { launch } = require("./launch.cjs");
 const fs = require("fs");
 const path = require("path");
 
@@ -15,13 +15,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function main() {
   fs.mkdirSync(shots, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     // what crosses the socket, as the browser sees it
