@@ -879,24 +879,34 @@ async fn a_broadcast_reaches_a_thousand_sessions_past_a_stalled_one() {
     const ROUND: WsMessage<Round> = WsMessage::new(8);
     let filler = "x".repeat(1024);
     // stall it for real before the rounds: its socket buffers full (a few MiB on
-    // loopback), then its outbox, dropping frames steadily
+    // loopback), then its outbox. Drops alone do not show that (a session task slow to
+    // get the CPU drops too, then catches up): stalled is when, three times in a row,
+    // every frame of a batch pushed after a pause is dropped (the outbox holds 16: a
+    // writer still writing would have emptied it during the pause)
     let mut pushed = 0;
-    while server.stats().dropped < 1000 {
-        server
-            .send(
-                stalled_id,
-                ROUND,
-                &Round {
-                    round: u64::MAX,
-                    filler: filler.clone(),
-                },
-            )
-            .unwrap_or_else(|e| panic!("to the stalled client: {e}"));
-        pushed += 1;
-        assert!(pushed < 100_000, "the stalled client's outbox never filled");
-        if pushed % 64 == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut full_in_a_row = 0;
+    while full_in_a_row < 3 {
+        let before = server.stats().dropped;
+        for _ in 0..64 {
+            server
+                .send(
+                    stalled_id,
+                    ROUND,
+                    &Round {
+                        round: u64::MAX,
+                        filler: filler.clone(),
+                    },
+                )
+                .unwrap_or_else(|e| panic!("to the stalled client: {e}"));
         }
+        pushed += 64;
+        assert!(pushed < 200_000, "the stalled client never stalled");
+        full_in_a_row = if server.stats().dropped - before == 64 {
+            full_in_a_row + 1
+        } else {
+            0
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let dropped_before = server.stats().dropped;
     let mut latencies = Vec::new();
