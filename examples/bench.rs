@@ -1,12 +1,13 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess]
+//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics]
 //!
 //! `--rounds R` alternates framework and raw R times per backend and prints the medians.
 //! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
 //! publish, deliver, decode, handle, ack), the figure to compare with other frameworks'
 //! in-memory brokers; `scripts/instructions` counts its instructions per delivery with
-//! callgrind.
+//! callgrind. `metrics` is the in-process drain with every metric recorded (a Prometheus
+//! recorder) against it without a recorder: the ratio is the metrics' cost.
 //!
 //! Each side drains the same backlog of small JSON messages: decode into a typed value,
 //! count it, acknowledge it. The framework side is an annotated subscriber in a group on
@@ -143,6 +144,31 @@ async fn framework_consume(kind: &str, prefix: &str, n: u64, publish_timed: bool
     let elapsed = started.elapsed();
     app.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     elapsed
+}
+
+/// `metrics`: the in-process drain with every counter, gauge and histogram recorded (a
+/// Prometheus recorder, registered for that App alone) against the same drain without a
+/// recorder: the ratio is what recording metrics costs on the hot path.
+async fn metrics_overhead(n: u64) -> Measured {
+    let recorder = transport::observe::prometheus_builder().build_recorder();
+    let on = {
+        // the App's handles are registered with the recorder in scope when it starts
+        let _recorder = metrics::set_default_local_recorder(&recorder);
+        framework_drain("memory", "", n, false).await
+    };
+    let received = recorder.handle().render();
+    assert!(
+        received.contains("transport_handled_total"),
+        "nothing was recorded:\n{received}"
+    );
+    if framework_only() {
+        return alone(n, on);
+    }
+    let off = framework_drain("memory", "", n, false).await;
+    Measured {
+        framework: rate(n, on),
+        raw: rate(n, off),
+    }
 }
 
 async fn inprocess(n: u64) -> Measured {
@@ -1061,7 +1087,7 @@ async fn main() {
             }
             (other, _) => {
                 eprintln!(
-                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess] (got `{other}`)"
+                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics] (got `{other}`)"
                 );
                 std::process::exit(2);
             }
@@ -1100,6 +1126,7 @@ async fn main() {
                     std::process::exit(2);
                 }
                 "inprocess" => inprocess(messages).await,
+                "metrics" => metrics_overhead(messages).await,
                 other => {
                     eprintln!("unknown backend `{other}`");
                     std::process::exit(2);

@@ -272,6 +272,17 @@ impl App {
                 backend
             }
         };
+        // the recorder is installed before any handle is registered
+        let metrics_stop = CancellationToken::new();
+        let metrics_endpoint = match self.metrics_endpoint(&metrics_stop).await {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                if self.backend.is_none() {
+                    self.close_within(&backend).await;
+                }
+                return Err(error);
+            }
+        };
         let capabilities = backend.capabilities();
         let publisher = Publisher::new(
             Arc::clone(&backend),
@@ -331,6 +342,11 @@ impl App {
                 extensions: self.extensions.clone(),
             });
             let dispatcher = Dispatcher {
+                metrics: crate::metrics::SubscriberMetrics::new(
+                    registration.name,
+                    &info.topic,
+                    info.group.as_deref(),
+                ),
                 registration,
                 handler,
                 info,
@@ -373,11 +389,17 @@ impl App {
                 }
             }
         }
+        let metrics_address = metrics_endpoint.map(|(address, serving)| {
+            tracing::info!(%address, "metrics endpoint listening (GET /metrics)");
+            (address, tokio::spawn(serving))
+        });
         Ok(Running {
             backend,
             publisher,
             shutdown,
             tasks,
+            metrics_stop,
+            metrics_endpoint: metrics_address,
             dead_letters,
             drain_timeout,
             close_timeout: self.config.shutdown.close_timeout,
@@ -386,6 +408,33 @@ impl App {
             #[cfg(feature = "websocket")]
             websocket_addresses,
         })
+    }
+
+    /// `[metrics] address`: the Prometheus recorder installed and the endpoint bound
+    /// (served once spawned, until `stop`).
+    async fn metrics_endpoint(
+        &self,
+        stop: &CancellationToken,
+    ) -> Result<
+        Option<(
+            std::net::SocketAddr,
+            futures_util::future::BoxFuture<'static, ()>,
+        )>,
+        Error,
+    > {
+        let Some(address) = self.config.metrics.address else {
+            return Ok(None);
+        };
+        #[cfg(feature = "prometheus")]
+        {
+            let (bound, serving) = crate::observe::serve(address, stop.clone()).await?;
+            Ok(Some((bound, Box::pin(serving))))
+        }
+        #[cfg(not(feature = "prometheus"))]
+        {
+            let _ = (address, stop);
+            Err(crate::metrics::MetricsError::NoExporter.into())
+        }
     }
 
     /// Closes `backend` after a failed start, within `shutdown.close_timeout`.
@@ -487,6 +536,9 @@ pub struct Running {
     publisher: Publisher,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// Stops the metrics endpoint, once the rest has shut down.
+    metrics_stop: CancellationToken,
+    metrics_endpoint: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
     dead_letters: DeadLetters,
     drain_timeout: std::time::Duration,
     close_timeout: std::time::Duration,
@@ -567,6 +619,12 @@ impl Running {
         &self.websocket_addresses
     }
 
+    /// Where the metrics endpoint listens (`[metrics] address`, with the port chosen when
+    /// it ends in `:0`), if there is one.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_endpoint.as_ref().map(|(address, _)| *address)
+    }
+
     /// Records every message published to `topic` from now on (a fan-out subscription
     /// of its own), for tests and tools: `record("audit")` keeps raw messages,
     /// `record(&READINGS)` (a typed [`Topic`](crate::Topic)) decodes them to its type.
@@ -619,6 +677,11 @@ impl Running {
             self.tasks.detach_all();
         }
         close_backend(&self.backend, self.close_timeout).await;
+        // the endpoint answered until now (a last scrape sees the drain's counts)
+        self.metrics_stop.cancel();
+        if let Some((_, serving)) = self.metrics_endpoint.take() {
+            let _ = tokio::time::timeout(self.close_timeout, serving).await;
+        }
         Ok(())
     }
 }

@@ -60,6 +60,8 @@ pub struct Config {
     pub publisher: PublisherConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// `[metrics]`: where the Prometheus scrape endpoint listens (feature `prometheus`).
+    pub metrics: MetricsConfig,
     /// The WebSocket server's settings (`[websocket]`: address, path, framing, limits),
     /// for the servers given to [`App::websocket`](crate::App::websocket).
     #[cfg(feature = "websocket")]
@@ -663,6 +665,17 @@ impl Default for ShutdownConfig {
             close_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (the Prometheus text format) here, from a recorder the App
+    /// installs at start (feature `prometheus`); `127.0.0.1:0` picks a free port
+    /// ([`Running::metrics_address`](crate::Running::metrics_address)). Unset: no
+    /// endpoint, and the metrics go to whatever recorder the application installed.
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// How often and how patiently a failing message is retried.

@@ -20,6 +20,7 @@ use crate::backend::{Backend, Capabilities, Delivery, Subscription, Subscription
 use crate::context::{Context, SubscriptionInfo};
 use crate::dead_letter::{self, DeadLetters, Reason};
 use crate::error::{BackendError, Error, PublishError};
+use crate::metrics::{FailureKind, SubscriberMetrics};
 use crate::registry::{HandlerFn, Outcome, Registration};
 
 pub use crate::config::RetryPolicy;
@@ -45,6 +46,7 @@ pub(crate) struct Dispatcher {
     pub dead_letters: DeadLetters,
     /// Topic, group and publisher: what each delivery's `Context` shares.
     pub info: Arc<SubscriptionInfo>,
+    pub metrics: SubscriberMetrics,
 }
 
 enum Failure {
@@ -54,6 +56,14 @@ enum Failure {
 }
 
 impl Failure {
+    fn metric(&self) -> FailureKind {
+        match self {
+            Failure::Handler(_) => FailureKind::Handler,
+            Failure::Panic(_) => FailureKind::Panic,
+            Failure::Timeout(_) => FailureKind::Timeout,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Failure::Handler(_) => "handler",
@@ -85,6 +95,7 @@ struct Source {
     spec: SubscriptionSpec,
     state: SourceState,
     backoff: Duration,
+    metrics: SubscriberMetrics,
 }
 
 enum SourceState {
@@ -139,6 +150,7 @@ impl Source {
                             topic = %self.spec.topic,
                             "subscribed again"
                         );
+                        self.metrics.resubscribed();
                         self.state = SourceState::Active(subscription);
                     }
                     Poll::Ready(Err(error)) => {
@@ -257,6 +269,7 @@ impl Dispatcher {
             spec: this.spec.clone(),
             state: SourceState::Active(subscription),
             backoff: RESUBSCRIBE_BACKOFF.0,
+            metrics: this.metrics.clone(),
         };
         if limit == 1 {
             return this
@@ -383,6 +396,8 @@ impl Dispatcher {
     /// subscriber goes on.
     async fn guarded(&self, delivery: Delivery, shutdown: &CancellationToken) {
         let name = self.registration.name;
+        // counted, and in flight until settled or dropped (cancelled at the drain's end)
+        let _handling = Handling::new(&self.metrics);
         if let Err(panic) = AssertUnwindSafe(self.process(delivery, shutdown))
             .catch_unwind()
             .await
@@ -436,6 +451,7 @@ impl Dispatcher {
                 attempt,
                 reply_headers: Default::default(),
             };
+            let started = self.metrics.start();
             let mut run = std::pin::pin!(AssertUnwindSafe((self.handler)(context)).catch_unwind());
             // the timer (a clock read, a timer entry) only for a handler that does not
             // finish on its first poll
@@ -443,12 +459,15 @@ impl Dispatcher {
                 Poll::Ready(result) => Ok(result),
                 Poll::Pending => tokio::time::timeout(self.handler_timeout, run).await,
             };
+            self.metrics.ran(started);
             let failure = match finished {
                 Ok(Ok(Outcome::Handled)) => {
+                    self.metrics.handled();
                     delivery.ack();
                     return;
                 }
                 Ok(Ok(Outcome::Undecodable(error))) => {
+                    self.metrics.decode_error();
                     tracing::error!(
                         subscriber = self.registration.name,
                         topic = &*self.info.topic,
@@ -465,6 +484,7 @@ impl Dispatcher {
                 Ok(Err(panic)) => Failure::Panic(panic_message(&*panic)),
                 Err(_) => Failure::Timeout(self.handler_timeout),
             };
+            self.metrics.failed(failure.metric());
             if attempt >= self.retry.max_attempts {
                 tracing::warn!(
                     subscriber = self.registration.name,
@@ -491,6 +511,7 @@ impl Dispatcher {
                 error = %failure.describe(),
                 "handler failed; will retry"
             );
+            self.metrics.retried();
             if !self.ordered
                 && self.capabilities.native_redelivery
                 && delivery.is_settled_by_broker()
@@ -545,6 +566,7 @@ impl Dispatcher {
                 .await;
             let error = match published {
                 Ok(()) => {
+                    self.metrics.dead_lettered(kind);
                     self.dead_letters.published(&self.dead_letter_topic, letter);
                     delivery.ack();
                     return;
@@ -610,6 +632,23 @@ impl Dispatcher {
                 "dead-letter publish failed until shutdown on an at-most-once backend; the message is lost"
             );
         }
+    }
+}
+
+/// A delivery being handled, for the in-flight gauge: received on creation, finished on
+/// drop, however the handling ends.
+struct Handling<'a>(&'a SubscriberMetrics);
+
+impl<'a> Handling<'a> {
+    fn new(metrics: &'a SubscriberMetrics) -> Self {
+        metrics.received();
+        Handling(metrics)
+    }
+}
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.finished();
     }
 }
 

@@ -34,6 +34,9 @@ pub enum Error {
     /// An introspection command (`list`, `asyncapi`, `check`) failed.
     #[error(transparent)]
     Introspect(#[from] IntrospectError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The WebSocket server could not be built, or a send through it failed.
     #[cfg(feature = "websocket")]
     #[error(transparent)]

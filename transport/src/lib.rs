@@ -32,6 +32,9 @@ pub mod dispatch;
 mod error;
 pub mod introspect;
 mod message;
+pub mod metrics;
+#[cfg(feature = "prometheus")]
+pub mod observe;
 mod publisher;
 mod redact;
 pub mod registry;

@@ -11,6 +11,7 @@ use crate::backend::Backend;
 use crate::codec::{Codec, Encoder, SerdeCodec};
 use crate::error::{BackendError, PublishError};
 use crate::message::{CONTENT_TYPE, Headers, Message, MessageId};
+use crate::metrics::PublishMetrics;
 use crate::topic::Topic;
 
 /// Publishes messages through the App's backend. Cheap to clone; reach it with
@@ -35,6 +36,7 @@ pub struct Publisher {
     max_message_bytes: usize,
     /// Headers a reply copies from its request.
     propagate: Arc<[String]>,
+    metrics: PublishMetrics,
 }
 
 impl fmt::Debug for Publisher {
@@ -54,6 +56,7 @@ impl Publisher {
         propagate: &[String],
     ) -> Self {
         Publisher {
+            metrics: PublishMetrics::new(backend.kind()),
             backend,
             codec,
             max_message_bytes,
@@ -69,9 +72,7 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         // encoded and checked here, in one frame: the only await is the broker's
         let message = self.encoded(topic, value)?;
-        self.start(topic, message, None)?
-            .await
-            .map_err(|source| backend_error(topic, source))
+        self.sent(topic, message, None).await
     }
 
     /// Publishes to a typed topic with the topic's codec. Only a `&T` is accepted.
@@ -81,9 +82,7 @@ impl Publisher {
     {
         let topic = topic.name();
         let message = encoded_with::<C, T>(topic, value)?;
-        self.start(topic, message, None)?
-            .await
-            .map_err(|source| backend_error(topic, source))
+        self.sent(topic, message, None).await
     }
 
     /// Starts a message, to add headers or a key before sending: to a topic by name
@@ -115,9 +114,7 @@ impl Publisher {
     /// `broker.max_message_bytes`, or a topic the backend cannot use, is refused before
     /// it reaches the broker.
     pub async fn publish_message(&self, topic: &str, message: Message) -> Result<(), PublishError> {
-        self.start(topic, message, None)?
-            .await
-            .map_err(|source| backend_error(topic, source))
+        self.sent(topic, message, None).await
     }
 
     /// Publishes `values` to `topic` with the default codec, as one batch where the broker
@@ -182,13 +179,19 @@ impl Publisher {
         topic: &str,
         mut messages: Vec<Message>,
     ) -> Result<(), PublishError> {
-        for message in &mut messages {
-            self.check(topic, message)?;
+        let started = self.metrics.start();
+        let result = async {
+            for message in &mut messages {
+                self.check(topic, message)?;
+            }
+            self.backend
+                .publish_batch(topic, messages)
+                .await
+                .map_err(|source| backend_error(topic, source))
         }
-        self.backend
-            .publish_batch(topic, messages)
-            .await
-            .map_err(|source| backend_error(topic, source))
+        .await;
+        self.metrics.published(started, result.is_ok());
+        result
     }
 
     /// Gives `message` an id if it has none, and checks it and `topic` as every publish
@@ -212,6 +215,23 @@ impl Publisher {
             ));
         }
         Ok(())
+    }
+
+    /// Checks `message`, hands it to the backend and waits for the broker: every single
+    /// publish, timed and its failure counted (`metrics`).
+    async fn sent(
+        &self,
+        topic: &str,
+        message: Message,
+        defer: Option<std::time::Duration>,
+    ) -> Result<(), PublishError> {
+        let started = self.metrics.start();
+        let result = match self.start(topic, message, defer) {
+            Ok(publish) => publish.await.map_err(|source| backend_error(topic, source)),
+            Err(error) => Err(error),
+        };
+        self.metrics.published(started, result.is_ok());
+        result
     }
 
     /// Checks `message` and hands it to the backend: what every publish does before its
@@ -451,10 +471,7 @@ impl Outgoing<'_> {
         {
             message.headers.insert_static(CONTENT_TYPE, content_type);
         }
-        publisher
-            .start(&topic, message, defer)?
-            .await
-            .map_err(|source| backend_error(&topic, source))
+        publisher.sent(&topic, message, defer).await
     }
 }
 
@@ -506,11 +523,14 @@ pub(crate) async fn publish_reply<C: Encoder<T> + Codec, T: ?Sized>(
     match &request.reply_to {
         Some(address) => {
             message.id = Some(crate::message::message_id());
-            publisher
+            let started = publisher.metrics.start();
+            let result = publisher
                 .backend
                 .reply(address, message)
                 .await
-                .map_err(|source| backend_error(address, source))
+                .map_err(|source| backend_error(address, source));
+            publisher.metrics.published(started, result.is_ok());
+            result
         }
         None => publisher.publish_message(topic, message).await,
     }

@@ -100,18 +100,25 @@ pub(crate) async fn connect_client(
     // reconnects (with backoff) and resubscribes by itself, without limit.
     let limit = Arc::new(PayloadLimit::default());
     let connected = Arc::clone(&limit);
+    // whether the connection was lost: the next `Connected` is a reconnection
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let client = options
         .name(format!("transport/{}", std::process::id()))
         .connection_timeout(config.connect_timeout)
         .max_reconnects(None)
         .event_callback(move |event| {
             let connected = Arc::clone(&connected);
+            let lost = Arc::clone(&lost);
             async move {
                 match event {
                     async_nats::Event::Disconnected => {
+                        lost.store(true, Ordering::Release);
                         tracing::warn!(backend = kind, "disconnected; reconnecting")
                     }
                     async_nats::Event::Connected => {
+                        if lost.swap(false, Ordering::AcqRel) {
+                            crate::metrics::reconnected(kind);
+                        }
                         // possibly another server, with another limit
                         connected.stale.store(true, Ordering::Release);
                         tracing::info!(backend = kind, "connected");

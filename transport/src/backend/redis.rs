@@ -197,6 +197,8 @@ fn route_push(routes: &Routes, push: PushInfo) {
             }
         }
         PushKind::Disconnection => {
+            // the connection manager reconnects and resubscribes by itself
+            crate::metrics::reconnected(KIND);
             tracing::warn!(
                 backend = KIND,
                 "disconnected; reconnecting and resubscribing"
