@@ -39,6 +39,7 @@ pub struct App {
     websockets: Vec<Arc<dyn crate::ws::Served>>,
     /// What handlers reach through their `Context` (the WebSocket servers, by type).
     extensions: crate::context::Extensions,
+    health: crate::Health,
 }
 
 impl App {
@@ -53,7 +54,14 @@ impl App {
             #[cfg(feature = "websocket")]
             websockets: Vec::new(),
             extensions: Default::default(),
+            health: crate::Health::default(),
         }
+    }
+
+    /// This App's liveness and readiness, from now until it has shut down: to mount
+    /// [`Health::router`](crate::Health::router) in a server of one's own before starting.
+    pub fn health(&self) -> crate::Health {
+        self.health.clone()
     }
 
     /// An App configured by `TRANSPORT_CONFIG` / `transport.toml` and `TRANSPORT_*`.
@@ -283,6 +291,7 @@ impl App {
                 return Err(error);
             }
         };
+        self.health.set_backend(&backend);
         let capabilities = backend.capabilities();
         let publisher = Publisher::new(
             Arc::clone(&backend),
@@ -342,6 +351,7 @@ impl App {
                 extensions: self.extensions.clone(),
             });
             let dispatcher = Dispatcher {
+                bound: self.health.subscribed(registration.name, &info.topic),
                 metrics: crate::metrics::SubscriberMetrics::new(
                     registration.name,
                     &info.topic,
@@ -393,7 +403,9 @@ impl App {
             tracing::info!(%address, "metrics endpoint listening (GET /metrics)");
             (address, tokio::spawn(serving))
         });
+        self.health.set_phase(crate::health::Phase::Running);
         Ok(Running {
+            health: self.health,
             backend,
             publisher,
             shutdown,
@@ -427,7 +439,8 @@ impl App {
         };
         #[cfg(feature = "prometheus")]
         {
-            let (bound, serving) = crate::observe::serve(address, stop.clone()).await?;
+            let (bound, serving) =
+                crate::observe::serve(address, self.health.clone(), stop.clone()).await?;
             Ok(Some((bound, Box::pin(serving))))
         }
         #[cfg(not(feature = "prometheus"))]
@@ -532,6 +545,7 @@ async fn close_backend(backend: &Arc<dyn Backend>, timeout: std::time::Duration)
 
 /// A started App.
 pub struct Running {
+    health: crate::Health,
     backend: Arc<dyn Backend>,
     publisher: Publisher,
     shutdown: CancellationToken,
@@ -619,6 +633,12 @@ impl Running {
         &self.websocket_addresses
     }
 
+    /// Its liveness and readiness (ready until shutdown begins, while every subscription
+    /// is bound and the backend connected).
+    pub fn health(&self) -> &crate::Health {
+        &self.health
+    }
+
     /// Where the metrics endpoint listens (`[metrics] address`, with the port chosen when
     /// it ends in `:0`), if there is one.
     pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
@@ -645,6 +665,7 @@ impl Running {
     /// then flushes acknowledgements and disconnects (up to `shutdown.close_timeout`):
     /// it returns within those bounds even while the broker is down.
     pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.health.set_phase(crate::health::Phase::Draining);
         self.shutdown.cancel();
         // WebSocket sessions close (1001) and drain while the subscribers do
         #[cfg(feature = "websocket")]
@@ -677,6 +698,7 @@ impl Running {
             self.tasks.detach_all();
         }
         close_backend(&self.backend, self.close_timeout).await;
+        self.health.set_phase(crate::health::Phase::Stopped);
         // the endpoint answered until now (a last scrape sees the drain's counts)
         self.metrics_stop.cancel();
         if let Some((_, serving)) = self.metrics_endpoint.take() {

@@ -47,6 +47,8 @@ pub(crate) struct Dispatcher {
     /// Topic, group and publisher: what each delivery's `Context` shares.
     pub info: Arc<SubscriptionInfo>,
     pub metrics: SubscriberMetrics,
+    /// Whether the subscription is bound, for readiness.
+    pub bound: Arc<crate::health::Bound>,
 }
 
 enum Failure {
@@ -96,6 +98,7 @@ struct Source {
     state: SourceState,
     backoff: Duration,
     metrics: SubscriberMetrics,
+    bound: Arc<crate::health::Bound>,
 }
 
 enum SourceState {
@@ -121,6 +124,7 @@ impl Source {
                         return Poll::Ready(delivery);
                     }
                     Poll::Ready(None) => {
+                        self.bound.set(false);
                         tracing::warn!(
                             subscriber = %self.spec.subscriber,
                             topic = %self.spec.topic,
@@ -151,6 +155,7 @@ impl Source {
                             "subscribed again"
                         );
                         self.metrics.resubscribed();
+                        self.bound.set(true);
                         self.state = SourceState::Active(subscription);
                     }
                     Poll::Ready(Err(error)) => {
@@ -270,6 +275,7 @@ impl Dispatcher {
             state: SourceState::Active(subscription),
             backoff: RESUBSCRIBE_BACKOFF.0,
             metrics: this.metrics.clone(),
+            bound: Arc::clone(&this.bound),
         };
         if limit == 1 {
             return this

@@ -30,6 +30,7 @@ mod context;
 pub mod dead_letter;
 pub mod dispatch;
 mod error;
+pub mod health;
 pub mod introspect;
 mod message;
 pub mod metrics;
@@ -51,6 +52,7 @@ pub use error::{
     BackendError, CodecError, ConfigError, Error, HandlerError, IntrospectError, PublishError,
     StartupError,
 };
+pub use health::Health;
 pub use message::{
     CONTENT_TYPE, GENERATED_ID_PREFIX, Headers, Message, MessageId, is_generated_id, message_id,
 };

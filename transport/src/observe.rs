@@ -1,6 +1,6 @@
 //! The Prometheus endpoint (feature `prometheus`): the recorder the App installs when
 //! `[metrics] address` is set, and the HTTP server answering `GET /metrics` there in the
-//! Prometheus text format. [`metrics_router`] gives the same route to mount in an axum
+//! Prometheus text format, and the App's health probes (`/health/live`, `/health/ready`). [`metrics_router`] gives the same route to mount in an axum
 //! application of one's own.
 
 use std::future::Future;
@@ -69,9 +69,10 @@ pub fn metrics_router() -> Result<axum::Router, MetricsError> {
 /// `shutdown` (keeping the recorder's histograms compact meanwhile).
 pub(crate) async fn serve(
     address: SocketAddr,
+    health: crate::Health,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, impl Future<Output = ()> + Send + 'static), MetricsError> {
-    let router = metrics_router()?;
+    let router = metrics_router()?.merge(health.router());
     let handle = prometheus()?;
     let listener = tokio::net::TcpListener::bind(address)
         .await

@@ -376,6 +376,13 @@ pub trait Backend: Send + Sync + 'static {
     fn max_message_size(&self) -> Option<usize> {
         None
     }
+
+    /// Whether the client is connected to the broker now, where it can tell (readiness,
+    /// [`Health`](crate::Health)); `true` where it cannot, a lost connection then showing
+    /// as subscriptions the backend ended.
+    fn connected(&self) -> bool {
+        true
+    }
 }
 
 /// `backend`'s `operation` failed, as the broker or its client said (`error`).

@@ -345,6 +345,10 @@ impl Backend for NatsBackend {
         KIND
     }
 
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             groups: true,

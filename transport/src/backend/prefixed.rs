@@ -134,4 +134,8 @@ impl Backend for Prefixed {
     fn max_message_size(&self) -> Option<usize> {
         self.inner.max_message_size()
     }
+
+    fn connected(&self) -> bool {
+        self.inner.connected()
+    }
 }

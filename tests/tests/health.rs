@@ -1,0 +1,144 @@
+//! Liveness and readiness: not ready before start, ready once every subscription is bound,
+//! not ready while draining, neither once stopped (through `Health` and the probes on the
+//! metrics endpoint); and on NATS, not ready while the server is down, ready again once it
+//! is back.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use transport::health::Phase;
+use transport::{App, Config};
+use transport_tests::broker::{PrivateBroker, Server};
+
+/// Lets the handler of `health.slow` finish.
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[transport::subscriber(topic = "health.slow", group = "probe")]
+async fn slow(_text: String) {
+    if let Ok(permit) = GATE.acquire().await {
+        permit.forget();
+    }
+}
+
+/// The status code and body of `GET path` from `address`.
+fn get(address: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let mut stream =
+        std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (status, body)
+}
+
+/// Polls `GET path` until it answers `status`, within `limit`.
+async fn until(
+    address: std::net::SocketAddr,
+    path: &str,
+    status: u16,
+    limit: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (got, body) = get(address, path);
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} still answers {got}, not {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn with_endpoint(mut config: Config) -> Config {
+    config.metrics.address = Some("127.0.0.1:0".parse().unwrap());
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_once_started_not_while_draining_and_neither_once_stopped() {
+    let app = App::new(with_endpoint(Config::for_test())).select(|r| r.name == "slow");
+    let health = app.health();
+    assert_eq!(health.phase(), Phase::Starting);
+    assert!(health.is_live() && !health.is_ready());
+    let running = app.start().await.unwrap();
+    let address = running.metrics_address().unwrap();
+    let (status, live) = get(address, "/health/live");
+    assert_eq!(
+        (status, live["live"].as_bool()),
+        (200, Some(true)),
+        "{live}"
+    );
+    let (status, ready) = get(address, "/health/ready");
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["phase"], "running");
+    assert_eq!(ready["backend"]["kind"], "memory");
+    assert_eq!(
+        ready["subscriptions"],
+        serde_json::json!([{"subscriber": "slow", "topic": "health.slow", "bound": true}])
+    );
+
+    // a handler under way when shutdown begins: draining, so not ready, still live
+    running
+        .publisher()
+        .publish("health.slow", &"hold")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::spawn(running.shutdown());
+    let draining = until(address, "/health/ready", 503, Duration::from_secs(5)).await;
+    assert_eq!(draining["phase"], "draining", "{draining}");
+    assert_eq!(get(address, "/health/live").0, 200);
+    GATE.add_permits(1);
+    stopping.await.unwrap().unwrap();
+    assert_eq!(health.phase(), Phase::Stopped);
+    assert!(!health.is_live() && !health.is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_not_ready_while_the_server_is_down_and_ready_once_it_is_back() {
+    let mut broker = match PrivateBroker::start(Server::Nats) {
+        Ok(broker) => broker,
+        Err(reason) => {
+            assert!(!transport_tests::in_ci(), "{reason}");
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+    let config = Config::from_toml(&format!(
+        "[broker]\nkind = \"nats\"\nurl = \"{}\"\n",
+        broker.url()
+    ))
+    .unwrap();
+    let running = App::new(with_endpoint(config))
+        .select(|r| r.name == "slow")
+        .start()
+        .await
+        .unwrap();
+    let address = running.metrics_address().unwrap();
+    let ready = until(address, "/health/ready", 200, Duration::from_secs(5)).await;
+    assert_eq!(
+        ready["backend"],
+        serde_json::json!({"kind": "nats", "connected": true})
+    );
+    broker.kill();
+    let down = until(address, "/health/ready", 503, Duration::from_secs(10)).await;
+    assert_eq!(down["backend"]["connected"], false, "{down}");
+    assert_eq!(down["phase"], "running");
+    assert_eq!(get(address, "/health/live").0, 200);
+    broker.restart().unwrap();
+    until(address, "/health/ready", 200, Duration::from_secs(20)).await;
+    running.shutdown().await.unwrap();
+}
