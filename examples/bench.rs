@@ -1,6 +1,6 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics]
+//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only] [--no-trace-context] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics,trace-context]
 //!
 //! `--rounds R` alternates framework and raw R times per backend and prints the medians.
 //! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
@@ -8,6 +8,8 @@
 //! in-memory brokers; `scripts/instructions` counts its instructions per delivery with
 //! callgrind. `metrics` is the in-process drain with every metric recorded (a Prometheus
 //! recorder) against it without a recorder: the ratio is the metrics' cost.
+//! `trace-context` is the in-process drain with W3C trace context carried (the default)
+//! against `[publisher] trace_context = false`.
 //!
 //! Each side drains the same backlog of small JSON messages: decode into a typed value,
 //! count it, acknowledge it. The framework side is an annotated subscriber in a group on
@@ -91,11 +93,15 @@ fn rate(n: u64, elapsed: Duration) -> f64 {
 
 /// The defaults, as a user gets them; the in-process queue holds the whole backlog.
 fn config(kind: &str, prefix: &str, n: u64) -> Config {
-    Config::from_toml(&format!(
+    let mut config = Config::from_toml(&format!(
         "[broker]\nkind = \"{kind}\"\nname = \"bench\"\ntopic_prefix = \"{prefix}\"\nqueue_capacity = {}",
         n.max(65_536)
     ))
-    .unwrap_or_else(|e| panic!("bench config: {e}"))
+    .unwrap_or_else(|e| panic!("bench config: {e}"));
+    if TRACE_CONTEXT_OFF.load(Ordering::Relaxed) {
+        config.publisher.trace_context = false;
+    }
+    config
 }
 
 /// The framework's drain of `n` messages: the backlog written through the framework's
@@ -170,6 +176,26 @@ async fn metrics_overhead(n: u64) -> Measured {
         raw: rate(n, off),
     }
 }
+
+/// `trace-context`: the in-process drain with `[publisher] trace_context` on (the default:
+/// every publish carries a `traceparent`, every delivery parses it and runs its handler
+/// inside it) against it off.
+async fn trace_context_overhead(n: u64) -> Measured {
+    let on = framework_drain("memory", "", n, false).await;
+    if framework_only() {
+        return alone(n, on);
+    }
+    TRACE_CONTEXT_OFF.store(true, Ordering::Relaxed);
+    let off = framework_drain("memory", "", n, false).await;
+    TRACE_CONTEXT_OFF.store(false, Ordering::Relaxed);
+    Measured {
+        framework: rate(n, on),
+        raw: rate(n, off),
+    }
+}
+
+/// Turns `publisher.trace_context` off in [`config`] (the `trace-context` row's other side).
+static TRACE_CONTEXT_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn inprocess(n: u64) -> Measured {
     let framework = framework_drain("memory", "", n, false).await;
@@ -1081,13 +1107,17 @@ async fn main() {
                 backends = list.split(',').map(str::to_string).collect();
                 i += 2;
             }
+            ("--no-trace-context", _) => {
+                TRACE_CONTEXT_OFF.store(true, Ordering::Relaxed);
+                i += 1;
+            }
             ("--framework-only", _) => {
                 FRAMEWORK_ONLY.store(true, Ordering::Relaxed);
                 i += 1;
             }
             (other, _) => {
                 eprintln!(
-                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics] (got `{other}`)"
+                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--no-trace-context] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics,trace-context] (got `{other}`)"
                 );
                 std::process::exit(2);
             }
@@ -1127,6 +1157,7 @@ async fn main() {
                 }
                 "inprocess" => inprocess(messages).await,
                 "metrics" => metrics_overhead(messages).await,
+                "trace-context" => trace_context_overhead(messages).await,
                 other => {
                     eprintln!("unknown backend `{other}`");
                     std::process::exit(2);

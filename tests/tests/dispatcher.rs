@@ -834,7 +834,15 @@ mod replies {
             .find(|m| &m.payload[..] == b"5")
             .expect("reply to 5");
         assert_eq!(first.headers.get("correlation-id"), Some("conv-9"));
-        assert_eq!(first.headers.get("traceparent"), Some(traceparent));
+        // in the request's trace, as a child of the handler's delivery (not a copy)
+        let reply_trace = first
+            .headers
+            .get("traceparent")
+            .and_then(transport::trace::TraceContext::parse)
+            .expect("the reply carries a traceparent");
+        let request_trace = transport::trace::TraceContext::parse(traceparent).unwrap();
+        assert_eq!(reply_trace.trace_id(), request_trace.trace_id());
+        assert_ne!(reply_trace.span_id(), request_trace.span_id());
         assert_eq!(first.headers.get("x-request-id"), Some("r-1"));
         assert_eq!(first.headers.get("x-served-by"), Some("echo"));
         assert_eq!(first.headers.get("private"), None);

@@ -298,6 +298,7 @@ impl App {
             self.config.publisher_codec(),
             self.config.broker.max_message_bytes,
             &self.config.publisher.propagate_headers,
+            self.config.publisher.trace_context,
         );
         let shutdown = self.shutdown.clone();
         let drain_timeout = self.config.shutdown.drain_timeout;
@@ -352,6 +353,7 @@ impl App {
             });
             let dispatcher = Dispatcher {
                 bound: self.health.subscribed(registration.name, &info.topic),
+                trace: self.config.publisher.trace_context,
                 metrics: crate::metrics::SubscriberMetrics::new(
                     registration.name,
                     &info.topic,

@@ -632,6 +632,10 @@ pub struct PublisherConfig {
     pub codec: String,
     /// Headers a reply copies from its request (trace context, request ids).
     pub propagate_headers: Vec<String>,
+    /// Every publish a handler makes carries a W3C `traceparent`, a child of its delivery's
+    /// trace context, and a delivery without one starts a trace (see [`crate::trace`]). A
+    /// message that already has one keeps it.
+    pub trace_context: bool,
 }
 
 impl Default for PublisherConfig {
@@ -641,6 +645,7 @@ impl Default for PublisherConfig {
             propagate_headers: ["traceparent", "tracestate", "x-request-id", "x-trace-id"]
                 .map(String::from)
                 .to_vec(),
+            trace_context: true,
         }
     }
 }

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backend::{Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::context::{Context, SubscriptionInfo};
@@ -22,6 +23,7 @@ use crate::dead_letter::{self, DeadLetters, Reason};
 use crate::error::{BackendError, Error, PublishError};
 use crate::metrics::{FailureKind, SubscriberMetrics};
 use crate::registry::{HandlerFn, Outcome, Registration};
+use crate::trace::TraceContext;
 
 pub use crate::config::RetryPolicy;
 pub use crate::dead_letter::MAX_ERROR_HEADER_CHARS;
@@ -49,6 +51,9 @@ pub(crate) struct Dispatcher {
     pub metrics: SubscriberMetrics,
     /// Whether the subscription is bound, for readiness.
     pub bound: Arc<crate::health::Bound>,
+    /// Whether a delivery without a trace context starts one (`publisher.trace_context`),
+    /// so what its handler publishes shares a trace.
+    pub trace: bool,
 }
 
 enum Failure {
@@ -449,6 +454,11 @@ impl Dispatcher {
                 .await;
             return;
         }
+        // the delivery's place in its trace: a child of the producer's, or a new trace
+        let trace = match TraceContext::from_headers(&delivery.message.headers) {
+            Some(parent) => Some(parent.child()),
+            None => self.trace.then(TraceContext::root),
+        };
         loop {
             let context = Context {
                 message: Arc::clone(&delivery.message),
@@ -457,8 +467,28 @@ impl Dispatcher {
                 attempt,
                 reply_headers: Default::default(),
             };
+            let span = tracing::info_span!(
+                "transport.deliver",
+                subscriber = self.registration.name,
+                topic = delivery.topic().map_or(&*self.info.topic, |topic| topic),
+                group = self.info.group.as_deref(),
+                attempt,
+                message_id = delivery.message.id.as_deref(),
+                trace_id = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            if let Some(trace) = trace.as_ref().filter(|_| !span.is_disabled()) {
+                span.record("trace_id", tracing::field::display(trace.trace_field()));
+            }
+            let handler = (self.handler)(context);
+            // publishes the handler makes are children of the delivery's context
+            let handler = match trace.clone() {
+                Some(trace) => Either::Left(crate::trace::within(trace, handler)),
+                None => Either::Right(handler),
+            };
             let started = self.metrics.start();
-            let mut run = std::pin::pin!(AssertUnwindSafe((self.handler)(context)).catch_unwind());
+            let mut run =
+                std::pin::pin!(AssertUnwindSafe(handler.instrument(span.clone())).catch_unwind());
             // the timer (a clock read, a timer entry) only for a handler that does not
             // finish on its first poll
             let finished = match poll_once(run.as_mut()).await {
@@ -466,6 +496,16 @@ impl Dispatcher {
                 Poll::Pending => tokio::time::timeout(self.handler_timeout, run).await,
             };
             self.metrics.ran(started);
+            span.record(
+                "outcome",
+                match &finished {
+                    Ok(Ok(Outcome::Handled)) => "handled",
+                    Ok(Ok(Outcome::Undecodable(_))) => "undecodable",
+                    Ok(Ok(Outcome::Failed(_))) => "failed",
+                    Ok(Err(_)) => "panicked",
+                    Err(_) => "timed out",
+                },
+            );
             let failure = match finished {
                 Ok(Ok(Outcome::Handled)) => {
                     self.metrics.handled();

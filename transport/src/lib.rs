@@ -41,6 +41,7 @@ mod redact;
 pub mod registry;
 pub mod testing;
 mod topic;
+pub mod trace;
 #[cfg(feature = "websocket")]
 pub mod ws;
 

@@ -58,6 +58,17 @@ impl Headers {
         }
     }
 
+    /// Sets a header whose name lives for the whole program (not copied) to `value`.
+    pub(crate) fn insert_named(&mut self, name: &'static str, value: String) {
+        if self.fixed.is_some_and(|(fixed, _)| fixed == name) {
+            self.fixed = None;
+        }
+        match self.entries.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = Cow::Owned(value),
+            None => self.entries.push((Cow::Borrowed(name), Cow::Owned(value))),
+        }
+    }
+
     /// Sets a header whose name and value live for the whole program, copying nothing
     /// (and allocating nothing when it is the only such header).
     pub(crate) fn insert_static(&mut self, name: &'static str, value: &'static str) {

@@ -13,6 +13,8 @@ use crate::error::{BackendError, PublishError};
 use crate::message::{CONTENT_TYPE, Headers, Message, MessageId};
 use crate::metrics::PublishMetrics;
 use crate::topic::Topic;
+use crate::trace::{TRACEPARENT, TRACESTATE};
+use tracing::Instrument;
 
 /// Publishes messages through the App's backend. Cheap to clone; reach it with
 /// [`Running::publisher`](crate::Running::publisher) or [`Context::publisher`](crate::Context::publisher).
@@ -37,6 +39,8 @@ pub struct Publisher {
     /// Headers a reply copies from its request.
     propagate: Arc<[String]>,
     metrics: PublishMetrics,
+    /// Whether publishes carry a `traceparent` (`publisher.trace_context`).
+    trace: bool,
 }
 
 impl fmt::Debug for Publisher {
@@ -54,8 +58,10 @@ impl Publisher {
         codec: SerdeCodec,
         max_message_bytes: usize,
         propagate: &[String],
+        trace: bool,
     ) -> Self {
         Publisher {
+            trace,
             metrics: PublishMetrics::new(backend.kind()),
             backend,
             codec,
@@ -200,6 +206,12 @@ impl Publisher {
         if message.id.is_none() {
             message.id = Some(crate::message::message_id());
         }
+        if self.trace
+            && let Some(context) = crate::trace::for_publish()
+            && !message.headers.contains(TRACEPARENT)
+        {
+            context.inject(&mut message.headers);
+        }
         if let Err(source) = self.backend.validate_topic(topic) {
             return Err(backend_error(topic, source));
         }
@@ -226,8 +238,12 @@ impl Publisher {
         defer: Option<std::time::Duration>,
     ) -> Result<(), PublishError> {
         let started = self.metrics.start();
-        let result = match self.start(topic, message, defer) {
-            Ok(publish) => publish.await.map_err(|source| backend_error(topic, source)),
+        let span = tracing::debug_span!("transport.publish", topic, backend = self.backend.kind());
+        let result = match span.in_scope(|| self.start(topic, message, defer)) {
+            Ok(publish) => publish
+                .instrument(span)
+                .await
+                .map_err(|source| backend_error(topic, source)),
             Err(error) => Err(error),
         };
         self.metrics.published(started, result.is_ok());
@@ -503,6 +519,10 @@ pub(crate) async fn publish_reply<C: Encoder<T> + Codec, T: ?Sized>(
     let mut message = Message::default();
     message.key.clone_from(&request.key);
     for name in publisher.propagate.iter() {
+        // with trace context on, the reply is the handler's child, not its request's sibling
+        if publisher.trace && (name == TRACEPARENT || name == TRACESTATE) {
+            continue;
+        }
         if let Some(value) = request.headers.get(name) {
             message.headers.insert(name.as_str(), value);
         }
@@ -523,6 +543,11 @@ pub(crate) async fn publish_reply<C: Encoder<T> + Codec, T: ?Sized>(
     match &request.reply_to {
         Some(address) => {
             message.id = Some(crate::message::message_id());
+            if publisher.trace
+                && let Some(context) = crate::trace::for_publish()
+            {
+                context.inject(&mut message.headers);
+            }
             let started = publisher.metrics.start();
             let result = publisher
                 .backend

@@ -1,0 +1,282 @@
+//! W3C trace context across brokers: a delivery's `traceparent` (and `tracestate`) is read
+//! when it arrives, the handler runs inside a context that is its child, and every
+//! publish made while it runs carries a `traceparent` naming that context as parent, so
+//! the messages one handler sends belong to the trace of the message it handles. A
+//! delivery without a `traceparent` starts a trace; a publish outside any handler carries
+//! none (nothing to continue, and nothing paid for it on the hot path). Each delivery runs in a
+//! `transport.deliver` span and each publish in a `transport.publish` span (`tracing`),
+//! with the trace id as a field, so logs of one trace can be found across services.
+//!
+//! Only headers a broker carries survive it: NATS, JetStream, Redis streams, RabbitMQ,
+//! MQTT 5, Kafka and the memory broker carry them; Redis pub/sub and NSQ carry bodies
+//! only, so a trace restarts after them.
+
+use std::cell::Cell;
+use std::fmt;
+
+use crate::message::Headers;
+
+/// The header carrying the trace and parent ids.
+pub const TRACEPARENT: &str = "traceparent";
+/// The header carrying vendors' trace state, passed along unchanged.
+pub const TRACESTATE: &str = "tracestate";
+
+/// A position in a trace: the trace, this span within it, the sampling flag, and the
+/// vendors' state.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: u128,
+    span_id: u64,
+    flags: u8,
+    state: Option<String>,
+}
+
+impl fmt::Debug for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.traceparent())
+    }
+}
+
+impl TraceContext {
+    /// A new trace (random ids, sampled).
+    pub fn root() -> Self {
+        TraceContext {
+            trace_id: nonzero_u128(),
+            span_id: nonzero_u64(),
+            flags: 1,
+            state: None,
+        }
+    }
+
+    /// A span in the same trace, whose parent is this one.
+    pub fn child(&self) -> Self {
+        TraceContext {
+            trace_id: self.trace_id,
+            span_id: nonzero_u64(),
+            flags: self.flags,
+            state: self.state.clone(),
+        }
+    }
+
+    /// The context `headers` carry (`traceparent`, with `tracestate` if any), if a valid one.
+    pub fn from_headers(headers: &Headers) -> Option<Self> {
+        let mut context = Self::parse(headers.get(TRACEPARENT)?)?;
+        context.state = headers
+            .get(TRACESTATE)
+            .filter(|state| !state.is_empty())
+            .map(str::to_string);
+        Some(context)
+    }
+
+    /// Parses a `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`; later versions by
+    /// their first four fields); `None` for anything malformed or an all-zero id.
+    pub fn parse(traceparent: &str) -> Option<Self> {
+        // the common case, by position: version 00, exactly 55 bytes (every delivery)
+        if let Some(context) = Self::parse_00(traceparent.as_bytes()) {
+            return Some(context);
+        }
+        let mut fields = traceparent.trim().split('-');
+        let version = fields.next()?;
+        let (trace, span, flags) = (fields.next()?, fields.next()?, fields.next()?);
+        let rest = fields.next();
+        let hex = |s: &str, len: usize| {
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !hex(version, 2) || version == "ff" || (version == "00" && rest.is_some()) {
+            return None;
+        }
+        if !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(span, 16).ok()?;
+        if trace_id == 0 || span_id == 0 {
+            return None;
+        }
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            flags: u8::from_str_radix(flags, 16).ok()?,
+            state: None,
+        })
+    }
+
+    /// `00-<32 hex>-<16 hex>-<2 hex>`, read by position; `None` sends the caller to the
+    /// general parser, which decides.
+    fn parse_00(bytes: &[u8]) -> Option<Self> {
+        let [b'0', b'0', b'-', rest @ ..] = bytes else {
+            return None;
+        };
+        if rest.len() != 52 || rest[32] != b'-' || rest[49] != b'-' {
+            return None;
+        }
+        let trace_id = hex_value(&rest[..32])?;
+        let span_id = hex_value(&rest[33..49])? as u64;
+        let flags = hex_value(&rest[50..52])? as u8;
+        (trace_id != 0 && span_id != 0).then_some(TraceContext {
+            trace_id,
+            span_id,
+            flags,
+            state: None,
+        })
+    }
+
+    /// The `traceparent` value naming this context.
+    pub fn traceparent(&self) -> String {
+        // by position into a buffer: this runs on every publish
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&mut text[3..35], self.trace_id);
+        write_hex(&mut text[36..52], u128::from(self.span_id));
+        write_hex(&mut text[53..55], u128::from(self.flags));
+        // (ASCII by construction: never the empty fallback)
+        std::str::from_utf8(&text)
+            .map(str::to_owned)
+            .unwrap_or_default()
+    }
+
+    /// The trace id, 32 hex digits.
+    pub fn trace_id(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// This span's id, 16 hex digits.
+    pub fn span_id(&self) -> String {
+        format!("{:016x}", self.span_id)
+    }
+
+    /// The vendors' `tracestate`, passed along unchanged.
+    pub fn state(&self) -> Option<&str> {
+        self.state.as_deref()
+    }
+
+    /// Writes this context into `headers` as the parent of what receives them.
+    pub(crate) fn inject(&self, headers: &mut Headers) {
+        headers.insert_named(TRACEPARENT, self.traceparent());
+        if let Some(state) = &self.state {
+            headers.insert_named(TRACESTATE, state.clone());
+        }
+    }
+
+    /// The trace id as a span field, formatted only if a subscriber records it.
+    pub(crate) fn trace_field(&self) -> impl fmt::Display + use<> {
+        TraceId(self.trace_id)
+    }
+}
+
+/// Writes the low `out.len()` hex digits of `value` into `out`, lowercase.
+fn write_hex(out: &mut [u8], mut value: u128) {
+    for byte in out.iter_mut().rev() {
+        *byte = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+/// The value of lowercase hex digits (at most 32); `None` for any other byte.
+fn hex_value(digits: &[u8]) -> Option<u128> {
+    let mut value = 0u128;
+    for &digit in digits {
+        let nibble = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => return None,
+        };
+        value = (value << 4) | u128::from(nibble);
+    }
+    Some(value)
+}
+
+struct TraceId(u128);
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+tokio::task_local! {
+    /// The context of the delivery whose handler is running on this task.
+    static CURRENT: TraceContext;
+}
+
+/// The trace context of the delivery being handled on this task, if any.
+pub fn current() -> Option<TraceContext> {
+    CURRENT.try_with(TraceContext::clone).ok()
+}
+
+/// Runs `future` (a handler) inside `context`: publishes it makes name it as parent.
+pub(crate) async fn within<F: std::future::Future>(context: TraceContext, future: F) -> F::Output {
+    CURRENT.scope(context, future).await
+}
+
+/// The context a publish made now goes out with: a child of the running handler's; none
+/// outside a handler.
+pub(crate) fn for_publish() -> Option<TraceContext> {
+    CURRENT.try_with(TraceContext::child).ok()
+}
+
+thread_local! {
+    /// A SplitMix64 state per thread, seeded from the standard library's random keys.
+    static RNG: Cell<u64> = Cell::new({
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new().build_hasher().finish() | 1
+    });
+}
+
+fn next_u64() -> u64 {
+    RNG.with(|state| {
+        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+fn nonzero_u64() -> u64 {
+    loop {
+        let n = next_u64();
+        if n != 0 {
+            return n;
+        }
+    }
+}
+
+fn nonzero_u128() -> u128 {
+    (u128::from(next_u64()) << 64) | u128::from(nonzero_u64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_round_trips_and_malformed_ones_are_refused() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let context = TraceContext::parse(text).unwrap();
+        assert_eq!(context.traceparent(), text);
+        assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let child = context.child();
+        assert_eq!(child.trace_id(), context.trace_id());
+        assert_ne!(child.span_id(), context.span_id());
+        // a later version with more fields is read by its first four
+        assert!(TraceContext::parse(&format!("01-{}-extra", &text[3..])).is_some());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad}");
+        }
+        let roots: std::collections::HashSet<_> =
+            (0..1000).map(|_| TraceContext::root().trace_id()).collect();
+        assert_eq!(roots.len(), 1000);
+    }
+}
