@@ -939,3 +939,70 @@ mod isolation {
         app_b.shutdown().await.unwrap();
     }
 }
+
+/// A handler says what its error means: retry after a delay it chooses, dead-letter now,
+/// or drop the message.
+mod verdicts {
+    use super::*;
+    use std::time::Instant;
+
+    /// Reports (subscriber, attempt, when) for every run.
+    pub struct Judged(pub UnboundedSender<(&'static str, u32, Instant)>);
+
+    #[transport::service]
+    impl Judged {
+        #[subscriber(topic = "verdict.later", codec = "text")]
+        async fn later(&self, _text: String, ctx: &Context) -> Result<(), Error> {
+            let _ = self.0.send(("later", ctx.attempt(), Instant::now()));
+            if ctx.attempt() == 1 {
+                return Err(Error::msg("busy").retry_after(Duration::from_millis(400)));
+            }
+            Ok(())
+        }
+
+        #[subscriber(topic = "verdict.now", codec = "text")]
+        async fn now(&self, _text: String, ctx: &Context) -> Result<(), Error> {
+            let _ = self.0.send(("now", ctx.attempt(), Instant::now()));
+            Err(Error::msg("malformed order").dead_letter())
+        }
+
+        #[subscriber(topic = "verdict.drop", codec = "text")]
+        async fn drop_it(&self, _text: String, ctx: &Context) -> Result<(), Error> {
+            let _ = self.0.send(("drop", ctx.attempt(), Instant::now()));
+            Err(Error::msg("stale").discard())
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_after_waits_its_delay_dead_letter_skips_retries_and_discard_drops() {
+        let (tx, mut runs) = mpsc::unbounded_channel();
+        // the policy's own backoff is 10 ms: a 400 ms gap is the handler's
+        let app = start(module_path!(), memory_config("max_attempts = 5"), |app| {
+            app.service(Judged(tx))
+        })
+        .await;
+        for topic in ["verdict.later", "verdict.now", "verdict.drop"] {
+            app.publisher().publish(topic, &"x").await.unwrap();
+        }
+        let mut seen = receive(&mut runs, 4).await;
+        assert_quiet(&mut runs, Duration::from_millis(300)).await;
+        seen.sort_by_key(|(name, attempt, _)| (*name, *attempt));
+        let names: Vec<_> = seen
+            .iter()
+            .map(|(name, attempt, _)| (*name, *attempt))
+            .collect();
+        assert_eq!(
+            names,
+            [("drop", 1), ("later", 1), ("later", 2), ("now", 1)],
+            "one run each, two for `later`"
+        );
+        let gap = seen[2].2 - seen[1].2;
+        assert!(gap >= Duration::from_millis(400), "retried after {gap:?}");
+        // only `now` was dead-lettered, after its one attempt
+        let letters = app.dead_letters().recent();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0].topic, "verdict.now.dlq");
+        assert_eq!(letters[0].message.headers.get(dlq::ATTEMPTS), Some("1"));
+        app.shutdown().await.unwrap();
+    }
+}

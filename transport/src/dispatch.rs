@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::backend::{Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::context::{Context, SubscriptionInfo};
 use crate::dead_letter::{self, DeadLetters, Reason};
-use crate::error::{BackendError, Error, PublishError};
+use crate::error::{BackendError, Error, PublishError, Verdict};
 use crate::metrics::{FailureKind, SubscriberMetrics};
 use crate::registry::{HandlerFn, Outcome, Registration};
 use crate::trace::TraceContext;
@@ -531,6 +531,44 @@ impl Dispatcher {
                 Err(_) => Failure::Timeout(self.handler_timeout),
             };
             self.metrics.failed(failure.metric());
+            // what the handler asked for, if it said
+            let verdict = match &failure {
+                Failure::Handler(error) => error.verdict(),
+                _ => Verdict::Retry,
+            };
+            match verdict {
+                Verdict::Discard => {
+                    tracing::warn!(
+                        subscriber = self.registration.name,
+                        topic = &*self.info.topic,
+                        message_id = delivery.message.id.as_deref(),
+                        attempt,
+                        error = %failure.describe(),
+                        "handler failed and discarded the message; acknowledged, not retried or dead-lettered"
+                    );
+                    delivery.ack();
+                    return;
+                }
+                Verdict::DeadLetter => {
+                    tracing::warn!(
+                        subscriber = self.registration.name,
+                        topic = &*self.info.topic,
+                        attempt,
+                        error = %failure.describe(),
+                        "handler failed and asked for the dead letter now"
+                    );
+                    self.dead_letter(
+                        delivery,
+                        attempt,
+                        failure.kind(),
+                        &failure.describe(),
+                        shutdown,
+                    )
+                    .await;
+                    return;
+                }
+                _ => {}
+            }
             if attempt >= self.retry.max_attempts {
                 tracing::warn!(
                     subscriber = self.registration.name,
@@ -549,7 +587,10 @@ impl Dispatcher {
                 .await;
                 return;
             }
-            let delay = self.retry.delay_after(attempt);
+            let delay = match verdict {
+                Verdict::RetryAfter(delay) => delay,
+                _ => self.retry.delay_after(attempt),
+            };
             tracing::debug!(
                 subscriber = self.registration.name,
                 attempt,

@@ -51,12 +51,60 @@ impl Error {
     /// assert_eq!(err.to_string(), "temperature sensor offline");
     /// ```
     pub fn msg(message: impl fmt::Display) -> Self {
-        Error::Handler(HandlerError(Box::new(MessageError(message.to_string()))))
+        Error::Handler(HandlerError::new(Box::new(MessageError(
+            message.to_string(),
+        ))))
     }
 
     /// A handler failure caused by another error.
     pub fn handler(source: impl StdError + Send + Sync + 'static) -> Self {
-        Error::Handler(HandlerError(Box::new(source)))
+        Error::Handler(HandlerError::new(Box::new(source)))
+    }
+
+    /// Returned by a handler: retry this message after `delay` (instead of the retry
+    /// policy's backoff), still within `max_attempts`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let err = transport::Error::msg("rate limited").retry_after(Duration::from_secs(5));
+    /// assert_eq!(err.verdict(), transport::Verdict::RetryAfter(Duration::from_secs(5)));
+    /// ```
+    pub fn retry_after(self, delay: std::time::Duration) -> Self {
+        self.with_verdict(Verdict::RetryAfter(delay))
+    }
+
+    /// Returned by a handler: do not retry, dead-letter the message now (it can never
+    /// succeed: a validation failure, say).
+    pub fn dead_letter(self) -> Self {
+        self.with_verdict(Verdict::DeadLetter)
+    }
+
+    /// Returned by a handler: drop the message (acknowledged, neither retried nor
+    /// dead-lettered; logged): it no longer matters.
+    pub fn discard(self) -> Self {
+        self.with_verdict(Verdict::Discard)
+    }
+
+    /// What a handler returning this error asks for: [`Verdict::Retry`] unless it said
+    /// otherwise.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Error::Handler(error) => error.verdict,
+            _ => Verdict::Retry,
+        }
+    }
+
+    fn with_verdict(self, verdict: Verdict) -> Self {
+        match self {
+            Error::Handler(mut error) => {
+                error.verdict = verdict;
+                Error::Handler(error)
+            }
+            other => Error::Handler(HandlerError {
+                source: Box::new(other),
+                verdict,
+            }),
+        }
     }
 }
 
@@ -109,23 +157,51 @@ impl From<&str> for Error {
 
 impl From<Box<dyn StdError + Send + Sync>> for Error {
     fn from(source: Box<dyn StdError + Send + Sync>) -> Self {
-        Error::Handler(HandlerError(source))
+        Error::Handler(HandlerError::new(source))
     }
 }
 
-/// A failure reported by user code (a handler), kept with its source chain.
+/// What a failed handler asks the dispatcher to do with its message
+/// ([`Error::retry_after`], [`Error::dead_letter`], [`Error::discard`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Retry with the policy's backoff, dead-letter after `max_attempts` (the default).
+    Retry,
+    /// Retry after this delay, dead-letter after `max_attempts`.
+    RetryAfter(std::time::Duration),
+    /// Dead-letter now, without retrying.
+    DeadLetter,
+    /// Acknowledge and drop: no retry, no dead letter.
+    Discard,
+}
+
+/// A failure reported by user code (a handler), kept with its source chain and what the
+/// handler asked for.
 #[derive(Debug)]
-pub struct HandlerError(Box<dyn StdError + Send + Sync>);
+pub struct HandlerError {
+    source: Box<dyn StdError + Send + Sync>,
+    verdict: Verdict,
+}
+
+impl HandlerError {
+    fn new(source: Box<dyn StdError + Send + Sync>) -> Self {
+        HandlerError {
+            source,
+            verdict: Verdict::Retry,
+        }
+    }
+}
 
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        fmt::Display::fmt(&self.source, f)
     }
 }
 
 impl StdError for HandlerError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.source()
+        self.source.source()
     }
 }
 

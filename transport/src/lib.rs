@@ -51,7 +51,7 @@ pub use context::Context;
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::{
     BackendError, CodecError, ConfigError, Error, HandlerError, IntrospectError, PublishError,
-    StartupError,
+    StartupError, Verdict,
 };
 pub use health::Health;
 pub use message::{
