@@ -40,6 +40,10 @@ pub struct App {
     /// What handlers reach through their `Context` (the WebSocket servers, by type).
     extensions: crate::context::Extensions,
     health: crate::Health,
+    /// Middleware around every handler, outermost first.
+    layers: Vec<Arc<dyn crate::middleware::Middleware>>,
+    /// Middleware around one subscriber's handler (inside the App-wide ones).
+    layers_for: Vec<(String, Arc<dyn crate::middleware::Middleware>)>,
 }
 
 impl App {
@@ -55,7 +59,37 @@ impl App {
             websockets: Vec::new(),
             extensions: Default::default(),
             health: crate::Health::default(),
+            layers: Vec::new(),
+            layers_for: Vec::new(),
         }
+    }
+
+    /// Runs `middleware` around every subscriber's handler; middleware added earlier runs
+    /// outside middleware added later (see [`crate::middleware`]).
+    ///
+    /// ```
+    /// # fn demo(app: transport::App) -> transport::App {
+    /// use transport::middleware::{ConcurrencyLimit, Idempotent, MemoryStore};
+    /// app.layer(Idempotent::new(MemoryStore::new(100_000)))
+    ///     .layer_for("SaverService::save", ConcurrencyLimit::new(4))
+    /// # }
+    /// ```
+    pub fn layer(mut self, middleware: impl crate::middleware::Middleware) -> Self {
+        self.layers.push(Arc::new(middleware));
+        self
+    }
+
+    /// Runs `middleware` around the handler of the subscriber named `subscriber`
+    /// (`Service::method`, or a function's name), inside the App-wide ones; a name that
+    /// matches no subscriber is a startup error.
+    pub fn layer_for(
+        mut self,
+        subscriber: &str,
+        middleware: impl crate::middleware::Middleware,
+    ) -> Self {
+        self.layers_for
+            .push((subscriber.to_string(), Arc::new(middleware)));
+        self
     }
 
     /// This App's liveness and readiness, from now until it has shut down: to mount
@@ -245,8 +279,23 @@ impl App {
                 });
             }
         }
+        for (name, _) in &self.layers_for {
+            if !registrations.iter().any(|r| r.name == name.as_str()) {
+                errors.push(StartupError::UnknownLayerTarget {
+                    name: name.clone(),
+                    known: registrations
+                        .iter()
+                        .map(|r| r.name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
         let bound = match registry::bind_all(&registrations, &self.instances) {
-            Ok(bound) => bound,
+            Ok(bound) => bound
+                .into_iter()
+                .map(|(registration, handler)| (registration, self.wrapped(registration, handler)))
+                .collect(),
             Err(mut bind_errors) => {
                 errors.append(&mut bind_errors);
                 Vec::new()
@@ -450,6 +499,25 @@ impl App {
             let _ = (address, stop);
             Err(crate::metrics::MetricsError::NoExporter.into())
         }
+    }
+
+    /// `handler` inside the middleware that applies to `registration`.
+    fn wrapped(&self, registration: &Registration, handler: HandlerFn) -> HandlerFn {
+        if self.layers.is_empty() && self.layers_for.is_empty() {
+            return handler;
+        }
+        let layers: Vec<_> = self
+            .layers
+            .iter()
+            .cloned()
+            .chain(
+                self.layers_for
+                    .iter()
+                    .filter(|(name, _)| name == registration.name)
+                    .map(|(_, layer)| Arc::clone(layer)),
+            )
+            .collect();
+        crate::middleware::wrap(handler, &layers)
     }
 
     /// Closes `backend` after a failed start, within `shutdown.close_timeout`.

@@ -94,7 +94,7 @@ impl Error {
         }
     }
 
-    fn with_verdict(self, verdict: Verdict) -> Self {
+    pub(crate) fn with_verdict(self, verdict: Verdict) -> Self {
         match self {
             Error::Handler(mut error) => {
                 error.verdict = verdict;
@@ -450,6 +450,14 @@ pub enum StartupError {
     )]
     UnknownSubscriber {
         /// The name in config.
+        name: String,
+        /// The registered names.
+        known: String,
+    },
+    /// [`App::layer_for`](crate::App::layer_for) names a subscriber that is not registered.
+    #[error("App::layer_for(\"{name}\", ..) names no registered subscriber (registered: {known})")]
+    UnknownLayerTarget {
+        /// The name given.
         name: String,
         /// The registered names.
         known: String,

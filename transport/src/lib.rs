@@ -34,6 +34,7 @@ pub mod health;
 pub mod introspect;
 mod message;
 pub mod metrics;
+pub mod middleware;
 #[cfg(feature = "prometheus")]
 pub mod observe;
 mod publisher;
