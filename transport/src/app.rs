@@ -264,6 +264,14 @@ impl App {
                 })
             }
         };
+        // the registered names, for errors naming an unknown one
+        let known = || {
+            registrations
+                .iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         for name in self.config.subscribers.keys() {
             if !registrations
                 .iter()
@@ -271,11 +279,7 @@ impl App {
             {
                 errors.push(StartupError::UnknownSubscriber {
                     name: name.clone(),
-                    known: registrations
-                        .iter()
-                        .map(|r| r.name)
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    known: known(),
                 });
             }
         }
@@ -283,11 +287,7 @@ impl App {
             if !registrations.iter().any(|r| r.name == name.as_str()) {
                 errors.push(StartupError::UnknownLayerTarget {
                     name: name.clone(),
-                    known: registrations
-                        .iter()
-                        .map(|r| r.name)
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    known: known(),
                 });
             }
         }
