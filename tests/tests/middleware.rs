@@ -235,3 +235,39 @@ async fn a_layer_for_an_unknown_subscriber_is_a_startup_error() {
         "{text}"
     );
 }
+
+/// On Redis streams a message's id is its entry's, the producer's travels as the
+/// `message-id` field: a producer's retry (a new entry, the same given id) is still
+/// handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_streams_a_producers_retry_is_handled_once() {
+    if std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
+        assert!(!transport_tests::in_ci(), "redis unreachable on 6379 in CI");
+        eprintln!("SKIPPED: redis unreachable on 6379 (scripts/brokers up)");
+        return;
+    }
+    let (shop, mut runs, _) = shop();
+    let prefix = format!("mw{}.", std::process::id());
+    let config = transport::Config::from_toml(&format!(
+        "[broker]\nkind = \"redis-streams\"\ntopic_prefix = \"{prefix}\"\n"
+    ))
+    .unwrap();
+    let app = App::new(config)
+        .select_module(module_path!())
+        .service(shop)
+        .layer(Idempotent::new(MemoryStore::new(1000)))
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        app.publisher()
+            .to("mw.orders")
+            .id("retried-1")
+            .send_bytes("o1")
+            .await
+            .unwrap();
+    }
+    assert_eq!(receive(&mut runs, 1).await, [("order", "o1".to_string())]);
+    assert_quiet(&mut runs, Duration::from_millis(500)).await;
+    app.shutdown().await.unwrap();
+}

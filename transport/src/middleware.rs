@@ -146,7 +146,8 @@ impl IdempotencyStore for MemoryStore {
     }
 }
 
-/// Runs a message's handler once per message id: a delivery whose id the store has seen
+/// Runs a message's handler once per message id (the producer's: a `message-id` header
+/// where the broker's own id is another, as on Redis streams): a delivery whose id the store has seen
 /// is acknowledged without running the handler (a broker's redelivery, a producer's
 /// retry); an id is remembered once its handler succeeded. A delivery whose id is being
 /// handled in this process at that moment is acknowledged too (the first one's retries
@@ -192,9 +193,12 @@ impl Middleware for Idempotent {
     fn handle(&self, ctx: Context, next: Next) -> BoxFuture<'static, Outcome> {
         let (store, in_flight) = (Arc::clone(&self.store), Arc::clone(&self.in_flight));
         async move {
-            // per subscriber: one message fanned out to several is handled by each
+            // the producer's id where the broker keeps its own apart (a Redis stream's
+            // entry id, the given one in `message-id`); per subscriber: one message
+            // fanned out to several is handled by each
             let Some(id) = ctx
-                .message_id()
+                .header("message-id")
+                .or(ctx.message_id())
                 .map(|id| format!("{} {id}", ctx.subscriber()))
             else {
                 return next.run(ctx).await;
