@@ -98,17 +98,33 @@ async fn layers_run_in_order_and_one_for_a_subscriber_wraps_only_it() {
         .start()
         .await
         .unwrap();
+    // (the handler reports before it returns: wait for the whole chain to unwind)
+    let unwound = |n: usize| {
+        let log = Arc::clone(&log);
+        async move {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while log.lock().unwrap().len() < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{:?}",
+                    log.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     app.publisher()
         .publish_message("mw.orders", Message::new("o1"))
         .await
         .unwrap();
     receive(&mut runs, 1).await;
+    unwound(4).await;
     app.publisher()
         .publish_message("mw.refunds", Message::new("r1"))
         .await
         .unwrap();
     receive(&mut runs, 1).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    unwound(10).await;
     assert_eq!(
         *log.lock().unwrap(),
         [
@@ -214,7 +230,6 @@ async fn a_message_id_is_handled_once_and_the_limit_holds_across_subscribers_and
         Some("1"),
         "dead-lettered at once"
     );
-    let _ = PATIENCE;
     app.shutdown().await.unwrap();
 }
 

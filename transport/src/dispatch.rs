@@ -536,46 +536,31 @@ impl Dispatcher {
                 Failure::Handler(error) => error.verdict(),
                 _ => Verdict::Retry,
             };
-            match verdict {
-                Verdict::Discard => {
-                    tracing::warn!(
-                        subscriber = self.registration.name,
-                        topic = &*self.info.topic,
-                        message_id = delivery.message.id.as_deref(),
-                        attempt,
-                        error = %failure.describe(),
-                        "handler failed and discarded the message; acknowledged, not retried or dead-lettered"
-                    );
-                    delivery.ack();
-                    return;
-                }
-                Verdict::DeadLetter => {
-                    tracing::warn!(
-                        subscriber = self.registration.name,
-                        topic = &*self.info.topic,
-                        attempt,
-                        error = %failure.describe(),
-                        "handler failed and asked for the dead letter now"
-                    );
-                    self.dead_letter(
-                        delivery,
-                        attempt,
-                        failure.kind(),
-                        &failure.describe(),
-                        shutdown,
-                    )
-                    .await;
-                    return;
-                }
-                _ => {}
+            if verdict == Verdict::Discard {
+                tracing::warn!(
+                    subscriber = self.registration.name,
+                    topic = &*self.info.topic,
+                    message_id = delivery.message.id.as_deref(),
+                    attempt,
+                    error = %failure.describe(),
+                    "handler failed and discarded the message; acknowledged, not retried or dead-lettered"
+                );
+                delivery.ack();
+                return;
             }
-            if attempt >= self.retry.max_attempts {
+            let asked = verdict == Verdict::DeadLetter;
+            if asked || attempt >= self.retry.max_attempts {
                 tracing::warn!(
                     subscriber = self.registration.name,
                     topic = &*self.info.topic,
                     attempt,
                     error = %failure.describe(),
-                    "giving up; dead-lettering"
+                    "{}",
+                    if asked {
+                        "handler failed and asked for the dead letter now"
+                    } else {
+                        "giving up; dead-lettering"
+                    }
                 );
                 self.dead_letter(
                     delivery,
