@@ -168,3 +168,21 @@ async fn a_scrape_counts_what_succeeded_failed_and_did_not_decode() {
     // the endpoint stops with the App
     assert!(std::net::TcpStream::connect(address).is_err());
 }
+
+/// An address already taken fails the start with an error naming it, and nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_metrics_address_fails_the_start_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let mut config = Config::for_test();
+    config.metrics.address = Some(address);
+    let error = App::new(config)
+        .start()
+        .await
+        .err()
+        .expect("the start fails");
+    assert!(
+        matches!(error, Error::Metrics(_)) && error.to_string().contains(&address.to_string()),
+        "{error}"
+    );
+}
