@@ -455,7 +455,8 @@ impl Dispatcher {
             return;
         }
         // the delivery's place in its trace: a child of the producer's, or a new trace
-        let trace = match TraceContext::from_headers(&delivery.message.headers) {
+        let parent = TraceContext::from_headers(&delivery.message.headers);
+        let trace = match &parent {
             Some(parent) => Some(parent.child()),
             None => self.trace.then(TraceContext::root),
         };
@@ -467,16 +468,25 @@ impl Dispatcher {
                 attempt,
                 reply_headers: Default::default(),
             };
-            let span = tracing::info_span!(
+            let span = crate::trace::span!(
+                INFO,
                 "transport.deliver",
+                "consumer",
                 subscriber = self.registration.name,
                 topic = delivery.topic().map_or(&*self.info.topic, |topic| topic),
                 group = self.info.group.as_deref(),
                 attempt,
                 message_id = delivery.message.id.as_deref(),
                 trace_id = tracing::field::Empty,
-                outcome = tracing::field::Empty,
+                outcome = tracing::field::Empty
             );
+            // with OpenTelemetry recording the span, the context is the span's own
+            #[cfg(feature = "opentelemetry")]
+            let trace = if span.is_disabled() || (parent.is_none() && !self.trace) {
+                trace.clone()
+            } else {
+                crate::otel::deliver(&span, parent.as_ref()).or_else(|| trace.clone())
+            };
             if let Some(trace) = trace.as_ref().filter(|_| !span.is_disabled()) {
                 span.record("trace_id", tracing::field::display(trace.trace_field()));
             }
@@ -506,6 +516,9 @@ impl Dispatcher {
                     Err(_) => "timed out",
                 },
             );
+            if !matches!(finished, Ok(Ok(Outcome::Handled))) {
+                crate::trace::failed(&span);
+            }
             let failure = match finished {
                 Ok(Ok(Outcome::Handled)) => {
                     self.metrics.handled();

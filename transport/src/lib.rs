@@ -37,6 +37,8 @@ pub mod metrics;
 pub mod middleware;
 #[cfg(feature = "prometheus")]
 pub mod observe;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 mod publisher;
 mod redact;
 pub mod registry;

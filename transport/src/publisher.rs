@@ -238,14 +238,23 @@ impl Publisher {
         defer: Option<std::time::Duration>,
     ) -> Result<(), PublishError> {
         let started = self.metrics.start();
-        let span = tracing::debug_span!("transport.publish", topic, backend = self.backend.kind());
+        let span = crate::trace::span!(
+            DEBUG,
+            "transport.publish",
+            "producer",
+            topic,
+            backend = self.backend.kind()
+        );
         let result = match span.in_scope(|| self.start(topic, message, defer)) {
             Ok(publish) => publish
-                .instrument(span)
+                .instrument(span.clone())
                 .await
                 .map_err(|source| backend_error(topic, source)),
             Err(error) => Err(error),
         };
+        if result.is_err() {
+            crate::trace::failed(&span);
+        }
         self.metrics.published(started, result.is_ok());
         result
     }

@@ -7,6 +7,9 @@
 //! `transport.deliver` span and each publish in a `transport.publish` span (`tracing`),
 //! with the trace id as a field, so logs of one trace can be found across services.
 //!
+//! With the `opentelemetry` feature and a `tracing-opentelemetry` layer, those spans are
+//! OpenTelemetry spans and the contexts carried are theirs ([`crate::otel`]).
+//!
 //! Only headers a broker carries survive it: NATS, JetStream, Redis streams, RabbitMQ,
 //! MQTT 5, Kafka and the memory broker carry them; Redis pub/sub and NSQ carry bodies
 //! only, so a trace restarts after them.
@@ -151,6 +154,23 @@ impl TraceContext {
         self.state.as_deref()
     }
 
+    /// The raw trace id, span id and flags.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn ids(&self) -> (u128, u64, u8) {
+        (self.trace_id, self.span_id, self.flags)
+    }
+
+    /// A context from its raw parts.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn from_ids(trace_id: u128, span_id: u64, flags: u8, state: Option<String>) -> Self {
+        TraceContext {
+            trace_id,
+            span_id,
+            flags,
+            state,
+        }
+    }
+
     /// Writes this context into `headers` as the parent of what receives them.
     pub(crate) fn inject(&self, headers: &mut Headers) {
         headers.insert_named(TRACEPARENT, self.traceparent());
@@ -195,6 +215,33 @@ impl fmt::Display for TraceId {
     }
 }
 
+/// A `tracing` span at `level` named `name` with `fields`; with the `opentelemetry`
+/// feature also its OpenTelemetry kind (`otel.kind`) and a status to set on failure.
+macro_rules! span {
+    ($level:ident, $name:literal, $kind:literal, $($field:tt)*) => {{
+        #[cfg(feature = "opentelemetry")]
+        let span = tracing::span!(
+            tracing::Level::$level,
+            $name,
+            $($field)*,
+            otel.kind = $kind,
+            otel.status_code = tracing::field::Empty
+        );
+        #[cfg(not(feature = "opentelemetry"))]
+        let span = tracing::span!(tracing::Level::$level, $name, $($field)*);
+        span
+    }};
+}
+pub(crate) use span;
+
+/// Marks `span` (one made by [`span!`]) failed, for OpenTelemetry.
+pub(crate) fn failed(span: &tracing::Span) {
+    #[cfg(feature = "opentelemetry")]
+    span.record("otel.status_code", "ERROR");
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = span;
+}
+
 tokio::task_local! {
     /// The context of the delivery whose handler is running on this task.
     static CURRENT: TraceContext;
@@ -211,8 +258,13 @@ pub(crate) async fn within<F: std::future::Future>(context: TraceContext, future
 }
 
 /// The context a publish made now goes out with: a child of the running handler's; none
-/// outside a handler.
+/// outside a handler. With OpenTelemetry recording spans, the current span's context
+/// (see [`crate::otel`]).
 pub(crate) fn for_publish() -> Option<TraceContext> {
+    #[cfg(feature = "opentelemetry")]
+    if let Some(context) = crate::otel::publish() {
+        return Some(context);
+    }
     CURRENT.try_with(TraceContext::child).ok()
 }
 
