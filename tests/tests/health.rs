@@ -1,7 +1,8 @@
 //! Liveness and readiness: not ready before start, ready once every subscription is bound,
 //! not ready while draining, neither once stopped (through `Health` and the probes on the
-//! metrics endpoint); and on NATS, not ready while the server is down, ready again once it
-//! is back.
+//! metrics endpoint); on NATS, not ready while the server is down, ready again once it
+//! is back; on RabbitMQ, not ready while its connection is lost, ready again (and the
+//! reconnection counted) once it is back.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use transport::health::Phase;
 use transport::{App, Config};
 use transport_tests::broker::{PrivateBroker, Server};
+use transport_tests::proxy::Proxy;
 
 /// Lets the handler of `health.slow` finish.
 static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
@@ -107,6 +109,35 @@ async fn ready_once_started_not_while_draining_and_neither_once_stopped() {
     assert!(!health.is_live() && !health.is_ready());
 }
 
+/// Runs `slow` on `config` (a `kind` backend), ready; then `outage(true)` loses the
+/// connection: 503 with the backend not connected, still live; then `outage(false)` gives
+/// it back: ready again. Returns the running App and its metrics address.
+async fn not_ready_during(
+    config: Config,
+    kind: &str,
+    mut outage: impl FnMut(bool),
+) -> (transport::Running, std::net::SocketAddr) {
+    let running = App::new(with_endpoint(config))
+        .select(|r| r.name == "slow")
+        .start()
+        .await
+        .unwrap();
+    let address = running.metrics_address().unwrap();
+    let ready = until(address, "/health/ready", 200, Duration::from_secs(5)).await;
+    assert_eq!(
+        ready["backend"],
+        serde_json::json!({"kind": kind, "connected": true})
+    );
+    outage(true);
+    let down = until(address, "/health/ready", 503, Duration::from_secs(10)).await;
+    assert_eq!(down["backend"]["connected"], false, "{down}");
+    assert_eq!(down["phase"], "running");
+    assert_eq!(get(address, "/health/live").0, 200);
+    outage(false);
+    until(address, "/health/ready", 200, Duration::from_secs(30)).await;
+    (running, address)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_nats_not_ready_while_the_server_is_down_and_ready_once_it_is_back() {
     let mut broker = match PrivateBroker::start(Server::Nats) {
@@ -122,23 +153,45 @@ async fn on_nats_not_ready_while_the_server_is_down_and_ready_once_it_is_back() 
         broker.url()
     ))
     .unwrap();
-    let running = App::new(with_endpoint(config))
-        .select(|r| r.name == "slow")
-        .start()
-        .await
-        .unwrap();
-    let address = running.metrics_address().unwrap();
-    let ready = until(address, "/health/ready", 200, Duration::from_secs(5)).await;
-    assert_eq!(
-        ready["backend"],
-        serde_json::json!({"kind": "nats", "connected": true})
-    );
-    broker.kill();
-    let down = until(address, "/health/ready", 503, Duration::from_secs(10)).await;
-    assert_eq!(down["backend"]["connected"], false, "{down}");
-    assert_eq!(down["phase"], "running");
-    assert_eq!(get(address, "/health/live").0, 200);
-    broker.restart().unwrap();
-    until(address, "/health/ready", 200, Duration::from_secs(20)).await;
+    let (running, _) = not_ready_during(config, "nats", |down| match down {
+        true => broker.kill(),
+        false => broker.restart().unwrap(),
+    })
+    .await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_not_ready_while_the_connection_is_lost_and_ready_once_it_is_back() {
+    if !transport_tests::require_broker(5672, "rabbitmq") {
+        return;
+    }
+    // the connection runs through a relay the test cuts: the shared broker stays up
+    let proxy = Proxy::start("127.0.0.1:5672").await.unwrap();
+    let config = Config::from_toml(&format!(
+        "[broker]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:guest@{}/%2f\"\n",
+        proxy.address()
+    ))
+    .unwrap();
+    let (running, address) = not_ready_during(config, "rabbitmq", |down| match down {
+        true => proxy.cut(),
+        false => proxy.restore(),
+    })
+    .await;
+    // the scrape's text (the endpoint is the one `get` reads JSON from)
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut scrape = String::new();
+    stream.read_to_string(&mut scrape).unwrap();
+    let reconnects = scrape
+        .lines()
+        .find(|line| line.starts_with("transport_backend_reconnects_total{backend=\"rabbitmq\"}"))
+        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rabbitmq reconnects in {scrape}"));
+    assert!(reconnects >= 1.0, "{reconnects}");
     running.shutdown().await.unwrap();
 }

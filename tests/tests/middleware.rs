@@ -286,3 +286,71 @@ async fn on_redis_streams_a_producers_retry_is_handled_once() {
     assert_quiet(&mut runs, Duration::from_millis(500)).await;
     app.shutdown().await.unwrap();
 }
+
+/// A rate limit shared by two subscribers: their handlers' starts, together, keep to it.
+mod rate {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use transport::App;
+    use transport::middleware::RateLimit;
+    use transport_tests::memory_config;
+
+    /// Each handler's start: (subscriber, when).
+    static STARTS: Mutex<Vec<(&str, Instant)>> = Mutex::new(Vec::new());
+
+    #[transport::subscriber(topic = "mw.rate.quotes", codec = "text")]
+    async fn quote(_text: String) {
+        STARTS.lock().unwrap().push(("quote", Instant::now()));
+    }
+
+    #[transport::subscriber(topic = "mw.rate.prices", codec = "text")]
+    async fn price(_text: String) {
+        STARTS.lock().unwrap().push(("price", Instant::now()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rate_limit_spaces_the_starts_of_every_subscriber_it_wraps() {
+        // 10 per second: starts at least 100 ms apart, across both subscribers
+        let app = App::new(memory_config("concurrency = 4\n"))
+            .select_module(module_path!())
+            .layer(RateLimit::new(10, Duration::from_secs(1)))
+            .start()
+            .await
+            .unwrap();
+        let publisher = app.publisher();
+        let began = Instant::now();
+        for n in 0..5 {
+            publisher
+                .to("mw.rate.quotes")
+                .send_bytes(format!("q{n}"))
+                .await
+                .unwrap();
+            publisher
+                .to("mw.rate.prices")
+                .send_bytes(format!("p{n}"))
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while STARTS.lock().unwrap().len() < 10 {
+            assert!(Instant::now() < deadline, "not every handler ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut starts = STARTS.lock().unwrap().clone();
+        starts.sort_by_key(|(_, at)| *at);
+        assert_eq!(starts.iter().filter(|(s, _)| *s == "quote").count(), 5);
+        // each start is due 100 ms after the one before, and none runs before it is due
+        // (a late one only delays its own record): the k-th is at least k * 100 ms in
+        for (k, (_, at)) in starts.iter().enumerate() {
+            let earliest =
+                (Duration::from_millis(100) * k as u32).saturating_sub(Duration::from_millis(1));
+            assert!(
+                *at - began >= earliest,
+                "start {k} came {:?} in, before {earliest:?}: {starts:?}",
+                *at - began
+            );
+        }
+        app.shutdown().await.unwrap();
+    }
+}

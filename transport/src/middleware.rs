@@ -5,7 +5,8 @@
 //! order added, App-wide ones outside per-subscriber ones, all inside the dispatcher
 //! (which still owns retries, dead letters, timeouts and acknowledgements).
 //!
-//! Built in: [`ConcurrencyLimit`] (handlers at once across what it wraps),
+//! Built in: [`ConcurrencyLimit`] (handlers at once across what it wraps), [`RateLimit`]
+//! (handler starts per period across what it wraps),
 //! [`Idempotent`] (skip a message id already handled, with a pluggable
 //! [`IdempotencyStore`]), and [`Classify`] (what a handler's error means: retry, retry
 //! later, dead-letter now, drop).
@@ -87,6 +88,67 @@ impl Middleware for ConcurrencyLimit {
         async move {
             // (the semaphore is never closed)
             let _slot = slots.acquire_owned().await.ok();
+            next.run(ctx).await
+        }
+        .boxed()
+    }
+}
+
+/// At most `count` handler starts per `per`, evenly spaced (`per / count` apart; with
+/// [`burst`](RateLimit::burst) `b`, up to `b` back to back after a quiet spell), across
+/// everything it wraps: a partner API's quota, say. Deliveries over the rate wait for their
+/// turn; the wait counts toward `handler_timeout`, and only the subscriber's
+/// `concurrency` deliveries wait at once, so a delivery waits at most about
+/// `concurrency * per / count`.
+#[derive(Clone)]
+pub struct RateLimit(Arc<RateState>);
+
+struct RateState {
+    interval: std::time::Duration,
+    burst: u32,
+    /// When the next start would be due if the limiter never idled (GCRA's theoretical
+    /// arrival time).
+    due: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl RateLimit {
+    /// `count` starts per `per` (`count` at least 1), one at a time.
+    pub fn new(count: u32, per: std::time::Duration) -> Self {
+        RateLimit(Arc::new(RateState {
+            interval: per / count.max(1),
+            burst: 1,
+            due: Mutex::new(None),
+        }))
+    }
+
+    /// Lets up to `burst` starts through back to back after a quiet spell (the average
+    /// rate stays `count` per `per`).
+    pub fn burst(self, burst: u32) -> Self {
+        RateLimit(Arc::new(RateState {
+            interval: self.0.interval,
+            burst: burst.max(1),
+            due: Mutex::new(None),
+        }))
+    }
+
+    /// When the caller may start: now, or a later instant it must wait for.
+    fn reserve(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let state = &self.0;
+        let mut due = state.due.lock().unwrap_or_else(PoisonError::into_inner);
+        let tat = due.map_or(now, |due| due.max(now));
+        let slack = state.interval * (state.burst - 1);
+        let start = tat.checked_sub(slack).map_or(now, |at| at.max(now));
+        *due = Some(tat + state.interval);
+        start
+    }
+}
+
+impl Middleware for RateLimit {
+    fn handle(&self, ctx: Context, next: Next) -> BoxFuture<'static, Outcome> {
+        let start = self.reserve();
+        async move {
+            tokio::time::sleep_until(start).await;
             next.run(ctx).await
         }
         .boxed()

@@ -79,6 +79,9 @@ struct Inner {
     /// The subscriptions' settle tasks, awaited by `close` so that their acks are sent
     /// before the connection goes.
     settlers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The connection `link` holds, for telling whether it is up without waiting for a
+    /// reconnection in progress.
+    current: std::sync::Mutex<Option<Arc<Connection>>>,
 }
 
 #[derive(Clone)]
@@ -104,6 +107,7 @@ impl RabbitMqBackend {
             settings: config.rabbitmq.clone(),
             connect_timeout: config.connect_timeout,
             link: tokio::sync::Mutex::new(None),
+            current: std::sync::Mutex::new(None),
             settlers: std::sync::Mutex::new(Vec::new()),
         });
         inner.link().await?;
@@ -129,6 +133,17 @@ impl Inner {
                 })
             })?;
         *link = Some(connected.clone());
+        // a connection before this one: this is a reconnection
+        let lost = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(Arc::clone(&connected.connection))
+            .is_some();
+        if lost {
+            tracing::info!(backend = KIND, "connected again");
+            crate::metrics::reconnected(KIND);
+        }
         Ok(connected)
     }
 
@@ -680,6 +695,15 @@ impl RabbitMqBackend {
 impl Backend for RabbitMqBackend {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn connected(&self) -> bool {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|connection| connection.status().connected())
     }
 
     fn capabilities(&self) -> Capabilities {
