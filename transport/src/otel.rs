@@ -19,6 +19,7 @@
 //! // no endpoint is given, http://localhost:4318 otherwise
 //! let otel = transport::otel::Otlp::new("billing").install()?;
 //! tracing_subscriber::registry()
+//!     .with(tracing_subscriber::EnvFilter::new("info,transport=debug"))
 //!     .with(tracing_subscriber::fmt::layer())
 //!     .with(otel.layer())
 //!     .init();
