@@ -45,6 +45,23 @@ impl Headers {
         }
     }
 
+    /// As [`iter`](Headers::iter), with each name's `&'static` form where it has one (a
+    /// constant the framework set), which a backend can use without copying it.
+    pub(crate) fn iter_with_static(
+        &self,
+    ) -> impl Iterator<Item = (Option<&'static str>, &str, &str)> {
+        self.fixed
+            .into_iter()
+            .map(|(name, value)| (Some(name), name, value))
+            .chain(self.entries.iter().map(|(name, value)| {
+                let constant = match name {
+                    Cow::Borrowed(name) => Some(*name),
+                    Cow::Owned(_) => None,
+                };
+                (constant, name.as_ref(), value.as_ref())
+            }))
+    }
+
     /// Sets `name` to `value`, replacing a previous value.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
         let name = name.into();

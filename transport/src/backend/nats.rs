@@ -241,9 +241,15 @@ pub(crate) fn to_nats_headers(
     kind: &'static str,
 ) -> Result<async_nats::HeaderMap, BackendError> {
     let mut headers = async_nats::HeaderMap::new();
-    let key = message.key.as_deref().map(|key| (KEY_HEADER, key));
-    let id = message.id.as_deref().map(|id| (ID_HEADER, id));
-    for (name, value) in message.headers.iter().chain(key).chain(id) {
+    let key = message
+        .key
+        .as_deref()
+        .map(|key| (Some(KEY_HEADER), KEY_HEADER, key));
+    let id = message
+        .id
+        .as_deref()
+        .map(|id| (Some(ID_HEADER), ID_HEADER, id));
+    for (constant, name, value) in message.headers.iter_with_static().chain(key).chain(id) {
         let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
         if !name_ok || value.contains(['\r', '\n']) {
             return Err(BackendError::Operation {
@@ -255,7 +261,13 @@ pub(crate) fn to_nats_headers(
                 ),
             });
         }
-        headers.insert(name, value);
+        // a name the framework set from a constant is used as it is: neither parsed nor
+        // copied (the id and the content type are on every message)
+        match constant {
+            Some(ID_HEADER) => headers.insert(async_nats::header::NATS_MESSAGE_ID, value),
+            Some(constant) => headers.insert(async_nats::HeaderName::from_static(constant), value),
+            None => headers.insert(name, value),
+        }
     }
     Ok(headers)
 }

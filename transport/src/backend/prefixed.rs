@@ -35,13 +35,46 @@ struct Prefixed {
 }
 
 impl Prefixed {
-    /// `topic` as the broker knows it. Concatenated, not `format!`ted: this runs twice
-    /// on every publish, and the formatting machinery costs ten times as much.
-    fn wire_name(&self, topic: &str) -> String {
-        let mut name = String::with_capacity(self.prefix.len() + topic.len());
-        name.push_str(&self.prefix);
-        name.push_str(topic);
-        name
+    /// `topic` as the broker knows it. Concatenated, not `format!`ted, and held inline
+    /// when short: this runs twice on every publish.
+    fn wire_name(&self, topic: &str) -> WireName {
+        WireName::new(&self.prefix, topic)
+    }
+}
+
+/// A prefixed name: inline up to [`WireName::INLINE`] bytes (no allocation), on the
+/// heap beyond.
+enum WireName {
+    Inline {
+        len: usize,
+        bytes: [u8; WireName::INLINE],
+    },
+    Heap(String),
+}
+
+impl WireName {
+    const INLINE: usize = 96;
+
+    fn new(prefix: &str, topic: &str) -> Self {
+        let len = prefix.len() + topic.len();
+        if len > Self::INLINE {
+            let mut name = String::with_capacity(len);
+            name.push_str(prefix);
+            name.push_str(topic);
+            return WireName::Heap(name);
+        }
+        let mut bytes = [0; Self::INLINE];
+        bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
+        bytes[prefix.len()..len].copy_from_slice(topic.as_bytes());
+        WireName::Inline { len, bytes }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // two `str`s end to end are UTF-8: the check passes, the fallback is never taken
+            WireName::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len]).unwrap_or(""),
+            WireName::Heap(name) => name,
+        }
     }
 }
 
@@ -60,7 +93,7 @@ impl Backend for Prefixed {
         }
         Publish::boxed(async move {
             let topic = self.wire_name(topic);
-            self.inner.publish(&topic, message).await
+            self.inner.publish(topic.as_str(), message).await
         })
     }
 
@@ -75,7 +108,9 @@ impl Backend for Prefixed {
         }
         Publish::boxed(async move {
             let topic = self.wire_name(topic);
-            self.inner.publish_deferred(&topic, message, delay).await
+            self.inner
+                .publish_deferred(topic.as_str(), message, delay)
+                .await
         })
     }
 
@@ -85,7 +120,7 @@ impl Backend for Prefixed {
         }
         Publish::boxed(async move {
             let topic = self.wire_name(topic);
-            self.inner.publish_batch(&topic, messages).await
+            self.inner.publish_batch(topic.as_str(), messages).await
         })
     }
 
@@ -102,7 +137,7 @@ impl Backend for Prefixed {
                 return self.inner.subscribe(spec).await;
             }
             let spec = SubscriptionSpec {
-                topic: self.wire_name(&spec.topic),
+                topic: self.wire_name(&spec.topic).as_str().to_string(),
                 ..spec.clone()
             };
             self.inner.subscribe(&spec).await
@@ -120,7 +155,7 @@ impl Backend for Prefixed {
             return Ok(());
         }
         // the name on the wire must pass too (a prefix can make it too long)
-        self.inner.validate_topic(&self.wire_name(topic))
+        self.inner.validate_topic(self.wire_name(topic).as_str())
     }
 
     fn validate_filter(&self, filter: &str) -> Result<(), BackendError> {
@@ -137,5 +172,39 @@ impl Backend for Prefixed {
 
     fn connected(&self) -> bool {
         self.inner.connected()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wire_name_is_the_prefix_then_the_topic_inline_or_on_the_heap() {
+        let short = WireName::new("tenant-a.", "sensor.readings");
+        assert!(matches!(short, WireName::Inline { .. }));
+        assert_eq!(short.as_str(), "tenant-a.sensor.readings");
+        let exact = "t".repeat(WireName::INLINE - 2);
+        assert_eq!(WireName::new("p.", &exact).as_str(), format!("p.{exact}"));
+        let long = "é".repeat(WireName::INLINE);
+        let heap = WireName::new("préfixe.", &long);
+        assert!(matches!(heap, WireName::Heap(_)));
+        assert_eq!(heap.as_str(), format!("préfixe.{long}"));
+        assert_eq!(WireName::new("", "").as_str(), "");
+    }
+
+    #[test]
+    fn a_prefix_making_a_name_too_long_is_refused_and_foreign_names_take_none() {
+        let memory: Arc<dyn Backend> = Arc::new(crate::backend::memory::MemoryBroker::new(
+            crate::backend::memory::MemoryOptions::default(),
+        ));
+        let prefixed = with_prefix(memory, "tenant-a.");
+        assert!(prefixed.validate_topic("sensor.readings").is_ok());
+        let longest = "t".repeat(crate::backend::MAX_TOPIC_BYTES);
+        assert!(
+            prefixed.validate_topic(&longest).is_err(),
+            "too long once prefixed"
+        );
+        assert!(prefixed.validate_topic("/hfp/v2/journey").is_ok());
     }
 }
