@@ -2,7 +2,7 @@
 //! message crossing two services (`bill` publishes an invoice, `mail` handles it) arrive
 //! as OTLP/HTTP protobuf, with the service's name, in one trace, each the child of the one
 //! before. And the exporter's set-up errors: outside a runtime, an endpoint that is not a
-//! URL.
+//! URL, an https one.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -199,7 +199,7 @@ async fn spans_of_two_services_reach_the_collector_in_one_trace() {
 }
 
 #[test]
-fn the_exporter_needs_a_runtime_and_a_url() {
+fn the_exporter_needs_a_runtime_and_a_plain_http_url() {
     assert!(matches!(
         Otlp::new("billing").install(),
         Err(OtelError::NoRuntime)
@@ -210,4 +210,13 @@ fn the_exporter_needs_a_runtime_and_a_url() {
         .unwrap_err();
     assert!(matches!(error, OtelError::Exporter(_)), "{error}");
     assert!(error.to_string().contains("not a url"), "{error}");
+    // plain HTTP only: an https endpoint is refused, not left to fail every export
+    let error = runtime
+        .block_on(async {
+            Otlp::new("billing")
+                .endpoint("HTTPS://collector:4318/v1/traces")
+                .install()
+        })
+        .unwrap_err();
+    assert!(matches!(error, OtelError::Https(_)), "{error}");
 }

@@ -96,10 +96,11 @@ impl Middleware for ConcurrencyLimit {
 
 /// At most `count` handler starts per `per`, evenly spaced (`per / count` apart; with
 /// [`burst`](RateLimit::burst) `b`, up to `b` back to back after a quiet spell), across
-/// everything it wraps: a partner API's quota, say. Deliveries over the rate wait for their
-/// turn; the wait counts toward `handler_timeout`, and only the subscriber's
-/// `concurrency` deliveries wait at once, so a delivery waits at most about
-/// `concurrency * per / count`.
+/// everything it wraps: a partner API's quota, say. Deliveries over the rate wait their
+/// turn in arrival order; one that stops waiting (its timeout, a shutdown) gives its turn
+/// back. The wait counts toward `handler_timeout`, and at most the `concurrency` of every
+/// subscriber it wraps wait at once: keep their sum times `per / count` below the
+/// timeout, or a wait ends as a failed attempt.
 #[derive(Clone)]
 pub struct RateLimit(Arc<RateState>);
 
@@ -107,8 +108,8 @@ struct RateState {
     interval: std::time::Duration,
     burst: u32,
     /// When the next start would be due if the limiter never idled (GCRA's theoretical
-    /// arrival time).
-    due: Mutex<Option<tokio::time::Instant>>,
+    /// arrival time); held by the one waiter whose turn it is, so waiters go in order.
+    due: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl RateLimit {
@@ -117,7 +118,7 @@ impl RateLimit {
         RateLimit(Arc::new(RateState {
             interval: per / count.max(1),
             burst: 1,
-            due: Mutex::new(None),
+            due: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -127,28 +128,31 @@ impl RateLimit {
         RateLimit(Arc::new(RateState {
             interval: self.0.interval,
             burst: burst.max(1),
-            due: Mutex::new(None),
+            due: tokio::sync::Mutex::new(None),
         }))
     }
+}
 
-    /// When the caller may start: now, or a later instant it must wait for.
-    fn reserve(&self) -> tokio::time::Instant {
+impl RateState {
+    /// Waits for this caller's turn and takes it; a caller dropped while waiting takes
+    /// nothing.
+    async fn turn(&self) {
+        // (tokio's mutex is fair: waiters are served in the order they came)
+        let mut due = self.due.lock().await;
         let now = tokio::time::Instant::now();
-        let state = &self.0;
-        let mut due = state.due.lock().unwrap_or_else(PoisonError::into_inner);
         let tat = due.map_or(now, |due| due.max(now));
-        let slack = state.interval * (state.burst - 1);
+        let slack = self.interval.saturating_mul(self.burst - 1);
         let start = tat.checked_sub(slack).map_or(now, |at| at.max(now));
-        *due = Some(tat + state.interval);
-        start
+        tokio::time::sleep_until(start).await;
+        *due = Some(tat.checked_add(self.interval).unwrap_or(tat));
     }
 }
 
 impl Middleware for RateLimit {
     fn handle(&self, ctx: Context, next: Next) -> BoxFuture<'static, Outcome> {
-        let start = self.reserve();
+        let state = Arc::clone(&self.0);
         async move {
-            tokio::time::sleep_until(start).await;
+            state.turn().await;
             next.run(ctx).await
         }
         .boxed()
@@ -325,5 +329,33 @@ impl Middleware for Classify {
             }
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limit_turn_given_up_is_given_back() {
+        let limit = RateLimit::new(1, Duration::from_secs(1));
+        let began = tokio::time::Instant::now();
+        limit.0.turn().await;
+        assert_eq!(began.elapsed(), Duration::ZERO, "the first turn is at once");
+        // a waiter that gives up (its handler timed out, say) takes no turn
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), limit.0.turn())
+                .await
+                .is_err()
+        );
+        limit.0.turn().await;
+        assert_eq!(
+            began.elapsed(),
+            Duration::from_secs(1),
+            "the next turn is the second's"
+        );
+        limit.0.turn().await;
+        assert_eq!(began.elapsed(), Duration::from_secs(2));
     }
 }

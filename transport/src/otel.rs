@@ -5,10 +5,15 @@
 //! a tracer provider of your own), each delivery's span is made a child of the producer's
 //! span named by the message's `traceparent` (or the root of a new trace when it has
 //! none), the handler's publishes carry the `traceparent` of their `transport.publish`
-//! span (of the delivery's span when that level is filtered out), and a publish made
+//! span (of the delivery's span when that span is not recorded), and a publish made
 //! outside any handler continues the trace of the span it runs in (an HTTP request's,
-//! say), or starts one at its own `transport.publish` span. Without such a layer nothing
-//! changes: the W3C context of [`crate::trace`] is carried as before.
+//! say), or starts one at its own `transport.publish` span when that span is recorded
+//! (`transport=debug`; at `info` such a publish carries no context and the first
+//! consumer starts the trace). A delivery span the filter leaves out (`warn`, say) is not
+//! there to be a parent: its handler's spans start traces of their own. OpenTelemetry
+//! keeps a `tracestate` only if it is valid (at most 32 entries); one it refuses is
+//! dropped. Without such a layer nothing changes: the W3C context of [`crate::trace`] is
+//! carried as before.
 //!
 //! ```no_run
 //! use tracing_subscriber::layer::SubscriberExt;
@@ -56,9 +61,17 @@ pub enum OtelError {
     /// The exporter's configuration was refused (an endpoint that is not a URL, say).
     #[error("the OTLP exporter could not be built: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
-    /// Shutting down (and sending what was buffered) failed.
+    /// An `https://` endpoint: this exporter speaks plain HTTP (see [`Otlp`]).
+    #[error(
+        "the OTLP endpoint `{0}` is https: this exporter speaks plain HTTP (for TLS build your own provider and use `Tracing::from_provider`)"
+    )]
+    Https(String),
+    /// Sending what was buffered failed or took too long.
+    #[error("the OpenTelemetry spans could not be flushed: {0}")]
+    Flush(opentelemetry_sdk::error::OTelSdkError),
+    /// Shutting down (and sending what was buffered) failed or took too long.
     #[error("the OpenTelemetry tracer provider did not shut down cleanly: {0}")]
-    Shutdown(#[from] opentelemetry_sdk::error::OTelSdkError),
+    Shutdown(opentelemetry_sdk::error::OTelSdkError),
 }
 
 /// An OTLP/HTTP (protobuf) span exporter to an OpenTelemetry collector, batched, sending on
@@ -79,7 +92,7 @@ impl Otlp {
         Otlp {
             service_name: service_name.into(),
             endpoint: None,
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
         }
     }
 
@@ -92,7 +105,8 @@ impl Otlp {
         self
     }
 
-    /// How long one export may take before it is given up (default 10 s).
+    /// How long one export may take before it is given up (default 5 s, the batch
+    /// processor's own limit on an export).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -102,6 +116,12 @@ impl Otlp {
     /// [`Tracing::layer`] to your `tracing` subscriber. Call inside a tokio runtime.
     pub fn install(self) -> Result<Tracing, OtelError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| OtelError::NoRuntime)?;
+        if let Some(endpoint) = self.endpoint.as_ref().filter(|url| {
+            url.get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        }) {
+            return Err(OtelError::Https(endpoint.clone()));
+        }
         let client = OnRuntime {
             runtime,
             client: opentelemetry_http::hyper::HyperClient::with_default_connector(
@@ -125,7 +145,10 @@ impl Otlp {
                     .build(),
             )
             .build();
-        Ok(Tracing { provider })
+        Ok(Tracing {
+            provider,
+            timeout: self.timeout,
+        })
     }
 }
 
@@ -134,12 +157,17 @@ impl Otlp {
 #[derive(Debug, Clone)]
 pub struct Tracing {
     provider: SdkTracerProvider,
+    /// How long one export may take: shutting down waits a little longer.
+    timeout: Duration,
 }
 
 impl Tracing {
     /// Wraps a tracer provider of your own (another exporter, sampler or processor).
     pub fn from_provider(provider: SdkTracerProvider) -> Self {
-        Tracing { provider }
+        Tracing {
+            provider,
+            timeout: Duration::from_secs(5),
+        }
     }
 
     /// The `tracing` layer recording spans into this provider.
@@ -155,26 +183,34 @@ impl Tracing {
         &self.provider
     }
 
-    /// Sends every span still buffered (ended ones: spans still open are not).
+    /// Sends every span still buffered (ended ones: spans still open are not); the SDK
+    /// gives a flush 5 s.
     pub async fn flush(&self) -> Result<(), OtelError> {
         let provider = self.provider.clone();
-        blocking(move || provider.force_flush()).await
+        blocking(move || provider.force_flush())
+            .await
+            .map_err(OtelError::Flush)
     }
 
-    /// Sends what is buffered and stops the exporter. Off the runtime's threads: the
-    /// exporter sends on the runtime while this waits for it.
+    /// Sends what is buffered and stops the exporter, waiting up to the export timeout
+    /// and a second. Call it before the process exits: a provider merely dropped sends
+    /// what is left only if the runtime still runs, and drops it otherwise. Off the
+    /// runtime's threads: the exporter sends on the runtime while this waits for it.
     pub async fn shutdown(self) -> Result<(), OtelError> {
-        blocking(move || self.provider.shutdown()).await
+        let limit = self.timeout + Duration::from_secs(1);
+        blocking(move || self.provider.shutdown_with_timeout(limit))
+            .await
+            .map_err(OtelError::Shutdown)
     }
 }
 
 async fn blocking(
     call: impl FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send + 'static,
-) -> Result<(), OtelError> {
+) -> opentelemetry_sdk::error::OTelSdkResult {
     match tokio::task::spawn_blocking(call).await {
-        Ok(result) => result.map_err(OtelError::from),
-        Err(join) => Err(OtelError::Shutdown(
-            opentelemetry_sdk::error::OTelSdkError::InternalFailure(join.to_string()),
+        Ok(result) => result,
+        Err(join) => Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+            join.to_string(),
         )),
     }
 }
@@ -224,7 +260,7 @@ impl TraceContext {
             return None;
         }
         let state = context.trace_state().header();
-        Some(TraceContext::from_ids(
+        Some(TraceContext::recorded(
             u128::from_be_bytes(context.trace_id().to_bytes()),
             u64::from_be_bytes(context.span_id().to_bytes()),
             context.trace_flags().to_u8(),

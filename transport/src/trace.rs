@@ -32,6 +32,9 @@ pub struct TraceContext {
     span_id: u64,
     flags: u8,
     state: Option<String>,
+    /// A span OpenTelemetry records (feature `opentelemetry`): a publish under it names
+    /// it as parent rather than a child id of its own that no exporter would know.
+    recorded: bool,
 }
 
 impl fmt::Debug for TraceContext {
@@ -48,6 +51,7 @@ impl TraceContext {
             span_id: nonzero_u64(),
             flags: 1,
             state: None,
+            recorded: false,
         }
     }
 
@@ -58,6 +62,7 @@ impl TraceContext {
             span_id: nonzero_u64(),
             flags: self.flags,
             state: self.state.clone(),
+            recorded: false,
         }
     }
 
@@ -103,6 +108,7 @@ impl TraceContext {
             span_id,
             flags: u8::from_str_radix(flags, 16).ok()?,
             state: None,
+            recorded: false,
         })
     }
 
@@ -123,6 +129,7 @@ impl TraceContext {
             span_id,
             flags,
             state: None,
+            recorded: false,
         })
     }
 
@@ -160,14 +167,15 @@ impl TraceContext {
         (self.trace_id, self.span_id, self.flags)
     }
 
-    /// A context from its raw parts.
+    /// The context of a span OpenTelemetry records, from its raw parts.
     #[cfg(feature = "opentelemetry")]
-    pub(crate) fn from_ids(trace_id: u128, span_id: u64, flags: u8, state: Option<String>) -> Self {
+    pub(crate) fn recorded(trace_id: u128, span_id: u64, flags: u8, state: Option<String>) -> Self {
         TraceContext {
             trace_id,
             span_id,
             flags,
             state,
+            recorded: true,
         }
     }
 
@@ -265,7 +273,16 @@ pub(crate) fn for_publish() -> Option<TraceContext> {
     if let Some(context) = crate::otel::publish() {
         return Some(context);
     }
-    CURRENT.try_with(TraceContext::child).ok()
+    CURRENT
+        .try_with(|context| {
+            if context.recorded {
+                // the delivery's span is exported: it is the parent
+                context.clone()
+            } else {
+                context.child()
+            }
+        })
+        .ok()
 }
 
 thread_local! {

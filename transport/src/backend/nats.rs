@@ -264,7 +264,6 @@ pub(crate) fn to_nats_headers(
         // a name the framework set from a constant is used as it is: neither parsed nor
         // copied (the id and the content type are on every message)
         match constant {
-            Some(ID_HEADER) => headers.insert(async_nats::header::NATS_MESSAGE_ID, value),
             Some(constant) => headers.insert(async_nats::HeaderName::from_static(constant), value),
             None => headers.insert(name, value),
         }

@@ -133,13 +133,14 @@ impl Inner {
                 })
             })?;
         *link = Some(connected.clone());
-        // a connection before this one: this is a reconnection
+        // a reconnection when the connection before this one was lost (not when only the
+        // publishing channel was)
         let lost = self
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace(Arc::clone(&connected.connection))
-            .is_some();
+            .is_some_and(|previous| !previous.status().connected());
         if lost {
             tracing::info!(backend = KIND, "connected again");
             crate::metrics::reconnected(KIND);
