@@ -47,6 +47,7 @@ impl Headers {
 
     /// As [`iter`](Headers::iter), with each name's `&'static` form where it has one (a
     /// constant the framework set), which a backend can use without copying it.
+    #[cfg(feature = "nats")]
     pub(crate) fn iter_with_static(
         &self,
     ) -> impl Iterator<Item = (Option<&'static str>, &str, &str)> {
