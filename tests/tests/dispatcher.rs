@@ -517,6 +517,33 @@ mod topic_names {
         }
         app.shutdown().await.unwrap();
     }
+
+    /// Names a backend found valid are remembered per thread, by backend: one that passed
+    /// on one backend is still checked on another, and a refused one every time.
+    #[tokio::test]
+    async fn a_name_valid_on_one_backend_is_checked_again_on_another() {
+        let plain = App::new(memory_config(""))
+            .select(|_| false)
+            .start()
+            .await
+            .unwrap();
+        let config = transport::Config::from_toml(&format!(
+            "[broker]\nkind = \"memory\"\nname = \"{}\"\ntopic_prefix = \"tenant-a.\"\n",
+            transport_tests::unique("broker")
+        ))
+        .unwrap();
+        let prefixed = App::new(config).select(|_| false).start().await.unwrap();
+        // valid alone, too long once prefixed
+        let long = "t".repeat(transport::backend::MAX_TOPIC_BYTES - 2);
+        for _ in 0..2 {
+            plain.publisher().publish(&long, &1).await.unwrap();
+            let error = prefixed.publisher().publish(&long, &1).await.unwrap_err();
+            assert!(error.to_string().contains("invalid topic"), "{error}");
+            assert!(plain.publisher().publish("a.*", &1).await.is_err());
+        }
+        plain.shutdown().await.unwrap();
+        prefixed.shutdown().await.unwrap();
+    }
 }
 
 /// Ordering lanes (a Kafka partition each): with `concurrency > 1`, one delivery per lane

@@ -41,6 +41,8 @@ pub struct Publisher {
     metrics: PublishMetrics,
     /// Whether publishes carry a `traceparent` (`publisher.trace_context`).
     trace: bool,
+    /// This publisher's backend among the topic names checked lately ([`checked`]).
+    checks: u64,
 }
 
 impl fmt::Debug for Publisher {
@@ -67,6 +69,7 @@ impl Publisher {
             codec,
             max_message_bytes,
             propagate: propagate.into(),
+            checks: next_checks_id(),
         }
     }
 
@@ -212,8 +215,11 @@ impl Publisher {
         {
             context.inject(&mut message.headers);
         }
-        if let Err(source) = self.backend.validate_topic(topic) {
-            return Err(backend_error(topic, source));
+        if !checked(self.checks, topic) {
+            if let Err(source) = self.backend.validate_topic(topic) {
+                return Err(backend_error(topic, source));
+            }
+            remember_checked(self.checks, topic);
         }
         let size = message.payload.len();
         if size > self.max_message_bytes {
@@ -276,6 +282,45 @@ impl Publisher {
 }
 
 /// `value` encoded with codec `C`, as a message with its content type.
+/// A number no other publisher's backend had (for the names-checked memo below).
+fn next_checks_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How many topic names each thread remembers as checked.
+const CHECKED: usize = 8;
+
+thread_local! {
+    /// Topic names a backend found valid lately, by the backend's number (a name's
+    /// validity depends on nothing else): a publish to one of them skips the check, which
+    /// costs more than this lookup (a prefixed name is checked twice).
+    static CHECKED_TOPICS: std::cell::RefCell<(usize, [(u64, Box<str>); CHECKED])> =
+        std::cell::RefCell::new((0, std::array::from_fn(|_| (0, Box::from("")))));
+}
+
+/// Whether the backend numbered `backend` found `topic` valid lately on this thread.
+fn checked(backend: u64, topic: &str) -> bool {
+    CHECKED_TOPICS
+        .try_with(|memo| {
+            memo.borrow()
+                .1
+                .iter()
+                .any(|(id, name)| *id == backend && **name == *topic)
+        })
+        .unwrap_or(false)
+}
+
+/// Notes that the backend numbered `backend` found `topic` valid (evicting the oldest).
+fn remember_checked(backend: u64, topic: &str) {
+    let _ = CHECKED_TOPICS.try_with(|memo| {
+        let mut memo = memo.borrow_mut();
+        let slot = memo.0;
+        memo.1[slot] = (backend, Box::from(topic));
+        memo.0 = (slot + 1) % CHECKED;
+    });
+}
+
 fn encoded_with<C: Encoder<T>, T: ?Sized>(topic: &str, value: &T) -> Result<Message, PublishError> {
     let payload = C::encode(value).map_err(|source| PublishError::Encode {
         topic: topic.to_string(),
