@@ -291,12 +291,21 @@ fn next_checks_id() -> u64 {
 /// How many topic names each thread remembers as checked.
 const CHECKED: usize = 8;
 
+/// Topic names found valid, by backend number, oldest replaced first.
+struct CheckedTopics {
+    next: usize,
+    names: [(u64, Box<str>); CHECKED],
+}
+
 thread_local! {
     /// Topic names a backend found valid lately, by the backend's number (a name's
     /// validity depends on nothing else): a publish to one of them skips the check, which
     /// costs more than this lookup (a prefixed name is checked twice).
-    static CHECKED_TOPICS: std::cell::RefCell<(usize, [(u64, Box<str>); CHECKED])> =
-        std::cell::RefCell::new((0, std::array::from_fn(|_| (0, Box::from("")))));
+    static CHECKED_TOPICS: std::cell::RefCell<CheckedTopics> =
+        std::cell::RefCell::new(CheckedTopics {
+            next: 0,
+            names: std::array::from_fn(|_| (0, Box::from(""))),
+        });
 }
 
 /// Whether the backend numbered `backend` found `topic` valid lately on this thread.
@@ -304,7 +313,7 @@ fn checked(backend: u64, topic: &str) -> bool {
     CHECKED_TOPICS
         .try_with(|memo| {
             memo.borrow()
-                .1
+                .names
                 .iter()
                 .any(|(id, name)| *id == backend && **name == *topic)
         })
@@ -315,9 +324,9 @@ fn checked(backend: u64, topic: &str) -> bool {
 fn remember_checked(backend: u64, topic: &str) {
     let _ = CHECKED_TOPICS.try_with(|memo| {
         let mut memo = memo.borrow_mut();
-        let slot = memo.0;
-        memo.1[slot] = (backend, Box::from(topic));
-        memo.0 = (slot + 1) % CHECKED;
+        let slot = memo.next;
+        memo.names[slot] = (backend, Box::from(topic));
+        memo.next = (slot + 1) % CHECKED;
     });
 }
 
