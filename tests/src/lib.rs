@@ -68,6 +68,22 @@ pub async fn receive<T>(rx: &mut mpsc::UnboundedReceiver<T>, count: usize) -> Ve
     got
 }
 
+/// Asks `find` every 20 ms until it gives a value, for at most [`PATIENCE`]; past that,
+/// panics with `what` and the last state `find` described (its `Err`).
+pub async fn eventually<T>(what: &str, mut find: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match find().await {
+            Ok(found) => return found,
+            Err(state) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} never happened: {state}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Asserts nothing more arrives within `quiet`.
 pub async fn assert_quiet<T: std::fmt::Debug>(
     rx: &mut mpsc::UnboundedReceiver<T>,

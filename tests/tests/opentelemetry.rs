@@ -8,7 +8,6 @@
 //! NATS.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -50,28 +49,28 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
         .map(|kv| kv.value.as_str().into_owned())
 }
 
-/// The ended spans of `trace` once `mail`'s delivery of `order` is among them.
+/// The ended spans of `trace` once `mail`'s delivery is among them.
 async fn trace_through_mail(trace: impl Fn(&SpanData) -> bool, what: &str) -> Vec<SpanData> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let spans: Vec<SpanData> = exporter()
-            .get_finished_spans()
-            .unwrap()
-            .into_iter()
-            .filter(|span| trace(span))
-            .collect();
-        if spans
-            .iter()
-            .any(|span| attribute(span, "subscriber").as_deref() == Some("mail"))
-        {
-            return spans;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: no span of mail in this trace"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    transport_tests::eventually(
+        &format!("{what}: a span of mail in this trace"),
+        async || {
+            let spans: Vec<SpanData> = exporter()
+                .get_finished_spans()
+                .unwrap()
+                .into_iter()
+                .filter(|span| trace(span))
+                .collect();
+            if spans
+                .iter()
+                .any(|span| attribute(span, "subscriber").as_deref() == Some("mail"))
+            {
+                Ok(spans)
+            } else {
+                Err(format!("{} spans", spans.len()))
+            }
+        },
+    )
+    .await
 }
 
 fn delivery<'a>(spans: &'a [SpanData], subscriber: &str) -> &'a SpanData {
@@ -200,17 +199,12 @@ async fn two_services(config: Config, orders: [u32; 3]) {
         .send(&orders[2])
         .await
         .unwrap();
-    let bill_root = {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = bill_roots().find(|span| !before.contains(&id(span)));
-            if let Some(span) = found {
-                break span;
-            }
-            assert!(Instant::now() < deadline, "bill never started a trace");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let bill_root = transport_tests::eventually("a trace started at bill", async || {
+        bill_roots()
+            .find(|span| !before.contains(&id(span)))
+            .ok_or_else(|| "no new root".to_string())
+    })
+    .await;
     let trace = bill_root.span_context.trace_id();
     let spans = trace_through_mail(|s| s.span_context.trace_id() == trace, "root").await;
     assert_eq!(
