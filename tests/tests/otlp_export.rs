@@ -1,8 +1,9 @@
 //! The OTLP exporter (`transport::otel::Otlp`) against a collector stand-in: spans of a
 //! message crossing two services (`bill` publishes an invoice, `mail` handles it) arrive
 //! as OTLP/HTTP protobuf, with the service's name, in one trace, each the child of the one
-//! before. And the exporter's set-up errors: outside a runtime, an endpoint that is not a
-//! URL, an https one.
+//! before; with the collector down, every message is still handled and the exporter
+//! shuts down at once. And the exporter's set-up errors: outside a runtime, an endpoint
+//! that is not a URL, an https one.
 
 use std::sync::Mutex;
 
@@ -24,7 +25,14 @@ async fn bill(order: u32, ctx: &Context) -> Result<(), Error> {
 }
 
 #[transport::subscriber(topic = "otlp.invoices", group = "mail")]
-async fn mail(_invoice: u32) {}
+async fn mail(invoice: u32) {
+    if invoice >= 1000 {
+        MAILED_WHILE_DOWN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Invoices (numbered from 1000) mailed while the collector was down.
+static MAILED_WHILE_DOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Every export request the stand-in received: (path, content type, body).
 static RECEIVED: Mutex<Vec<(String, String, Vec<u8>)>> = Mutex::new(Vec::new());
@@ -192,6 +200,53 @@ async fn spans_of_two_services_reach_the_collector_in_one_trace() {
     assert_eq!(attribute(mail, "outcome").as_deref(), Some("handled"));
 
     otel.shutdown().await.unwrap();
+}
+
+/// A collector that is not there costs the service nothing: every message is handled,
+/// and shutting the exporter down ends within its timeout (the spans are what is lost).
+#[tokio::test]
+async fn a_collector_that_is_down_costs_the_service_nothing() {
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let otel = Otlp::new("billing")
+        .endpoint(format!("http://{down}/v1/traces"))
+        .install()
+        .unwrap();
+    // this test's thread only (one thread runs the whole App here): the other test owns
+    // the global subscriber
+    let _recording =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(otel.layer()));
+    let running = App::new(Config::for_test())
+        .select(|r| r.name == "bill" || r.name == "mail")
+        .start()
+        .await
+        .unwrap();
+    for order in 1000..1020u32 {
+        running
+            .publisher()
+            .publish("otlp.orders", &order)
+            .await
+            .unwrap();
+    }
+    transport_tests::eventually("20 invoices mailed", async || {
+        match MAILED_WHILE_DOWN.load(std::sync::atomic::Ordering::SeqCst) {
+            20 => Ok(()),
+            n => Err(format!("{n} so far")),
+        }
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    let began = std::time::Instant::now();
+    // the export fails (refused); whether shutdown reports it, it must end
+    let _ = otel.flush().await;
+    let _ = otel.shutdown().await;
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(4),
+        "flush and shutdown took {:?}",
+        began.elapsed()
+    );
 }
 
 #[test]

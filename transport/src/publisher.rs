@@ -281,7 +281,6 @@ impl Publisher {
     }
 }
 
-/// `value` encoded with codec `C`, as a message with its content type.
 /// A number no other publisher's backend had (for the names-checked memo below).
 fn next_checks_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -330,6 +329,7 @@ fn remember_checked(backend: u64, topic: &str) {
     });
 }
 
+/// `value` encoded with codec `C`, as a message with its content type.
 fn encoded_with<C: Encoder<T>, T: ?Sized>(topic: &str, value: &T) -> Result<Message, PublishError> {
     let payload = C::encode(value).map_err(|source| PublishError::Encode {
         topic: topic.to_string(),
