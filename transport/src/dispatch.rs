@@ -456,9 +456,10 @@ impl Dispatcher {
         }
         // the delivery's place in its trace: a child of the producer's, or a new trace
         let parent = TraceContext::from_headers(&delivery.message.headers);
-        let trace = match &parent {
+        let mut trace = match &parent {
             Some(parent) => Some(parent.child()),
-            None => self.trace.then(TraceContext::root),
+            // its ids drawn only if asked for (a publish, a recorded trace id)
+            None => self.trace.then(TraceContext::pending),
         };
         loop {
             let context = Context {
@@ -482,18 +483,27 @@ impl Dispatcher {
             );
             // with OpenTelemetry recording the span, the context is the span's own
             #[cfg(feature = "opentelemetry")]
-            let trace = if span.is_disabled() || (parent.is_none() && !self.trace) {
-                trace.clone()
+            let mut recorded = if span.is_disabled() || (parent.is_none() && !self.trace) {
+                None
             } else {
-                crate::otel::deliver(&span, parent.as_ref()).or_else(|| trace.clone())
+                crate::otel::deliver(&span, parent.as_ref())
             };
-            if let Some(trace) = trace.as_ref().filter(|_| !span.is_disabled()) {
+            #[cfg(not(feature = "opentelemetry"))]
+            let mut recorded: Option<TraceContext> = None;
+            let scope = match recorded {
+                Some(_) => &mut recorded,
+                None => &mut trace,
+            };
+            if !span.is_disabled()
+                && let Some(trace) = scope.as_mut()
+            {
+                trace.settle();
                 span.record("trace_id", tracing::field::display(trace.trace_field()));
             }
             let handler = (self.handler)(context);
             // publishes the handler makes are children of the delivery's context
-            let handler = match trace.clone() {
-                Some(trace) => Either::Left(crate::trace::within(trace, handler)),
+            let handler = match scope {
+                Some(_) => Either::Left(crate::trace::Within::new(scope, handler)),
                 None => Either::Right(handler),
             };
             let started = self.metrics.start();

@@ -55,6 +55,27 @@ impl TraceContext {
         }
     }
 
+    /// A new trace whose ids are drawn only when something asks for them (a publish, a
+    /// span recording the trace id): most deliveries without a producer's context never
+    /// need one. Never handed out before [`settle`](Self::settle).
+    pub(crate) fn pending() -> Self {
+        TraceContext {
+            trace_id: 0,
+            span_id: 0,
+            flags: 1,
+            state: None,
+            recorded: false,
+        }
+    }
+
+    /// Draws the ids of a [`pending`](Self::pending) trace (nothing for any other).
+    pub(crate) fn settle(&mut self) {
+        if self.trace_id == 0 {
+            self.trace_id = nonzero_u128();
+            self.span_id = nonzero_u64();
+        }
+    }
+
     /// A span in the same trace, whose parent is this one.
     pub fn child(&self) -> Self {
         TraceContext {
@@ -250,19 +271,77 @@ pub(crate) fn failed(span: &tracing::Span) {
     let _ = span;
 }
 
-tokio::task_local! {
-    /// The context of the delivery whose handler is running on this task.
-    static CURRENT: TraceContext;
+thread_local! {
+    /// The context of the delivery whose handler is being polled on this thread: put in
+    /// for each poll of the handler ([`Within`]) and taken back after it.
+    static CURRENT: Cell<Option<TraceContext>> = const { Cell::new(None) };
+}
+
+/// Runs `f` on the context of the handler being polled here, if any (settled first).
+fn with_current<R>(f: impl FnOnce(&TraceContext) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|current| {
+            let mut context = current.take()?;
+            context.settle();
+            let result = f(&context);
+            current.set(Some(context));
+            Some(result)
+        })
+        .ok()
+        .flatten()
 }
 
 /// The trace context of the delivery being handled on this task, if any.
 pub fn current() -> Option<TraceContext> {
-    CURRENT.try_with(TraceContext::clone).ok()
+    with_current(TraceContext::clone)
 }
 
-/// Runs `future` (a handler) inside `context`: publishes it makes name it as parent.
-pub(crate) async fn within<F: std::future::Future>(context: TraceContext, future: F) -> F::Output {
-    CURRENT.scope(context, future).await
+/// A handler (`future`) running inside the context in `slot`: publishes it makes name it
+/// as parent. The context is lent to the thread for each poll and comes back to `slot`
+/// after it (ids drawn meanwhile included, so a retry stays in the same trace). Two
+/// thread-local swaps per poll: cheaper than a task-local, which this is on every poll.
+pub(crate) struct Within<'a, F> {
+    slot: &'a mut Option<TraceContext>,
+    future: F,
+}
+
+impl<'a, F> Within<'a, F> {
+    pub(crate) fn new(slot: &'a mut Option<TraceContext>, future: F) -> Self {
+        Within { slot, future }
+    }
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Within<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        /// Takes the context back and puts the outer one in again, however the poll ends.
+        struct Lent<'s> {
+            slot: &'s mut Option<TraceContext>,
+            outer: Option<TraceContext>,
+        }
+        impl Drop for Lent<'_> {
+            fn drop(&mut self) {
+                let outer = self.outer.take();
+                if let Ok(lent) = CURRENT.try_with(|current| current.replace(outer)) {
+                    *self.slot = lent;
+                }
+            }
+        }
+        let this = self.get_mut();
+        let Ok(outer) = CURRENT.try_with(|current| current.replace(this.slot.take())) else {
+            // the thread is going away: no context to lend
+            return std::pin::Pin::new(&mut this.future).poll(cx);
+        };
+        let _lent = Lent {
+            slot: this.slot,
+            outer,
+        };
+        std::pin::Pin::new(&mut this.future).poll(cx)
+    }
 }
 
 /// The context a publish made now goes out with: a child of the running handler's; none
@@ -273,16 +352,14 @@ pub(crate) fn for_publish() -> Option<TraceContext> {
     if let Some(context) = crate::otel::publish() {
         return Some(context);
     }
-    CURRENT
-        .try_with(|context| {
-            if context.recorded {
-                // the delivery's span is exported: it is the parent
-                context.clone()
-            } else {
-                context.child()
-            }
-        })
-        .ok()
+    with_current(|context| {
+        if context.recorded {
+            // the delivery's span is exported: it is the parent
+            context.clone()
+        } else {
+            context.child()
+        }
+    })
 }
 
 thread_local! {
@@ -347,5 +424,63 @@ mod tests {
         let roots: std::collections::HashSet<_> =
             (0..1000).map(|_| TraceContext::root().trace_id()).collect();
         assert_eq!(roots.len(), 1000);
+    }
+
+    /// Polls `future` to its end on this thread (it never waits).
+    fn run<F: std::future::Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+        }
+    }
+
+    #[test]
+    fn a_pending_trace_gets_its_ids_when_asked_and_keeps_them() {
+        assert!(current().is_none());
+        // not asked: no ids drawn
+        let mut slot = Some(TraceContext::pending());
+        run(Within::new(&mut slot, Box::pin(async {})));
+        assert_eq!(slot.as_ref().map(|c| c.trace_id), Some(0));
+        // asked twice over two polls: one trace, each publish a child of it
+        let (first, second) = run(Within::new(
+            &mut slot,
+            Box::pin(async {
+                let first = for_publish();
+                tokio::task::yield_now().await;
+                (first, for_publish())
+            }),
+        ));
+        let (first, second) = (first.unwrap(), second.unwrap());
+        let settled = slot.clone().unwrap();
+        assert_ne!(settled.trace_id, 0);
+        assert_eq!(
+            (first.trace_id, second.trace_id),
+            (settled.trace_id, settled.trace_id)
+        );
+        assert_ne!(first.span_id, second.span_id);
+        // the next attempt (the same slot) continues that trace; nothing leaks out
+        let again = run(Within::new(&mut slot, Box::pin(async { current() })));
+        assert_eq!(again, Some(settled));
+        assert!(current().is_none());
+    }
+
+    #[test]
+    fn an_inner_scope_gives_the_outer_one_back() {
+        let outer = TraceContext::root();
+        let inner = TraceContext::root();
+        let mut outer_slot = Some(outer.clone());
+        let seen = run(Within::new(
+            &mut outer_slot,
+            Box::pin(async move {
+                let mut inner_slot = Some(inner);
+                let within = run(Within::new(&mut inner_slot, Box::pin(async { current() })));
+                (within, current())
+            }),
+        ));
+        assert_ne!(seen.0, Some(outer.clone()));
+        assert_eq!(seen.1, Some(outer));
     }
 }

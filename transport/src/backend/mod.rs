@@ -275,6 +275,15 @@ impl<'a> Publish<'a> {
         Publish(PublishState::Ready(Some(outcome)))
     }
 
+    /// The outcome of a publish that has already happened (the in-process broker's),
+    /// taken without polling; `None` for one that waits on the broker.
+    pub(crate) fn take_ready(&mut self) -> Option<Result<(), BackendError>> {
+        match &mut self.0 {
+            PublishState::Ready(outcome) => outcome.take(),
+            PublishState::Boxed(_) => None,
+        }
+    }
+
     /// A publish that completes when `future` does.
     pub fn boxed(future: impl Future<Output = Result<(), BackendError>> + Send + 'a) -> Self {
         Publish(PublishState::Boxed(Box::pin(future)))
