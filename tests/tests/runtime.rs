@@ -1038,3 +1038,66 @@ mod settling_panics {
         app.shutdown().await.unwrap();
     }
 }
+
+/// With no subscriber recording spans (these tests log nothing), a delivery without a
+/// producer's `traceparent` starts its trace lazily: its ids are drawn at its handler's
+/// first publish, and an attempt retried in place continues that trace.
+mod trace_without_spans {
+    use super::*;
+
+    pub struct Relay {
+        pub sent: UnboundedSender<(u32, Option<String>)>,
+    }
+
+    #[transport::service]
+    impl Relay {
+        #[subscriber(topic = "rt.trace.orders")]
+        async fn relay(&self, order: u32, ctx: &Context) -> Result<(), Error> {
+            ctx.publisher()
+                .publish("rt.trace.invoices", &ctx.attempt())
+                .await?;
+            if ctx.attempt() < 2 {
+                return Err(Error::msg("try again"));
+            }
+            let _ = order;
+            Ok(())
+        }
+
+        #[subscriber(topic = "rt.trace.invoices")]
+        async fn invoice(&self, attempt: u32, ctx: &Context) {
+            let _ = self
+                .sent
+                .send((attempt, ctx.header("traceparent").map(str::to_string)));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_in_place_continues_the_trace_its_first_attempt_started() {
+        let (sent, mut invoices) = mpsc::unbounded_channel();
+        let config = memory_config("[subscribers.\"Relay::relay\"]\nordered = true\n");
+        let running = start(module_path!(), config, |app| app.service(Relay { sent })).await;
+        running
+            .publisher()
+            .publish("rt.trace.orders", &7u32)
+            .await
+            .unwrap();
+        let mut got = receive(&mut invoices, 2).await;
+        got.sort();
+        let parse = |(attempt, header): &(u32, Option<String>)| {
+            let header = header
+                .as_deref()
+                .unwrap_or_else(|| panic!("attempt {attempt}'s invoice has no traceparent"));
+            transport::trace::TraceContext::parse(header)
+                .unwrap_or_else(|| panic!("bad traceparent {header}"))
+        };
+        let (first, second) = (parse(&got[0]), parse(&got[1]));
+        assert_eq!(
+            first.trace_id(),
+            second.trace_id(),
+            "both attempts in one trace"
+        );
+        assert_ne!(first.span_id(), second.span_id());
+        assert_ne!(first.trace_id(), "0".repeat(32));
+        running.shutdown().await.unwrap();
+    }
+}

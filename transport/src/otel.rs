@@ -284,6 +284,10 @@ pub(crate) fn deliver(span: &tracing::Span, parent: Option<&TraceContext>) -> Op
 /// The context a publish made now carries: the current span's (a `transport.publish`
 /// span, a delivery's, or one of the application's) if a layer records it.
 pub(crate) fn publish() -> Option<TraceContext> {
+    if !tracing::dispatcher::has_been_set() {
+        // no subscriber anywhere yet: no span records anything
+        return None;
+    }
     let span = tracing::Span::current();
     if span.is_disabled() {
         return None;
