@@ -368,32 +368,39 @@ impl std::fmt::Display for MessageId {
 pub fn message_id() -> MessageId {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
-    static PREFIX: OnceLock<String> = OnceLock::new();
+    /// The process's prefix, laid out as an inline id, and its length.
+    static TEMPLATE: OnceLock<(usize, [u8; INLINE_ID])> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| {
+    let (prefix, template) = TEMPLATE.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        format!("{GENERATED_ID_PREFIX}{nanos:x}-{:x}-", std::process::id())
+        let text = format!("{GENERATED_ID_PREFIX}{nanos:x}-{:x}-", std::process::id());
+        // at most 3 + 16 + 1 + 8 + 1 = 29 bytes, leaving room for the counter's 16 digits
+        let len = text.len().min(INLINE_ID - 16);
+        let mut bytes = [0; INLINE_ID];
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        (len, bytes)
     });
-    // the counter in hex, without the formatting machinery (this runs on every publish)
-    let mut n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut digits = [0u8; 16];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b"0123456789abcdef"[(n & 0xf) as usize];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
+    // the counter in hex after the prefix, without the formatting machinery (this runs
+    // on every publish)
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let digits = hex_digits(n);
+    let mut bytes = *template;
+    let mut rest = n;
+    for digit in bytes[*prefix..*prefix + digits].iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(rest & 0xf) as usize];
+        rest >>= 4;
     }
-    // at most 3 + 16 + 1 + 8 + 1 + 16 = 45 bytes: always inline
-    MessageId::inline(&[prefix.as_bytes(), &digits[at..]]).unwrap_or_else(|| {
-        let mut id = prefix.clone();
-        id.extend(digits[at..].iter().map(|&digit| char::from(digit)));
-        MessageId::from(id)
+    MessageId(IdRepr::Inline {
+        len: (*prefix + digits) as u8,
+        bytes,
     })
+}
+
+/// How many hex digits `n` takes, without leading zeros (one for zero).
+fn hex_digits(n: u64) -> usize {
+    (67 - (n | 1).leading_zeros() as usize) / 4
 }
 
 /// Whether `id` was made by the framework ([`message_id`], dead letters), not given by a
@@ -530,6 +537,28 @@ mod tests {
         }
         let distinct: std::collections::HashSet<&str> = ids.iter().map(|id| id.as_str()).collect();
         assert_eq!(distinct.len(), ids.len());
+        // one prefix, then the counter in hex without leading zeros
+        let prefix = |id: &str| id.rsplit_once('-').map(|(prefix, _)| prefix.to_string());
+        for id in &ids {
+            let (_, counter) = id.rsplit_once('-').unwrap();
+            assert_eq!(prefix(id), prefix(&ids[0]));
+            let n = u64::from_str_radix(counter, 16).unwrap();
+            assert_eq!(format!("{n:x}"), counter);
+        }
+        for n in [
+            0,
+            1,
+            15,
+            16,
+            255,
+            256,
+            0xfff,
+            0x1000,
+            u64::MAX >> 4,
+            u64::MAX,
+        ] {
+            assert_eq!(hex_digits(n), format!("{n:x}").len(), "{n:x}");
+        }
     }
 
     #[test]

@@ -79,9 +79,8 @@ impl Publisher {
         topic: &str,
         value: &T,
     ) -> Result<(), PublishError> {
-        // encoded and checked here, in one frame: the only await is the broker's
-        let message = self.encoded(topic, value)?;
-        self.sent(topic, message, None).await
+        // encoded, checked and handed over in one frame: the only await is the broker's
+        self.sent(topic, None, || self.encoded(topic, value)).await
     }
 
     /// Publishes to a typed topic with the topic's codec. Only a `&T` is accepted.
@@ -90,8 +89,8 @@ impl Publisher {
         C: Encoder<T>,
     {
         let topic = topic.name();
-        let message = encoded_with::<C, T>(topic, value)?;
-        self.sent(topic, message, None).await
+        self.sent(topic, None, || encoded_with::<C, T>(topic, value))
+            .await
     }
 
     /// Starts a message, to add headers or a key before sending: to a topic by name
@@ -123,7 +122,7 @@ impl Publisher {
     /// `broker.max_message_bytes`, or a topic the backend cannot use, is refused before
     /// it reaches the broker.
     pub async fn publish_message(&self, topic: &str, message: Message) -> Result<(), PublishError> {
-        self.sent(topic, message, None).await
+        self.sent(topic, None, || Ok(message)).await
     }
 
     /// Publishes `values` to `topic` with the default codec, as one batch where the broker
@@ -235,13 +234,16 @@ impl Publisher {
         Ok(())
     }
 
-    /// Checks `message`, hands it to the backend and waits for the broker: every single
-    /// publish, timed and its failure counted (`metrics`).
+    /// Makes the message (`message`: encoding it, mostly), checks it, hands it to the
+    /// backend and waits for the broker: every single publish, timed and its failure
+    /// counted (`metrics`). The message is made in the frame that hands it over, so it is
+    /// not moved through every layer. A message that cannot be made (an encoding error)
+    /// is not a publish: not timed, not counted.
     async fn sent(
         &self,
         topic: &str,
-        message: Message,
         defer: Option<std::time::Duration>,
+        message: impl FnOnce() -> Result<Message, PublishError>,
     ) -> Result<(), PublishError> {
         let started = self.metrics.start();
         let span = crate::trace::span!(
@@ -251,7 +253,8 @@ impl Publisher {
             topic,
             backend = self.backend.kind()
         );
-        let result = match span.in_scope(|| self.start(topic, message, defer)) {
+        let handed = span.in_scope(|| message().map(|message| self.start(topic, message, defer)));
+        let result = match handed? {
             // a broker that took it at once (in-process): nothing to wait for
             Ok(mut publish) => match publish.take_ready() {
                 Some(outcome) => outcome,
@@ -552,7 +555,7 @@ impl Outgoing<'_> {
         {
             message.headers.insert_static(CONTENT_TYPE, content_type);
         }
-        publisher.sent(&topic, message, defer).await
+        publisher.sent(&topic, defer, || Ok(message)).await
     }
 }
 

@@ -370,33 +370,11 @@ impl Backend for MemoryBroker {
         async move {
             let (receiver, queue) = self.queue_for(spec);
             let requeue = Arc::new(Requeue { queue });
-            let settle: Arc<dyn Settle> = Arc::clone(&requeue) as Arc<dyn Settle>;
-            let stream = receiver.map(move |envelope: Envelope| match envelope.topic {
-                // a filter's delivery comes back with its topic: settled by a handle of
-                // its own (filters are rare; names take the shared one)
-                Some(topic) => {
-                    let message = envelope.message.shared();
-                    Delivery::new(
-                        Arc::clone(&message),
-                        envelope.attempt,
-                        Box::new(TopicRequeue {
-                            requeue: Arc::clone(&requeue),
-                            envelope: Some(Envelope {
-                                message: Held::Shared(message),
-                                attempt: envelope.attempt,
-                                topic: Some(Arc::clone(&topic)),
-                            }),
-                        }),
-                    )
-                    .with_topic(topic)
-                }
-                None => Delivery::settled_by(
-                    envelope.message.shared(),
-                    envelope.attempt,
-                    Arc::clone(&settle),
-                    0,
-                ),
-            });
+            let stream = Deliveries {
+                receiver,
+                settle: Arc::clone(&requeue) as Arc<dyn Settle>,
+                requeue,
+            };
             Ok(stream.boxed())
         }
         .boxed()
@@ -410,6 +388,59 @@ impl Backend for MemoryBroker {
         // Nothing to flush: acks settle synchronously and the broker outlives any App
         // that uses it (other Apps in the process may share it).
         async { Ok(()) }.boxed()
+    }
+}
+
+/// A subscription's deliveries, as they come out of its queue.
+struct Deliveries {
+    receiver: queue::Receiver<Envelope>,
+    requeue: Arc<Requeue>,
+    /// `requeue`, as the handle deliveries of a topic name are settled by.
+    settle: Arc<dyn Settle>,
+}
+
+impl Deliveries {
+    fn delivery(&self, envelope: Envelope) -> Delivery {
+        match envelope.topic {
+            // a filter's delivery comes back with its topic: settled by a handle of its
+            // own (filters are rare; names take the shared one)
+            Some(topic) => {
+                let message = envelope.message.shared();
+                Delivery::new(
+                    Arc::clone(&message),
+                    envelope.attempt,
+                    Box::new(TopicRequeue {
+                        requeue: Arc::clone(&self.requeue),
+                        envelope: Some(Envelope {
+                            message: Held::Shared(message),
+                            attempt: envelope.attempt,
+                            topic: Some(Arc::clone(&topic)),
+                        }),
+                    }),
+                )
+                .with_topic(topic)
+            }
+            None => Delivery::settled_by(
+                envelope.message.shared(),
+                envelope.attempt,
+                Arc::clone(&self.settle),
+                0,
+            ),
+        }
+    }
+}
+
+impl futures_util::Stream for Deliveries {
+    type Item = Delivery;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Delivery>> {
+        let this = self.get_mut();
+        this.receiver
+            .poll_next_unpin(cx)
+            .map(|envelope| envelope.map(|envelope| this.delivery(envelope)))
     }
 }
 
