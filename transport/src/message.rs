@@ -211,7 +211,8 @@ pub struct MessageId(IdRepr);
 
 #[derive(Clone)]
 enum IdRepr {
-    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    /// Read as `&str` for free (this is read on every publish and delivery).
+    Inline(arrayvec::ArrayString<INLINE_ID>),
     Heap(Box<str>),
 }
 
@@ -222,29 +223,9 @@ impl MessageId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            // the bytes were copied from a `&str`, whole
-            IdRepr::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
+            IdRepr::Inline(text) => text,
             IdRepr::Heap(text) => text,
         }
-    }
-
-    fn inline(parts: &[&[u8]]) -> Option<Self> {
-        let len: usize = parts.iter().map(|part| part.len()).sum();
-        if len > INLINE_ID {
-            return None;
-        }
-        let mut bytes = [0u8; INLINE_ID];
-        let mut at = 0;
-        for part in parts {
-            bytes[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        Some(MessageId(IdRepr::Inline {
-            len: u8::try_from(len).ok()?,
-            bytes,
-        }))
     }
 }
 
@@ -269,7 +250,10 @@ impl std::borrow::Borrow<str> for MessageId {
 
 impl From<&str> for MessageId {
     fn from(id: &str) -> Self {
-        MessageId::inline(&[id.as_bytes()]).unwrap_or_else(|| MessageId(IdRepr::Heap(id.into())))
+        match arrayvec::ArrayString::from(id) {
+            Ok(text) => MessageId(IdRepr::Inline(text)),
+            Err(_) => MessageId(IdRepr::Heap(id.into())),
+        }
     }
 }
 
@@ -281,8 +265,10 @@ impl From<&String> for MessageId {
 
 impl From<String> for MessageId {
     fn from(id: String) -> Self {
-        MessageId::inline(&[id.as_bytes()])
-            .unwrap_or_else(|| MessageId(IdRepr::Heap(id.into_boxed_str())))
+        match arrayvec::ArrayString::from(&id) {
+            Ok(text) => MessageId(IdRepr::Inline(text)),
+            Err(_) => MessageId(IdRepr::Heap(id.into_boxed_str())),
+        }
     }
 }
 
@@ -369,33 +355,31 @@ pub fn message_id() -> MessageId {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     /// The process's prefix, laid out as an inline id, and its length.
-    static TEMPLATE: OnceLock<(usize, [u8; INLINE_ID])> = OnceLock::new();
+    /// The process's prefix, laid out as an inline id.
+    static PREFIX: OnceLock<arrayvec::ArrayString<INLINE_ID>> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let (prefix, template) = TEMPLATE.get_or_init(|| {
+    let prefix = PREFIX.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let text = format!("{GENERATED_ID_PREFIX}{nanos:x}-{:x}-", std::process::id());
         // at most 3 + 16 + 1 + 8 + 1 = 29 bytes, leaving room for the counter's 16 digits
-        let len = text.len().min(INLINE_ID - 16);
-        let mut bytes = [0; INLINE_ID];
-        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-        (len, bytes)
+        let text = format!("{GENERATED_ID_PREFIX}{nanos:x}-{:x}-", std::process::id());
+        let mut prefix = arrayvec::ArrayString::new();
+        for c in text.chars().take(INLINE_ID - 16) {
+            prefix.push(c);
+        }
+        prefix
     });
     // the counter in hex after the prefix, without the formatting machinery (this runs
     // on every publish)
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let digits = hex_digits(n);
-    let mut bytes = *template;
-    let mut rest = n;
-    for digit in bytes[*prefix..*prefix + digits].iter_mut().rev() {
-        *digit = b"0123456789abcdef"[(rest & 0xf) as usize];
-        rest >>= 4;
+    let mut id = *prefix;
+    for digit in (0..hex_digits(n)).rev() {
+        id.push(char::from(
+            b"0123456789abcdef"[((n >> (4 * digit)) & 0xf) as usize],
+        ));
     }
-    MessageId(IdRepr::Inline {
-        len: (*prefix + digits) as u8,
-        bytes,
-    })
+    MessageId(IdRepr::Inline(id))
 }
 
 /// How many hex digits `n` takes, without leading zeros (one for zero).
@@ -517,7 +501,7 @@ mod tests {
         let short = MessageId::from("order-7");
         let long_text = "x".repeat(INLINE_ID + 1);
         let long = MessageId::from(long_text.clone());
-        assert!(matches!(short.0, IdRepr::Inline { .. }));
+        assert!(matches!(short.0, IdRepr::Inline(_)));
         assert!(matches!(long.0, IdRepr::Heap(_)));
         assert_eq!(short, "order-7");
         assert_eq!(long.as_str(), long_text);
@@ -532,7 +516,7 @@ mod tests {
     fn generated_ids_are_inline_distinct_and_recognised() {
         let ids: Vec<MessageId> = (0..1000).map(|_| message_id()).collect();
         for id in &ids {
-            assert!(matches!(id.0, IdRepr::Inline { .. }), "{id}");
+            assert!(matches!(id.0, IdRepr::Inline(_)), "{id}");
             assert!(is_generated_id(id));
         }
         let distinct: std::collections::HashSet<&str> = ids.iter().map(|id| id.as_str()).collect();

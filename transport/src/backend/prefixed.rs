@@ -45,10 +45,7 @@ impl Prefixed {
 /// A prefixed name: inline up to [`WireName::INLINE`] bytes (no allocation), on the
 /// heap beyond.
 enum WireName {
-    Inline {
-        len: usize,
-        bytes: [u8; WireName::INLINE],
-    },
+    Inline(arrayvec::ArrayString<{ WireName::INLINE }>),
     Heap(String),
 }
 
@@ -56,23 +53,19 @@ impl WireName {
     const INLINE: usize = 96;
 
     fn new(prefix: &str, topic: &str) -> Self {
-        let len = prefix.len() + topic.len();
-        if len > Self::INLINE {
-            let mut name = String::with_capacity(len);
-            name.push_str(prefix);
-            name.push_str(topic);
-            return WireName::Heap(name);
+        let mut name = arrayvec::ArrayString::new();
+        if name.try_push_str(prefix).is_ok() && name.try_push_str(topic).is_ok() {
+            return WireName::Inline(name);
         }
-        let mut bytes = [0; Self::INLINE];
-        bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
-        bytes[prefix.len()..len].copy_from_slice(topic.as_bytes());
-        WireName::Inline { len, bytes }
+        let mut name = String::with_capacity(prefix.len() + topic.len());
+        name.push_str(prefix);
+        name.push_str(topic);
+        WireName::Heap(name)
     }
 
     fn as_str(&self) -> &str {
         match self {
-            // two `str`s end to end are UTF-8: the check passes, the fallback is never taken
-            WireName::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len]).unwrap_or(""),
+            WireName::Inline(name) => name,
             WireName::Heap(name) => name,
         }
     }
