@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::backend::{Backend, Capabilities, Delivery, Subscription, SubscriptionSpec};
 use crate::context::{Context, SubscriptionInfo};
@@ -500,21 +499,19 @@ impl Dispatcher {
                 trace.settle();
                 span.record("trace_id", tracing::field::display(trace.trace_field()));
             }
-            let handler = (self.handler)(context);
-            // publishes the handler makes are children of the delivery's context
-            let handler = match scope {
-                Some(_) => Either::Left(crate::trace::Within::new(scope, handler)),
-                None => Either::Right(handler),
+            let mut run = Run {
+                handler: Some((self.handler)(context)),
+                span: &span,
+                trace: scope,
             };
             let started = self.metrics.start();
-            let mut run =
-                std::pin::pin!(AssertUnwindSafe(handler.instrument(span.clone())).catch_unwind());
             // the timer (a clock read, a timer entry) only for a handler that does not
             // finish on its first poll
-            let finished = match poll_once(run.as_mut()).await {
+            let finished = match poll_once(Pin::new(&mut run)).await {
                 Poll::Ready(result) => Ok(result),
-                Poll::Pending => tokio::time::timeout(self.handler_timeout, run).await,
+                Poll::Pending => tokio::time::timeout(self.handler_timeout, &mut run).await,
             };
+            drop(run);
             self.metrics.ran(started);
             span.record(
                 "outcome",
@@ -744,6 +741,43 @@ impl<'a> Handling<'a> {
 impl Drop for Handling<'_> {
     fn drop(&mut self) {
         self.0.finished();
+    }
+}
+
+/// A handler being run: each poll inside its delivery's span (as `Instrumented`) and
+/// trace context (publishes name it as parent), a panic caught (as `CatchUnwind`). One
+/// future rather than a wrapper each: this is every delivery's.
+struct Run<'a> {
+    /// Taken when dropped, so it is dropped inside the span.
+    handler: Option<BoxFuture<'static, Outcome>>,
+    span: &'a tracing::Span,
+    trace: &'a mut Option<TraceContext>,
+}
+
+impl Future for Run<'_> {
+    type Output = std::thread::Result<Outcome>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(handler) = this.handler.as_mut() else {
+            return Poll::Pending; // (never polled after it finished)
+        };
+        let _entered = (!this.span.is_disabled()).then(|| this.span.enter());
+        let _lent = this.trace.is_some().then(|| crate::trace::lend(this.trace));
+        match std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(outcome)) => Poll::Ready(Ok(outcome)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if let Some(handler) = self.handler.take() {
+            let _entered = (!self.span.is_disabled()).then(|| self.span.enter());
+            drop(handler);
+        }
     }
 }
 

@@ -165,6 +165,7 @@ impl Publisher {
     }
 
     /// `value` encoded with the default codec, as a message with its content type.
+    #[inline]
     fn encoded<T: Serialize + ?Sized>(
         &self,
         topic: &str,
@@ -272,6 +273,7 @@ impl Publisher {
 
     /// Checks `message` and hands it to the backend: what every publish does before its
     /// one await (the broker's), so a publish is a single future, not a chain of them.
+    #[inline]
     fn start<'a>(
         &'a self,
         topic: &'a str,
@@ -335,6 +337,7 @@ fn remember_checked(backend: u64, topic: &str) {
 }
 
 /// `value` encoded with codec `C`, as a message with its content type.
+#[inline]
 fn encoded_with<C: Encoder<T>, T: ?Sized>(topic: &str, value: &T) -> Result<Message, PublishError> {
     let payload = C::encode(value).map_err(|source| PublishError::Encode {
         topic: topic.to_string(),

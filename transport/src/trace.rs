@@ -296,51 +296,31 @@ pub fn current() -> Option<TraceContext> {
     with_current(TraceContext::clone)
 }
 
-/// A handler (`future`) running inside the context in `slot`: publishes it makes name it
-/// as parent. The context is lent to the thread for each poll and comes back to `slot`
-/// after it (ids drawn meanwhile included, so a retry stays in the same trace). Two
-/// thread-local swaps per poll: cheaper than a task-local, which this is on every poll.
-pub(crate) struct Within<'a, F> {
-    slot: &'a mut Option<TraceContext>,
-    future: F,
+/// Lends the context in `slot` to this thread until the guard drops, as the context of
+/// the handler polled meanwhile: publishes it makes name it as parent, and it comes back
+/// to `slot` afterwards (ids drawn meanwhile included, so a retry stays in the same
+/// trace). Two thread-local swaps per poll: cheaper than a task-local.
+pub(crate) fn lend(slot: &mut Option<TraceContext>) -> Lent<'_> {
+    let outer = CURRENT.try_with(|current| current.replace(slot.take()));
+    Lent { slot, outer }
 }
 
-impl<'a, F> Within<'a, F> {
-    pub(crate) fn new(slot: &'a mut Option<TraceContext>, future: F) -> Self {
-        Within { slot, future }
-    }
+/// A context lent by [`lend`]: taken back, and the outer one put in again, on drop
+/// (however the poll ends).
+pub(crate) struct Lent<'s> {
+    slot: &'s mut Option<TraceContext>,
+    /// What was there before; an error when the thread is going away (nothing lent).
+    outer: Result<Option<TraceContext>, std::thread::AccessError>,
 }
 
-impl<F: std::future::Future + Unpin> std::future::Future for Within<'_, F> {
-    type Output = F::Output;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        /// Takes the context back and puts the outer one in again, however the poll ends.
-        struct Lent<'s> {
-            slot: &'s mut Option<TraceContext>,
-            outer: Option<TraceContext>,
-        }
-        impl Drop for Lent<'_> {
-            fn drop(&mut self) {
-                let outer = self.outer.take();
-                if let Ok(lent) = CURRENT.try_with(|current| current.replace(outer)) {
-                    *self.slot = lent;
-                }
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Ok(outer) = &mut self.outer {
+            let outer = outer.take();
+            if let Ok(lent) = CURRENT.try_with(|current| current.replace(outer)) {
+                *self.slot = lent;
             }
         }
-        let this = self.get_mut();
-        let Ok(outer) = CURRENT.try_with(|current| current.replace(this.slot.take())) else {
-            // the thread is going away: no context to lend
-            return std::pin::Pin::new(&mut this.future).poll(cx);
-        };
-        let _lent = Lent {
-            slot: this.slot,
-            outer,
-        };
-        std::pin::Pin::new(&mut this.future).poll(cx)
     }
 }
 
@@ -424,6 +404,31 @@ mod tests {
         let roots: std::collections::HashSet<_> =
             (0..1000).map(|_| TraceContext::root().trace_id()).collect();
         assert_eq!(roots.len(), 1000);
+    }
+
+    /// A future run inside the context in `slot` (as the dispatcher runs a handler).
+    struct Within<'a, F> {
+        slot: &'a mut Option<TraceContext>,
+        future: F,
+    }
+
+    impl<'a, F> Within<'a, F> {
+        fn new(slot: &'a mut Option<TraceContext>, future: F) -> Self {
+            Within { slot, future }
+        }
+    }
+
+    impl<F: std::future::Future + Unpin> std::future::Future for Within<'_, F> {
+        type Output = F::Output;
+
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            let this = self.get_mut();
+            let _lent = lend(this.slot);
+            std::pin::Pin::new(&mut this.future).poll(cx)
+        }
     }
 
     /// Polls `future` to its end on this thread (it never waits).

@@ -238,6 +238,7 @@ impl MemoryBroker {
     }
 
     /// Puts `message` in every queue of `topic`, at once (never waiting).
+    #[inline]
     fn enqueue(&self, topic: &str, message: Message) -> Result<(), BackendError> {
         // sending never waits, so it happens under the lock (no copy of the queue list)
         let mut topics = self.topics();
@@ -400,6 +401,7 @@ struct Deliveries {
 }
 
 impl Deliveries {
+    #[inline]
     fn delivery(&self, envelope: Envelope) -> Delivery {
         match envelope.topic {
             // a filter's delivery comes back with its topic: settled by a handle of its

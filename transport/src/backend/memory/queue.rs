@@ -65,6 +65,7 @@ pub(super) struct Sender<T> {
 
 impl<T> Sender<T> {
     /// Appends `item`, waking a waiting receiver; gives it back when the queue is closed.
+    #[inline]
     pub(super) fn try_send(&self, item: T) -> Result<(), T> {
         let waker = {
             let mut state = self.shared.lock();
@@ -138,6 +139,7 @@ impl<T> Receiver<T> {
 impl<T> Stream for Receiver<T> {
     type Item = T;
 
+    #[inline]
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let this = self.get_mut();
         let mut state = this.shared.lock();
