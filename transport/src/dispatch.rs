@@ -513,16 +513,19 @@ impl Dispatcher {
             };
             drop(run);
             self.metrics.ran(started);
-            span.record(
-                "outcome",
-                match &finished {
-                    Ok(Ok(Outcome::Handled)) => "handled",
-                    Ok(Ok(Outcome::Undecodable(_))) => "undecodable",
-                    Ok(Ok(Outcome::Failed(_))) => "failed",
-                    Ok(Err(_)) => "panicked",
-                    Err(_) => "timed out",
-                },
-            );
+            // (a disabled span would still look the field up by name)
+            if !span.is_disabled() {
+                span.record(
+                    "outcome",
+                    match &finished {
+                        Ok(Ok(Outcome::Handled)) => "handled",
+                        Ok(Ok(Outcome::Undecodable(_))) => "undecodable",
+                        Ok(Ok(Outcome::Failed(_))) => "failed",
+                        Ok(Err(_)) => "panicked",
+                        Err(_) => "timed out",
+                    },
+                );
+            }
             if !matches!(finished, Ok(Ok(Outcome::Handled))) {
                 crate::trace::failed(&span);
             }

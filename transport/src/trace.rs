@@ -266,7 +266,9 @@ pub(crate) use span;
 /// Marks `span` (one made by [`span!`]) failed, for OpenTelemetry.
 pub(crate) fn failed(span: &tracing::Span) {
     #[cfg(feature = "opentelemetry")]
-    span.record("otel.status_code", "ERROR");
+    if !span.is_disabled() {
+        span.record("otel.status_code", "ERROR");
+    }
     #[cfg(not(feature = "opentelemetry"))]
     let _ = span;
 }
