@@ -1,6 +1,6 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only] [--no-trace-context] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics,trace-context]
+//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only | --raw-only] [--no-trace-context] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics,trace-context]
 //!
 //! `--rounds R` alternates framework and raw R times per backend and prints the medians.
 //! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
@@ -210,6 +210,22 @@ fn framework_only() -> bool {
     FRAMEWORK_ONLY.load(Ordering::Relaxed)
 }
 
+/// `--raw-only`: the framework side is skipped (for counting the raw client's
+/// instructions per message, to set beside the framework's).
+static RAW_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn raw_only() -> bool {
+    RAW_ONLY.load(Ordering::Relaxed)
+}
+
+/// The framework side of a row (its backlog written, drained, timed), unless `--raw-only`.
+async fn framework_side(side: impl std::future::Future<Output = Duration>) -> Duration {
+    if raw_only() {
+        return Duration::ZERO;
+    }
+    side.await
+}
+
 fn alone(n: u64, framework: Duration) -> Measured {
     Measured {
         framework: rate(n, framework),
@@ -218,7 +234,7 @@ fn alone(n: u64, framework: Duration) -> Measured {
 }
 
 async fn memory(n: u64) -> Measured {
-    let framework = framework_drain("memory", "", n, false).await;
+    let framework = framework_side(framework_drain("memory", "", n, false)).await;
     if framework_only() {
         return alone(n, framework);
     }
@@ -303,8 +319,11 @@ async fn redis_streams(n: u64, run: &str) -> Measured {
     let prefix = format!("bench{run}.");
     // Both backlogs are written the same way before either clock starts: the framework
     // side is measured consuming, not publishing.
-    fill_stream_aside(&format!("{prefix}bench.readings"), n).await;
-    let framework = framework_consume("redis-streams", &prefix, n, false).await;
+    let framework = framework_side(async {
+        fill_stream_aside(&format!("{prefix}bench.readings"), n).await;
+        framework_consume("redis-streams", &prefix, n, false).await
+    })
+    .await;
     let client = redis::Client::open(REDIS_URL).unwrap_or_else(|e| panic!("{e}"));
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -497,8 +516,11 @@ async fn rabbitmq(n: u64, run: &str) -> Measured {
     let prefix = format!("bench{run}.");
     let topic = format!("{prefix}bench.readings");
     let group_queue = format!("{topic}#bench");
-    fill_amqp(&group_queue, &topic, n).await;
-    let framework = framework_consume("rabbitmq", &prefix, n, false).await;
+    let framework = framework_side(async {
+        fill_amqp(&group_queue, &topic, n).await;
+        framework_consume("rabbitmq", &prefix, n, false).await
+    })
+    .await;
     if framework_only() {
         delete_queues(&[&group_queue]).await;
         return alone(n, framework);
@@ -639,7 +661,7 @@ fn lost(backend: &str, side: &str, seen: u64, n: u64) -> ! {
 
 async fn mqtt(n: u64, run: &str) -> Measured {
     let prefix = format!("bench{run}.");
-    let framework = framework_live("mqtt", &prefix, n).await;
+    let framework = framework_side(framework_live("mqtt", &prefix, n)).await;
     if framework_only() {
         return alone(n, framework);
     }
@@ -731,7 +753,7 @@ const NATS_URL: &str = "nats://127.0.0.1:4222";
 
 async fn nats_core(n: u64, run: &str) -> Measured {
     let prefix = format!("bench{run}.");
-    let framework = framework_live("nats", &prefix, n).await;
+    let framework = framework_side(framework_live("nats", &prefix, n)).await;
     if framework_only() {
         return alone(n, framework);
     }
@@ -779,7 +801,7 @@ async fn nats_core(n: u64, run: &str) -> Measured {
 
 async fn redis_pubsub(n: u64, run: &str) -> Measured {
     let prefix = format!("bench{run}.");
-    let framework = framework_live("redis", &prefix, n).await;
+    let framework = framework_side(framework_live("redis", &prefix, n)).await;
     if framework_only() {
         return alone(n, framework);
     }
@@ -896,8 +918,11 @@ async fn jetstream(n: u64, run: &str) -> Measured {
     let prefix = format!("bench{run}.");
     // the stream the framework would create for its topic (prefix included)
     let framework_stream = format!("TRANSPORT_{}bench_readings", prefix.replace('.', "_"));
-    fill_jetstream(&framework_stream, &format!("{prefix}bench.readings"), n).await;
-    let framework = framework_consume("jetstream", &prefix, n, false).await;
+    let framework = framework_side(async {
+        fill_jetstream(&framework_stream, &format!("{prefix}bench.readings"), n).await;
+        framework_consume("jetstream", &prefix, n, false).await
+    })
+    .await;
     let client = async_nats::connect(NATS_URL)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1009,7 +1034,9 @@ async fn kafka(n: u64, run: &str) -> Measured {
     {
         let (topic, raw_topic) = (topic.clone(), raw_topic.clone());
         tokio::task::spawn_blocking(move || {
-            fill_kafka(&topic, n);
+            if !raw_only() {
+                fill_kafka(&topic, n);
+            }
             if !framework_only() {
                 fill_kafka(&raw_topic, n);
             }
@@ -1017,7 +1044,7 @@ async fn kafka(n: u64, run: &str) -> Measured {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     }
-    let framework = framework_consume("kafka", &prefix, n, false).await;
+    let framework = framework_side(framework_consume("kafka", &prefix, n, false)).await;
     if framework_only() {
         return alone(n, framework);
     }
@@ -1115,9 +1142,13 @@ async fn main() {
                 FRAMEWORK_ONLY.store(true, Ordering::Relaxed);
                 i += 1;
             }
+            ("--raw-only", _) => {
+                RAW_ONLY.store(true, Ordering::Relaxed);
+                i += 1;
+            }
             (other, _) => {
                 eprintln!(
-                    "usage: bench [--messages N] [--rounds R] [--framework-only] [--no-trace-context] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics,trace-context] (got `{other}`)"
+                    "usage: bench [--messages N] [--rounds R] [--framework-only | --raw-only] [--no-trace-context] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics,trace-context] (got `{other}`)"
                 );
                 std::process::exit(2);
             }
