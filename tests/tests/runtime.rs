@@ -1101,3 +1101,62 @@ mod trace_without_spans {
         running.shutdown().await.unwrap();
     }
 }
+
+/// A handler's future is dropped when its run ends (here: cut off by `handler_timeout`),
+/// not when the next delivery's takes its place: the dispatcher runs one delivery's future
+/// after another in one reused slot.
+mod handler_futures {
+    use super::*;
+
+    /// Sends its number when dropped.
+    struct Held(u32, UnboundedSender<u32>);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            let _ = self.1.send(self.0);
+        }
+    }
+
+    pub struct Keeper {
+        pub dropped: UnboundedSender<u32>,
+    }
+
+    #[transport::service]
+    impl Keeper {
+        #[subscriber(topic = "rt.futures")]
+        async fn keep(&self, n: u32) {
+            let held = Held(n, self.dropped.clone());
+            if n == 1 {
+                // never finishes: cut off by the handler timeout
+                std::future::pending::<()>().await;
+            }
+            drop(held);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timed_out_handler_s_future_is_dropped_at_once_and_the_next_runs() {
+        let (dropped, mut drops) = mpsc::unbounded_channel();
+        // one attempt: the timed-out message is dead-lettered, nothing runs after it
+        let config = memory_config("handler_timeout = \"100ms\"\nmax_attempts = 1\n");
+        let running = start(module_path!(), config, |app| {
+            app.service(Keeper { dropped })
+        })
+        .await;
+        running
+            .publisher()
+            .publish("rt.futures", &1u32)
+            .await
+            .unwrap();
+        // its future goes at the timeout, with nothing published that could push it out
+        assert_eq!(receive(&mut drops, 1).await, [1]);
+        running
+            .publisher()
+            .publish("rt.futures", &2u32)
+            .await
+            .unwrap();
+        assert_eq!(receive(&mut drops, 1).await, [2]);
+        assert_quiet(&mut drops, Duration::from_millis(300)).await;
+        running.shutdown().await.unwrap();
+    }
+}

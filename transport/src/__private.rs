@@ -14,6 +14,7 @@ pub use schemars;
 pub use crate::codec::{Codec, Decoder, Encoder, Json, MsgPack, Protobuf, RawBytes, Text};
 pub use crate::context::Context;
 pub use crate::error::{CodecError, Error};
+use crate::registry::HandlerSlot;
 pub use crate::registry::{HandlerFn, Instances, Outcome, Registration, SchemaFn, ServiceInfo};
 pub use crate::topic::Topic;
 
@@ -22,13 +23,51 @@ pub fn type_id<S: 'static>() -> std::any::TypeId {
     std::any::TypeId::of::<S>()
 }
 
-/// Wraps generated glue into a [`HandlerFn`].
+/// Wraps generated glue into a [`HandlerFn`]: called for a boxed future, or run in a
+/// slot of its own type that each delivery's future is put into in turn.
 pub fn handler<F, Fut>(glue: F) -> HandlerFn
 where
     F: Fn(Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
-    Arc::new(move |ctx| Box::pin(glue(ctx)))
+    let glue = Arc::new(glue);
+    let call = {
+        let glue = Arc::clone(&glue);
+        move |ctx| -> futures_util::future::BoxFuture<'static, Outcome> { Box::pin(glue(ctx)) }
+    };
+    HandlerFn::with_slot(call, move || {
+        Box::new(GlueSlot {
+            glue: Arc::clone(&glue),
+            running: Box::pin(None),
+        })
+    })
+}
+
+/// A [`HandlerSlot`] for glue `F`: its future, pinned in a box made once.
+struct GlueSlot<F, Fut> {
+    glue: Arc<F>,
+    running: std::pin::Pin<Box<Option<Fut>>>,
+}
+
+impl<F, Fut> HandlerSlot for GlueSlot<F, Fut>
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    fn start(&mut self, ctx: Context) {
+        self.running.set(Some((self.glue)(ctx)));
+    }
+
+    fn poll_run(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
+        match self.running.as_mut().as_pin_mut() {
+            Some(running) => running.poll(cx),
+            None => std::task::Poll::Pending,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.running.set(None);
+    }
 }
 
 macro_rules! payload_check {

@@ -21,7 +21,7 @@ use crate::context::{Context, SubscriptionInfo};
 use crate::dead_letter::{self, DeadLetters, Reason};
 use crate::error::{BackendError, Error, PublishError, Verdict};
 use crate::metrics::{FailureKind, SubscriberMetrics};
-use crate::registry::{HandlerFn, Outcome, Registration};
+use crate::registry::{HandlerFn, HandlerSlot, Outcome, Registration};
 use crate::trace::TraceContext;
 
 pub use crate::config::RetryPolicy;
@@ -293,7 +293,7 @@ impl Dispatcher {
             let shutdown = shutdown.clone();
             let lane = delivery.lane();
             in_flight.push(async move {
-                this.guarded(delivery, &shutdown).await;
+                this.guarded(delivery, &shutdown, None).await;
                 lane
             });
         };
@@ -363,6 +363,8 @@ impl Dispatcher {
     ) {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        // one place the handler's futures run in, one after the other (no allocation each)
+        let mut slot = self.handler.slot();
         loop {
             // shutdown first; its future (a lock to register) is only polled when no
             // delivery is ready, the flag read otherwise
@@ -378,7 +380,7 @@ impl Dispatcher {
                     delivery = source.next() => delivery,
                 },
             };
-            let work = self.guarded(delivery, &shutdown);
+            let work = self.guarded(delivery, &shutdown, slot.as_mut());
             tokio::pin!(work);
             tokio::select! {
                 biased;
@@ -404,11 +406,16 @@ impl Dispatcher {
     /// `process`, with a panic outside the handler (a backend's, say) contained: the
     /// delivery is dropped unsettled, so the broker hands it out again, and the
     /// subscriber goes on.
-    async fn guarded(&self, delivery: Delivery, shutdown: &CancellationToken) {
+    async fn guarded(
+        &self,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+        slot: Option<&mut Box<dyn HandlerSlot>>,
+    ) {
         let name = self.registration.name;
         // counted, and in flight until settled or dropped (cancelled at the drain's end)
         let _handling = Handling::new(&self.metrics);
-        if let Err(panic) = AssertUnwindSafe(self.process(delivery, shutdown))
+        if let Err(panic) = AssertUnwindSafe(self.process(delivery, shutdown, slot))
             .catch_unwind()
             .await
         {
@@ -420,7 +427,12 @@ impl Dispatcher {
         }
     }
 
-    async fn process(&self, delivery: Delivery, shutdown: &CancellationToken) {
+    async fn process(
+        &self,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+        mut slot: Option<&mut Box<dyn HandlerSlot>>,
+    ) {
         let mut attempt = delivery.attempt;
         if let Some(defect) = delivery.defect() {
             let defect = defect.to_string();
@@ -499,8 +511,15 @@ impl Dispatcher {
                 trace.settle();
                 span.record("trace_id", tracing::field::display(trace.trace_field()));
             }
+            let handler = match slot.as_mut() {
+                Some(slot) => {
+                    slot.start(context);
+                    Running::InSlot(slot)
+                }
+                None => Running::Boxed(self.handler.call(context)),
+            };
             let mut run = Run {
-                handler: Some((self.handler)(context)),
+                handler,
                 span: &span,
                 trace: scope,
             };
@@ -751,10 +770,36 @@ impl Drop for Handling<'_> {
 /// trace context (publishes name it as parent), a panic caught (as `CatchUnwind`). One
 /// future rather than a wrapper each: this is every delivery's.
 struct Run<'a> {
-    /// Taken when dropped, so it is dropped inside the span.
-    handler: Option<BoxFuture<'static, Outcome>>,
+    /// Ended when dropped, inside the span.
+    handler: Running<'a>,
     span: &'a tracing::Span,
     trace: &'a mut Option<TraceContext>,
+}
+
+/// The handler's future: boxed, or in the dispatcher's slot.
+enum Running<'a> {
+    Boxed(BoxFuture<'static, Outcome>),
+    InSlot(&'a mut Box<dyn HandlerSlot>),
+    Ended,
+}
+
+impl Running<'_> {
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
+        match self {
+            Running::Boxed(future) => future.as_mut().poll(cx),
+            Running::InSlot(slot) => slot.poll_run(cx),
+            Running::Ended => Poll::Pending, // (never polled once ended)
+        }
+    }
+
+    /// Drops the handler's future (its slot kept for the next delivery).
+    fn end(&mut self) {
+        match std::mem::replace(self, Running::Ended) {
+            Running::Boxed(future) => drop(future),
+            Running::InSlot(slot) => slot.clear(),
+            Running::Ended => {}
+        }
+    }
 }
 
 impl Future for Run<'_> {
@@ -762,12 +807,10 @@ impl Future for Run<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let Some(handler) = this.handler.as_mut() else {
-            return Poll::Pending; // (never polled after it finished)
-        };
         let _entered = (!this.span.is_disabled()).then(|| this.span.enter());
         let _lent = this.trace.is_some().then(|| crate::trace::lend(this.trace));
-        match std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+        let handler = &mut this.handler;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| handler.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(outcome)) => Poll::Ready(Ok(outcome)),
             Err(panic) => Poll::Ready(Err(panic)),
@@ -777,9 +820,9 @@ impl Future for Run<'_> {
 
 impl Drop for Run<'_> {
     fn drop(&mut self) {
-        if let Some(handler) = self.handler.take() {
+        if !matches!(self.handler, Running::Ended) {
             let _entered = (!self.span.is_disabled()).then(|| self.span.enter());
-            drop(handler);
+            self.handler.end();
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct Next(HandlerFn);
 impl Next {
     /// Runs the rest of the chain with `ctx`.
     pub fn run(&self, ctx: Context) -> BoxFuture<'static, Outcome> {
-        (self.0)(ctx)
+        self.0.call(ctx)
     }
 }
 
@@ -65,7 +65,7 @@ pub(crate) fn wrap(handler: HandlerFn, layers: &[Arc<dyn Middleware>]) -> Handle
     layers.iter().rev().fold(handler, |inner, layer| {
         let layer = Arc::clone(layer);
         let next = Next(inner);
-        Arc::new(move |ctx| layer.handle(ctx, next.clone()))
+        HandlerFn::new(move |ctx| layer.handle(ctx, next.clone()))
     })
 }
 

@@ -116,8 +116,68 @@ pub enum Outcome {
     Undecodable(CodecError),
 }
 
-/// A bound handler: decodes, calls the user's function, maps the result.
-pub type HandlerFn = Arc<dyn Fn(Context) -> BoxFuture<'static, Outcome> + Send + Sync>;
+/// A bound handler: decodes, calls the user's function, maps the result. Called for a
+/// boxed future ([`HandlerFn::call`]), or run in a [`HandlerSlot`] that holds one
+/// delivery's future after another without an allocation each (the generated glue has
+/// one; a handler wrapped by middleware has not).
+#[derive(Clone)]
+pub struct HandlerFn {
+    call: Arc<dyn Fn(Context) -> BoxFuture<'static, Outcome> + Send + Sync>,
+    slot: Option<Arc<dyn Fn() -> Box<dyn HandlerSlot> + Send + Sync>>,
+}
+
+impl HandlerFn {
+    /// A handler called for a boxed future each time.
+    pub fn new(
+        call: impl Fn(Context) -> BoxFuture<'static, Outcome> + Send + Sync + 'static,
+    ) -> Self {
+        HandlerFn {
+            call: Arc::new(call),
+            slot: None,
+        }
+    }
+
+    /// A handler that can also make slots to run in (see [`HandlerSlot`]).
+    pub(crate) fn with_slot(
+        call: impl Fn(Context) -> BoxFuture<'static, Outcome> + Send + Sync + 'static,
+        slot: impl Fn() -> Box<dyn HandlerSlot> + Send + Sync + 'static,
+    ) -> Self {
+        HandlerFn {
+            call: Arc::new(call),
+            slot: Some(Arc::new(slot)),
+        }
+    }
+
+    /// The handler's future for the delivery `ctx` is the context of.
+    pub fn call(&self, ctx: Context) -> BoxFuture<'static, Outcome> {
+        (self.call)(ctx)
+    }
+
+    /// A place to run this handler one delivery after another, if it has one.
+    pub(crate) fn slot(&self) -> Option<Box<dyn HandlerSlot>> {
+        self.slot.as_ref().map(|make| make())
+    }
+}
+
+impl fmt::Debug for HandlerFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerFn")
+            .field("slot", &self.slot.is_some())
+            .finish()
+    }
+}
+
+/// Where one handler's future lives while it runs, reused from one delivery to the next
+/// (made by [`HandlerFn`]; one per dispatcher running deliveries one at a time).
+pub trait HandlerSlot: Send {
+    /// Starts the handler for the delivery `ctx` is the context of, in place of the last
+    /// one (which [`clear`](Self::clear) ended).
+    fn start(&mut self, ctx: Context);
+    /// Polls the running handler (`Pending` when none runs).
+    fn poll_run(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome>;
+    /// Drops the running handler's future, finished or not.
+    fn clear(&mut self);
+}
 
 /// Service instances provided with [`App::service`](crate::App::service), by type.
 #[derive(Default, Clone)]
