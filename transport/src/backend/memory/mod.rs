@@ -375,6 +375,7 @@ impl Backend for MemoryBroker {
                 receiver,
                 settle: Arc::clone(&requeue) as Arc<dyn Settle>,
                 requeue,
+                spare: None,
             };
             Ok(stream.boxed())
         }
@@ -398,11 +399,41 @@ struct Deliveries {
     requeue: Arc<Requeue>,
     /// `requeue`, as the handle deliveries of a topic name are settled by.
     settle: Arc<dyn Settle>,
+    /// The shared handle of the last small message handed out: once every delivery and
+    /// context holding it is gone (one at a time, the usual case) the next message moves
+    /// into it, so a delivery allocates nothing of its own.
+    spare: Option<Arc<Message>>,
 }
 
+/// Largest payload whose message is kept as [`Deliveries::spare`] until the next delivery.
+const SPARE_PAYLOAD: usize = 4096;
+
 impl Deliveries {
+    /// `held` as a shared handle: the spare one when nothing else holds it any more.
+    fn shared(&mut self, held: Held) -> Arc<Message> {
+        let message = match held {
+            Held::Alone(message) => message,
+            Held::Shared(message) => return message,
+        };
+        let shared = match self.spare.take() {
+            Some(mut spare) => match Arc::get_mut(&mut spare) {
+                Some(slot) => {
+                    // (the last message's contents go now)
+                    *slot = message;
+                    spare
+                }
+                None => Arc::new(message),
+            },
+            None => Arc::new(message),
+        };
+        if shared.payload.len() <= SPARE_PAYLOAD {
+            self.spare = Some(Arc::clone(&shared));
+        }
+        shared
+    }
+
     #[inline]
-    fn delivery(&self, envelope: Envelope) -> Delivery {
+    fn delivery(&mut self, envelope: Envelope) -> Delivery {
         match envelope.topic {
             // a filter's delivery comes back with its topic: settled by a handle of its
             // own (filters are rare; names take the shared one)
@@ -423,7 +454,7 @@ impl Deliveries {
                 .with_topic(topic)
             }
             None => Delivery::settled_by(
-                envelope.message.shared(),
+                self.shared(envelope.message),
                 envelope.attempt,
                 Arc::clone(&self.settle),
                 0,
@@ -536,7 +567,54 @@ impl Drop for TopicRequeue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use std::hash::BuildHasher;
+
+    #[tokio::test]
+    async fn a_delivery_moves_into_the_last_one_s_handle_once_nothing_holds_it() {
+        let broker = MemoryBroker::new(MemoryOptions::default());
+        let spec = SubscriptionSpec {
+            topic: "spare".into(),
+            group: None,
+            subscriber: "test".into(),
+            prefetch: 8,
+            max_attempts: 3,
+            consumer: None,
+            filter: false,
+        };
+        let mut deliveries = broker.subscribe(&spec).await.unwrap();
+        for i in 0..4u8 {
+            broker
+                .publish("spare", Message::new(vec![i]))
+                .await
+                .unwrap();
+        }
+        let first = deliveries.next().await.unwrap();
+        // still held: the next one has a handle of its own, and the first is untouched
+        let second = deliveries.next().await.unwrap();
+        assert!(!Arc::ptr_eq(&first.message, &second.message));
+        let second_at = Arc::as_ptr(&second.message);
+        first.ack();
+        second.ack();
+        // (anything freed would be handed out again here, not to the next delivery)
+        let _occupied = Arc::new(Message::default());
+        let third = deliveries.next().await.unwrap();
+        assert_eq!(
+            Arc::as_ptr(&third.message),
+            second_at,
+            "not moved into the spare"
+        );
+        assert_eq!(&third.message.payload[..], [2]);
+        // a context still holding it (a handler's clone): the fourth gets its own
+        let held = Arc::clone(&third.message);
+        third.ack();
+        let fourth = deliveries.next().await.unwrap();
+        assert!(!Arc::ptr_eq(&held, &fourth.message));
+        assert_eq!(
+            (&held.payload[..], &fourth.message.payload[..]),
+            (&[2][..], &[3][..])
+        );
+    }
 
     #[test]
     fn topic_names_hash_apart() {
