@@ -354,7 +354,6 @@ impl std::fmt::Display for MessageId {
 pub fn message_id() -> MessageId {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
-    /// The process's prefix, laid out as an inline id, and its length.
     /// The process's prefix, laid out as an inline id.
     static PREFIX: OnceLock<arrayvec::ArrayString<INLINE_ID>> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -74,6 +74,10 @@ pub enum OtelError {
     Shutdown(opentelemetry_sdk::error::OTelSdkError),
 }
 
+/// How long one export may take unless set ([`Otlp::timeout`]): the batch processor's
+/// own limit on an export.
+const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// An OTLP/HTTP (protobuf) span exporter to an OpenTelemetry collector, batched, sending on
 /// the tokio runtime it is installed from. Plain HTTP: a collector beside the service is the
 /// usual set-up; for TLS or gRPC build your own provider and give
@@ -92,7 +96,7 @@ impl Otlp {
         Otlp {
             service_name: service_name.into(),
             endpoint: None,
-            timeout: Duration::from_secs(5),
+            timeout: DEFAULT_EXPORT_TIMEOUT,
         }
     }
 
@@ -166,7 +170,7 @@ impl Tracing {
     pub fn from_provider(provider: SdkTracerProvider) -> Self {
         Tracing {
             provider,
-            timeout: Duration::from_secs(5),
+            timeout: DEFAULT_EXPORT_TIMEOUT,
         }
     }
 

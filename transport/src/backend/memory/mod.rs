@@ -614,6 +614,15 @@ mod tests {
             (&held.payload[..], &fourth.message.payload[..]),
             (&[2][..], &[3][..])
         );
+        // a large message is not kept once its delivery is done
+        broker
+            .publish("spare", Message::new(vec![7; SPARE_PAYLOAD + 1]))
+            .await
+            .unwrap();
+        let large = deliveries.next().await.unwrap();
+        let weak = Arc::downgrade(&large.message);
+        large.ack();
+        assert!(weak.upgrade().is_none(), "the large message was kept");
     }
 
     #[test]
