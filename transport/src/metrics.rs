@@ -3,7 +3,8 @@
 //! dead-lettered or undecodable, the handler's duration and what is in flight; per
 //! backend, each publish's duration and failures, and reconnections. The application's
 //! recorder receives them (the `prometheus` feature brings one, served on `[metrics]
-//! address`); without a recorder, or without the feature, recording costs next to nothing.
+//! address`); without a recorder, or without the feature, recording costs next to nothing
+//! (durations a recorder discards are not even timed).
 //!
 //! Handles are registered once, when the App starts: install a recorder before
 //! [`App::start`](crate::App::start).
@@ -98,15 +99,16 @@ struct SubscriberHandles {
     retried: metrics::Counter,
     dead_lettered: [metrics::Counter; DEAD_LETTER_REASONS.len()],
     decode_errors: metrics::Counter,
-    duration: metrics::Histogram,
+    duration: Timer,
     in_flight: metrics::Gauge,
     resubscribed: metrics::Counter,
 }
 
-/// When a handler run or publish started (nothing without the feature).
+/// When a handler run or publish started: nothing without the feature, or where the
+/// recorder discards durations.
 pub(crate) struct Started {
     #[cfg(feature = "metrics")]
-    at: quanta::Instant,
+    at: Option<quanta::Instant>,
 }
 
 /// The clock durations are read from: the CPU's time-stamp counter where it is reliable
@@ -117,20 +119,67 @@ fn clock() -> &'static quanta::Clock {
     CLOCK.get_or_init(quanta::Clock::new)
 }
 
-impl Started {
-    #[inline]
-    fn now() -> Self {
-        Started {
-            #[cfg(feature = "metrics")]
-            at: clock().now(),
+/// A duration histogram that stops reading the clock once it is seen to discard what it
+/// is given: without a recorder (or with one that ignores this metric) the handle is a
+/// no-op, and the two clock reads per run would be spent on nothing.
+#[cfg(feature = "metrics")]
+struct Timer {
+    histogram: metrics::Histogram,
+    /// Set when a recorded duration was not read: the handle is a no-op (handles do not
+    /// change once registered).
+    discards: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(feature = "metrics")]
+impl Timer {
+    fn new(histogram: metrics::Histogram) -> Self {
+        Timer {
+            histogram,
+            discards: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Seconds since it started.
-    #[cfg(feature = "metrics")]
     #[inline]
-    fn seconds(&self) -> f64 {
+    fn start(&self) -> Started {
+        let discards = self.discards.load(std::sync::atomic::Ordering::Relaxed);
+        Started {
+            at: (!discards).then(|| clock().now()),
+        }
+    }
+
+    #[inline]
+    fn record(&self, started: Started) {
+        let Some(at) = started.at else { return };
+        let read = std::cell::Cell::new(false);
+        self.histogram.record(Elapsed { at, read: &read });
+        if !read.get() {
+            self.discards
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The time since `at`, read only when a histogram takes the value (a no-op handle never
+/// converts it), and noted in `read`.
+#[cfg(feature = "metrics")]
+struct Elapsed<'a> {
+    at: quanta::Instant,
+    read: &'a std::cell::Cell<bool>,
+}
+
+#[cfg(feature = "metrics")]
+impl metrics::IntoF64 for Elapsed<'_> {
+    fn into_f64(self) -> f64 {
+        self.read.set(true);
         clock().now().duration_since(self.at).as_secs_f64()
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+impl Started {
+    #[inline]
+    fn now() -> Self {
+        Started {}
     }
 }
 
@@ -160,7 +209,7 @@ impl SubscriberMetrics {
                     metrics::counter!(names::DEAD_LETTERED, &with(("reason", reason)))
                 }),
                 decode_errors: metrics::counter!(names::DECODE_ERRORS, &labels),
-                duration: metrics::histogram!(names::HANDLER_DURATION, &labels),
+                duration: Timer::new(metrics::histogram!(names::HANDLER_DURATION, &labels)),
                 in_flight: metrics::gauge!(names::IN_FLIGHT, &labels),
                 resubscribed: metrics::counter!(names::RESUBSCRIBED, &labels),
             };
@@ -193,6 +242,9 @@ impl SubscriberMetrics {
     /// A handler run begins.
     #[inline]
     pub fn start(&self) -> Started {
+        #[cfg(feature = "metrics")]
+        return self.handles.duration.start();
+        #[cfg(not(feature = "metrics"))]
         Started::now()
     }
 
@@ -201,7 +253,7 @@ impl SubscriberMetrics {
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub fn ran(&self, started: Started) {
         #[cfg(feature = "metrics")]
-        self.handles.duration.record(started.seconds());
+        self.handles.duration.record(started);
     }
 
     #[inline]
@@ -248,7 +300,7 @@ impl SubscriberMetrics {
 #[derive(Clone)]
 pub(crate) struct PublishMetrics {
     #[cfg(feature = "metrics")]
-    handles: std::sync::Arc<(metrics::Histogram, metrics::Counter)>,
+    handles: std::sync::Arc<(Timer, metrics::Counter)>,
 }
 
 impl PublishMetrics {
@@ -257,7 +309,7 @@ impl PublishMetrics {
         PublishMetrics {
             #[cfg(feature = "metrics")]
             handles: std::sync::Arc::new((
-                metrics::histogram!(names::PUBLISH_DURATION, "backend" => backend),
+                Timer::new(metrics::histogram!(names::PUBLISH_DURATION, "backend" => backend)),
                 metrics::counter!(names::PUBLISH_ERRORS, "backend" => backend),
             )),
         }
@@ -265,6 +317,9 @@ impl PublishMetrics {
 
     #[inline]
     pub fn start(&self) -> Started {
+        #[cfg(feature = "metrics")]
+        return self.handles.0.start();
+        #[cfg(not(feature = "metrics"))]
         Started::now()
     }
 
@@ -274,7 +329,7 @@ impl PublishMetrics {
     pub fn published(&self, started: Started, ok: bool) {
         #[cfg(feature = "metrics")]
         {
-            self.handles.0.record(started.seconds());
+            self.handles.0.record(started);
             if !ok {
                 self.handles.1.increment(1);
             }
@@ -288,4 +343,48 @@ impl PublishMetrics {
 pub(crate) fn reconnected(backend: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(names::RECONNECTS, "backend" => backend).increment(1);
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A histogram keeping what it is given.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<f64>>);
+
+    impl metrics::HistogramFn for Kept {
+        fn record(&self, value: f64) {
+            self.0.lock().unwrap().push(value);
+        }
+    }
+
+    #[test]
+    fn a_recording_histogram_gets_every_duration() {
+        let kept = Arc::new(Kept::default());
+        let timer = Timer::new(metrics::Histogram::from_arc(Arc::clone(&kept)));
+        for _ in 0..3 {
+            let started = timer.start();
+            assert!(started.at.is_some());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            timer.record(started);
+        }
+        let kept = kept.0.lock().unwrap();
+        assert_eq!(kept.len(), 3);
+        assert!(kept.iter().all(|seconds| *seconds >= 0.002), "{kept:?}");
+    }
+
+    #[test]
+    fn a_discarding_histogram_stops_the_clock_reads() {
+        let timer = Timer::new(metrics::Histogram::noop());
+        let first = timer.start();
+        assert!(
+            first.at.is_some(),
+            "not known to discard before the first run"
+        );
+        timer.record(first);
+        assert!(timer.start().at.is_none(), "the clock is still read");
+    }
 }
