@@ -300,3 +300,42 @@ async fn publishing_to_a_wildcard_topic_is_refused() {
     }
     app.shutdown().await.expect("shutdown");
 }
+
+/// More publishes at once than the MQTT client's request queue holds (1,024): those that
+/// find it full wait for room in order, and every one returns once the broker confirmed
+/// it (none lost, none matched with another's PUBACK and left waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_clients_request_queue_is_confirmed_in_full() {
+    if !transport_tests::require_broker(1883, "mqtt") {
+        return;
+    }
+    init_tracing();
+    let prefix = format!("{}.", unique("mqtt-burst"));
+    let app = App::new(config(&prefix))
+        .select(|_| false)
+        .start()
+        .await
+        .expect("the app starts");
+    let publisher = app.publisher();
+    let publishes =
+        (0..4_000u32).map(|i| async move { publisher.publish("burst.readings", &i).await });
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(publishes),
+    )
+    .await
+    .expect("every publish returns");
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    // the link still works after the burst
+    publisher
+        .publish("burst.readings", &0u32)
+        .await
+        .expect("a publish after the burst");
+    app.shutdown().await.expect("shutdown");
+}

@@ -22,7 +22,7 @@
 //!   with backoff, on a new connection); the publishing connection is made again on the
 //!   next publish.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -33,7 +33,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish as MqttPublish, PublishProperties};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
 use tokio::sync::{mpsc, oneshot};
 
 use super::mqtt_filter::{self, mqtt_name};
@@ -68,7 +68,11 @@ struct Inner {
     connect_timeout: Duration,
     /// Incoming packets up to this size are accepted.
     max_packet: u32,
-    publisher: tokio::sync::Mutex<Option<PublishLink>>,
+    /// The live publishing connection (read by every publish, under a lock held for
+    /// the read alone).
+    publisher: Mutex<Option<Arc<PublishLink>>>,
+    /// Held while a publishing connection is being made, so one is made at a time.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 /// A user name and password.
@@ -155,7 +159,8 @@ impl MqttBackend {
             settings: config.mqtt.clone(),
             connect_timeout: config.connect_timeout,
             max_packet,
-            publisher: tokio::sync::Mutex::new(None),
+            publisher: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         });
         inner.publisher().await?;
         Ok(MqttBackend { inner })
@@ -190,13 +195,26 @@ impl Inner {
         format!("transport-{}-{role}-{n}", std::process::id())
     }
 
+    /// The live publishing link, if there is one.
+    fn live_publisher(&self) -> Option<Arc<PublishLink>> {
+        self.publisher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|link| link.confirms.alive.load(Ordering::Acquire))
+            .cloned()
+    }
+
     /// The live publishing link, connecting again if the last one died.
-    async fn publisher(&self) -> Result<PublishLink, BackendError> {
-        let mut link = self.publisher.lock().await;
-        if let Some(live) = link.as_ref().filter(|l| l.alive.load(Ordering::Acquire)) {
-            return Ok(live.clone());
+    async fn publisher(&self) -> Result<Arc<PublishLink>, BackendError> {
+        if let Some(live) = self.live_publisher() {
+            return Ok(live);
         }
-        *link = None;
+        let _connecting = self.connecting.lock().await;
+        // (another publish may have connected while this one waited)
+        if let Some(live) = self.live_publisher() {
+            return Ok(live);
+        }
         let (client, mut events) =
             AsyncClient::new(self.options(self.client_id("publisher")), REQUESTS);
         tokio::time::timeout(self.connect_timeout, handshake(&mut events, false))
@@ -205,64 +223,110 @@ impl Inner {
                 self.connect_error(format!("no CONNACK within {:?}", self.connect_timeout))
             })?
             .map_err(|reason| self.connect_error(reason))?;
-        let fresh = PublishLink {
+        let fresh = Arc::new(PublishLink {
             client,
-            alive: Arc::new(AtomicBool::new(true)),
-            confirms: Arc::new(Mutex::new(Confirms::default())),
-            order: Arc::new(tokio::sync::Mutex::new(())),
-        };
-        tokio::spawn(confirm_task(
-            events,
-            Arc::clone(&fresh.confirms),
-            Arc::clone(&fresh.alive),
-        ));
-        *link = Some(fresh.clone());
+            confirms: Arc::new(Confirms {
+                alive: AtomicBool::new(true),
+                waiting: Mutex::new(Waiting::default()),
+            }),
+            order: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(confirm_task(events, Arc::clone(&fresh.confirms)));
+        *self
+            .publisher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&fresh));
         Ok(fresh)
     }
 }
 
-/// The publishing connection: its client, whether its event loop still runs, and who
-/// waits for which PUBACK.
-#[derive(Clone)]
+/// The publishing connection: its client, and who waits for which PUBACK.
 struct PublishLink {
     client: AsyncClient,
-    alive: Arc<AtomicBool>,
-    confirms: Arc<Mutex<Confirms>>,
-    /// Held while a publish is queued, so that waiters are queued in request order.
-    order: Arc<tokio::sync::Mutex<()>>,
+    /// Shared with the connection's event loop task (which does not hold the client, so
+    /// the connection ends when the backend lets go of it).
+    confirms: Arc<Confirms>,
+    /// Taken by a publish that found the client's request queue full, while it waits
+    /// for room; publishes that come meanwhile queue behind it (so that requests and
+    /// waiters stay in the same order).
+    order: tokio::sync::Mutex<()>,
+}
+
+/// A publish on the slow path: when it ends (done, failed or cancelled) it leaves the
+/// slow path and, holding the link's order, takes its waiter back if its request never
+/// reached the client (the waiter is then the last queued: the others wait for the
+/// order, which is let go only after).
+struct SlowPublish<'a> {
+    confirms: &'a Confirms,
+    /// Taken before its waiter is queued.
+    order: Option<tokio::sync::MutexGuard<'a, ()>>,
+    handed: bool,
+}
+
+impl Drop for SlowPublish<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.confirms.lock();
+        if self.order.is_some() && !self.handed {
+            let _ = waiting.queued.pop_back();
+        }
+        waiting.slow -= 1;
+    }
 }
 
 type Confirm = oneshot::Sender<Result<(), String>>;
 
-/// Waiters for PUBACKs: in request order until the event loop names their packet id.
-#[derive(Default)]
+/// Waiters for a publishing connection's PUBACKs, and whether its event loop still runs.
 struct Confirms {
+    alive: AtomicBool,
+    waiting: Mutex<Waiting>,
+}
+
+impl Confirms {
+    /// (a guard is never held across an await)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Waiters, in request order until the event loop names their packet id.
+#[derive(Default)]
+struct Waiting {
     queued: VecDeque<Confirm>,
-    sent: HashMap<u16, Confirm>,
+    /// By packet id (1 to the connection's in-flight limit, so a short vector).
+    sent: Vec<Option<Confirm>>,
+    /// Publishes on the slow path (waiting for room in the request queue): while there
+    /// are any, new publishes take it too.
+    slow: usize,
+}
+
+impl Waiting {
+    fn sent(&mut self, pkid: u16, waiter: Confirm) {
+        let at = usize::from(pkid);
+        if self.sent.len() <= at {
+            self.sent.resize_with(at + 1, || None);
+        }
+        self.sent[at] = Some(waiter);
+    }
+
+    fn acknowledged(&mut self, pkid: u16) -> Option<Confirm> {
+        self.sent.get_mut(usize::from(pkid)).and_then(Option::take)
+    }
 }
 
 /// Polls the publishing connection; completes each publish when its PUBACK arrives.
 /// Ends (failing every waiter) when the connection drops: the next publish connects
 /// anew, so no packet id of this connection is ever matched with another's publish.
-async fn confirm_task(
-    mut events: EventLoop,
-    confirms: Arc<Mutex<Confirms>>,
-    alive: Arc<AtomicBool>,
-) {
-    // (a guard is never held across an await)
-    fn lock(confirms: &Mutex<Confirms>) -> std::sync::MutexGuard<'_, Confirms> {
-        confirms.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+async fn confirm_task(mut events: EventLoop, confirms: Arc<Confirms>) {
     loop {
         match events.poll().await {
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let mut confirms = lock(&confirms);
-                if let Some(waiter) = confirms.queued.pop_front() {
-                    confirms.sent.insert(pkid, waiter);
+                let mut waiting = confirms.lock();
+                if let Some(waiter) = waiting.queued.pop_front() {
+                    waiting.sent(pkid, waiter);
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let waiter = lock(&confirms).sent.remove(&ack.pkid);
+                let waiter = confirms.lock().acknowledged(ack.pkid);
                 if let Some(waiter) = waiter {
                     let outcome = match ack.reason {
                         PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
@@ -273,12 +337,12 @@ async fn confirm_task(
             }
             Ok(_) => {}
             Err(error) => {
-                alive.store(false, Ordering::Release);
-                let mut confirms = lock(&confirms);
-                let confirms = &mut *confirms;
+                confirms.alive.store(false, Ordering::Release);
+                let mut waiting = confirms.lock();
+                let waiting = &mut *waiting;
                 let reason = format!("connection lost before the broker's PUBACK: {error}");
-                let waiting = confirms.sent.drain().map(|(_, waiter)| waiter);
-                for waiter in confirms.queued.drain(..).chain(waiting) {
+                let sent = waiting.sent.drain(..).flatten();
+                for waiter in waiting.queued.drain(..).chain(sent) {
                     let _ = waiter.send(Err(reason.clone()));
                 }
                 return;
@@ -469,32 +533,64 @@ impl MqttBackend {
     async fn send(&self, topic: String, message: Message) -> Result<(), BackendError> {
         let link = self.inner.publisher().await?;
         let (done, confirmed) = oneshot::channel();
-        {
-            let _order = link.order.lock().await;
-            link.confirms
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .queued
-                .push_back(done);
-            let queued = link
-                .client
-                .publish_with_properties(
+        let properties = to_properties(&message);
+        let payload = message.payload;
+        // Fast path: the request and its waiter queued together, under the waiters' lock
+        // (never held across an await), when the request queue has room and nobody is
+        // waiting for room.
+        let refused = {
+            let mut waiting = link.confirms.lock();
+            if waiting.slow > 0 {
+                waiting.slow += 1;
+                Some((topic, payload, properties))
+            } else {
+                waiting.queued.push_back(done);
+                match link.client.try_publish_with_properties(
                     topic,
                     QoS::AtLeastOnce,
                     false,
-                    message.payload.clone(),
-                    to_properties(&message),
-                )
-                .await;
-            if let Err(error) = queued {
-                link.confirms
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .queued
-                    .pop_back();
-                return Err(operation_error(KIND, "publish", error));
+                    payload,
+                    properties,
+                ) {
+                    Ok(()) => None,
+                    Err(rumqttc::v5::ClientError::TryRequest(Request::Publish(publish))) => {
+                        // (a full queue, a closed one or a topic the client refuses:
+                        // the slow path says which)
+                        let _ = waiting.queued.pop_back();
+                        waiting.slow += 1;
+                        Some((
+                            String::from_utf8_lossy(&publish.topic).into_owned(),
+                            publish.payload,
+                            publish.properties.unwrap_or_default(),
+                        ))
+                    }
+                    Err(error) => {
+                        let _ = waiting.queued.pop_back();
+                        return Err(operation_error(KIND, "publish", error));
+                    }
+                }
             }
-        }
+        };
+        let confirmed = match refused {
+            None => confirmed,
+            Some((topic, payload, properties)) => {
+                let (done, confirmed) = oneshot::channel();
+                // (made before the first await: a cancelled publish leaves the slow path)
+                let mut slow = SlowPublish {
+                    confirms: &link.confirms,
+                    order: None,
+                    handed: false,
+                };
+                slow.order = Some(link.order.lock().await);
+                link.confirms.lock().queued.push_back(done);
+                link.client
+                    .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
+                    .await
+                    .map_err(|error| operation_error(KIND, "publish", error))?;
+                slow.handed = true;
+                confirmed
+            }
+        };
         match confirmed.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(operation_error(KIND, "publish", reason)),
@@ -538,7 +634,13 @@ impl Backend for MqttBackend {
 
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         async move {
-            if let Some(link) = self.inner.publisher.lock().await.take() {
+            let link = self
+                .inner
+                .publisher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(link) = link {
                 let _ = link.client.disconnect().await;
             }
             Ok(())
