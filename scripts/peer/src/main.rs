@@ -62,13 +62,16 @@ async fn on_reading(reading: &Reading) -> HandlerOutcome {
     HandlerOutcome::ack()
 }
 
-async fn framework(n: u64) {
+/// Publishes and drains `n` readings; the time from the App's start to the last one
+/// handled (as `examples/bench.rs` times its `inprocess` row).
+async fn framework(n: u64) -> std::time::Duration {
     let counter = Counter::global();
     counter.target.store(n, Ordering::SeqCst);
     let done = counter.done.notified();
     tokio::pin!(done);
     done.as_mut().enable();
 
+    let started = std::time::Instant::now();
     let broker = MemoryBroker::new().bindable();
     let egress = broker.bind(Publish);
     let app = RustStream::new(AppInfo::new("bench", "0.1.0")).with_broker(broker, |b| {
@@ -85,8 +88,10 @@ async fn framework(n: u64) {
             .expect("publish");
     }
     done.await;
+    let elapsed = started.elapsed();
     assert_eq!(counter.seen.load(Ordering::SeqCst), n);
     running.shutdown().await.expect("shutdown");
+    elapsed
 }
 
 async fn raw(n: u64) {
@@ -131,8 +136,12 @@ async fn main() {
     }
     if raw_only {
         raw(n).await;
+        println!("raw {n}");
     } else {
-        framework(n).await;
+        let elapsed = framework(n).await;
+        println!(
+            "ruststream {n} deliveries: {:.0}/s",
+            n as f64 / elapsed.as_secs_f64()
+        );
     }
-    println!("{} {n}", if raw_only { "raw" } else { "ruststream" });
 }
