@@ -18,11 +18,24 @@ pub const MAX_FILTER_BYTES: usize = 65_535;
 /// The MQTT form of a topic name: as it is when it holds `/` (an MQTT topic already),
 /// otherwise its dots as level separators.
 pub fn mqtt_name(topic: &str) -> Cow<'_, str> {
-    if topic.contains('/') || !topic.contains('.') {
-        Cow::Borrowed(topic)
-    } else {
-        Cow::Owned(topic.replace('.', "/"))
+    // one pass to decide, one to map, into a string of the exact length (this runs on
+    // every MQTT publish)
+    let mut dotted = false;
+    for &byte in topic.as_bytes() {
+        if byte == b'/' {
+            return Cow::Borrowed(topic);
+        }
+        dotted |= byte == b'.';
     }
+    if !dotted {
+        return Cow::Borrowed(topic);
+    }
+    let mapped: Vec<u8> = topic
+        .bytes()
+        .map(|byte| if byte == b'.' { b'/' } else { byte })
+        .collect();
+    // (one ASCII byte for another: still UTF-8)
+    Cow::Owned(String::from_utf8(mapped).unwrap_or_else(|_| topic.replace('.', "/")))
 }
 
 /// Whether `filter` is a filter this framework subscribes with: MQTT's own rules, and no
@@ -175,5 +188,7 @@ mod tests {
         assert_eq!(mqtt_name("sensor.readings"), "sensor/readings");
         assert_eq!(mqtt_name("/hfp/v2/a.b"), "/hfp/v2/a.b");
         assert_eq!(mqtt_name("plain"), "plain");
+        assert_eq!(mqtt_name("zähler.stand.ä"), "zähler/stand/ä");
+        assert!(matches!(mqtt_name("sensor.readings/x"), Cow::Borrowed(_)));
     }
 }
