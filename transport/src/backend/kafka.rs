@@ -22,7 +22,7 @@
 //!   progress (or with 64 times that, whatever their age) is paused until a quarter of
 //!   them are settled.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -453,12 +453,10 @@ impl KafkaBackend {
 /// A consumed record as our message.
 fn from_record(record: &BorrowedMessage<'_>) -> Message {
     let mut message = Message::new(Bytes::copy_from_slice(record.payload().unwrap_or_default()));
-    message.key = record
-        .key()
-        .map(|key| String::from_utf8_lossy(key).into_owned());
+    message.key = record.key().map(|key| text(key).into_owned());
     if let Some(headers) = record.headers() {
         for header in headers.iter() {
-            let value = String::from_utf8_lossy(header.value.unwrap_or_default());
+            let value = text(header.value.unwrap_or_default());
             if header.key == ID_HEADER {
                 message.id = Some(value.as_ref().into());
             } else {
@@ -469,18 +467,28 @@ fn from_record(record: &BorrowedMessage<'_>) -> Message {
     message
 }
 
+/// `bytes` as text: borrowed when it is UTF-8 (the usual case: checked a word at a
+/// time), with replacement characters otherwise.
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// What each partition of a subscription has in progress.
 #[derive(Default)]
 struct Progress {
-    partitions: HashMap<i32, PartitionProgress>,
+    partitions: HashMap<i32, PartitionProgress, BuildPartitionHasher>,
     /// Counts revocations: a partition's progress is of one ownership.
     generation: u64,
 }
 
 #[derive(Default)]
 struct PartitionProgress {
-    /// Offsets handed out and not yet settled.
-    open: BTreeSet<i64>,
+    /// Offsets handed out and not yet settled, in order (they are read in order, so
+    /// each one usually joins at the back and leaves from the front).
+    open: OpenOffsets,
     /// One past the highest offset handed out.
     next: i64,
     /// The offset last stored (the next one to consume after a restart).
@@ -491,6 +499,72 @@ struct PartitionProgress {
     resume_at: Option<usize>,
     /// The ownership this progress is of ([`Progress::generation`] when it began).
     generation: u64,
+    /// The partition, as the list librdkafka stores its offsets from: made once, its
+    /// offset set for each store.
+    store: Option<TopicPartitionList>,
+}
+
+/// A sorted set of offsets, cheap where offsets come in order.
+#[derive(Default)]
+struct OpenOffsets(std::collections::VecDeque<i64>);
+
+impl OpenOffsets {
+    fn insert(&mut self, offset: i64) {
+        match self.0.back() {
+            Some(&last) if last >= offset => {
+                if let Err(at) = self.0.binary_search(&offset) {
+                    self.0.insert(at, offset);
+                }
+            }
+            _ => self.0.push_back(offset),
+        }
+    }
+
+    /// Whether it was there.
+    fn remove(&mut self, offset: i64) -> bool {
+        if self.0.front() == Some(&offset) {
+            self.0.pop_front();
+            return true;
+        }
+        match self.0.binary_search(&offset) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn first(&self) -> Option<i64> {
+        self.0.front().copied()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Hashes partition numbers with one multiplication (they are small integers, not
+/// chosen by an adversary; this runs three times per record).
+#[derive(Default)]
+struct PartitionHasher(u64);
+
+type BuildPartitionHasher = std::hash::BuildHasherDefault<PartitionHasher>;
+
+impl std::hash::Hasher for PartitionHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_i32(&mut self, partition: i32) {
+        self.0 = u64::from(partition.unsigned_abs()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// A consumer's context: commits before partitions are revoked, forgets their progress,
@@ -621,43 +695,43 @@ impl Offsets {
 
     fn settled(&self, token: u64) {
         let (partition, offset) = untoken(token);
-        let store = {
-            let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
-            // a partition revoked meanwhile: its next owner has it
-            let Some(state) = progress.partitions.get_mut(&partition) else {
-                return;
-            };
-            if !state.open.remove(&offset) {
-                return;
-            }
-            let lowest = state.open.first().copied();
-            if lowest != state.lowest.map(|(offset, _)| offset) {
-                state.lowest = lowest.map(|offset| (offset, std::time::Instant::now()));
-            }
-            if state
-                .resume_at
-                .is_some_and(|resume_at| state.open.len() <= resume_at)
-            {
-                state.resume_at = None;
-                self.pause_or_resume(partition, false);
-            }
-            // everything below the lowest offset still in progress is handled
-            let handled_up_to = state.open.first().copied().unwrap_or(state.next);
-            (self.commits && handled_up_to > state.stored).then(|| {
-                state.stored = handled_up_to;
-                handled_up_to
-            })
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        // a partition revoked meanwhile: its next owner has it
+        let Some(state) = progress.partitions.get_mut(&partition) else {
+            return;
         };
-        if let Some(next) = store {
+        if !state.open.remove(offset) {
+            return;
+        }
+        let lowest = state.open.first();
+        if lowest != state.lowest.map(|(offset, _)| offset) {
+            state.lowest = lowest.map(|offset| (offset, std::time::Instant::now()));
+        }
+        if state
+            .resume_at
+            .is_some_and(|resume_at| state.open.len() <= resume_at)
+        {
+            state.resume_at = None;
+            self.pause_or_resume(partition, false);
+        }
+        // everything below the lowest offset still in progress is handled
+        let handled_up_to = state.open.first().unwrap_or(state.next);
+        if !self.commits || handled_up_to <= state.stored {
+            return;
+        }
+        state.stored = handled_up_to;
+        // (stored under the lock: stores reach librdkafka in the order decided)
+        let list = state.store.get_or_insert_with(|| {
             let mut list = TopicPartitionList::new();
-            if list
-                .add_partition_offset(&self.topic, partition, Offset::Offset(next))
-                .is_ok()
-                && let Err(error) = self.consumer.store_offsets(&list)
-            {
-                // not assigned any more: its next owner starts from the last commit
-                tracing::debug!(%error, partition, offset = next, "offset not stored");
-            }
+            list.add_partition(&self.topic, partition);
+            list
+        });
+        if let Err(error) = list
+            .set_all_offsets(Offset::Offset(handled_up_to))
+            .and_then(|()| self.consumer.store_offsets(list))
+        {
+            // not assigned any more: its next owner starts from the last commit
+            tracing::debug!(%error, partition, offset = handled_up_to, "offset not stored");
         }
     }
 
@@ -766,9 +840,12 @@ impl KafkaBackend {
         let subscriber = spec.subscriber.clone();
         let settle: Arc<dyn Settle> = Arc::clone(&offsets) as Arc<dyn Settle>;
         tokio::spawn(async move {
+            // made once: a new one per record would register a waiter each time
+            let closed = tx.closed();
+            tokio::pin!(closed);
             loop {
                 tokio::select! {
-                    () = tx.closed() => return,
+                    () = &mut closed => return,
                     record = consumer.recv() => match record {
                         Ok(record) => {
                             let (partition, offset) = (record.partition(), record.offset());
@@ -821,17 +898,20 @@ impl KafkaBackend {
         }
         // what was read ahead of a revocation is dropped (unsettled): the partition's
         // next owner reads it again
-        Ok(
-            futures_util::stream::unfold((rx, reader), |(mut rx, reader)| async move {
-                loop {
-                    let (partition, generation, delivery) = rx.recv().await?;
-                    if reader.current(partition, generation) {
-                        return Some((delivery, (rx, reader)));
+        let mut rx = rx;
+        Ok(futures_util::stream::poll_fn(move |cx| {
+            loop {
+                match rx.poll_recv(cx) {
+                    std::task::Poll::Ready(Some((partition, generation, delivery))) => {
+                        if reader.current(partition, generation) {
+                            return std::task::Poll::Ready(Some(delivery));
+                        }
                     }
+                    other => return other.map(|_| None),
                 }
-            })
-            .boxed(),
-        )
+            }
+        })
+        .boxed())
     }
 }
 
@@ -962,6 +1042,31 @@ impl Backend for KafkaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_offsets_stay_sorted_whatever_order_they_come_and_go_in() {
+        let mut open = OpenOffsets::default();
+        for offset in [5, 6, 9, 7, 2, 7] {
+            open.insert(offset);
+        }
+        assert_eq!(open.0, [2, 5, 6, 7, 9], "sorted, a repeat kept once");
+        assert!(open.remove(6));
+        assert!(!open.remove(6), "gone already");
+        assert!(!open.remove(3), "never there");
+        assert_eq!(open.first(), Some(2));
+        assert!(open.remove(2));
+        assert_eq!((open.first(), open.len()), (Some(5), 3));
+        assert!(open.remove(9) && open.remove(5));
+        assert_eq!(open.first(), Some(7));
+        assert!(open.remove(7));
+        assert_eq!((open.first(), open.len()), (None, 0));
+    }
+
+    #[test]
+    fn text_is_borrowed_when_it_is_utf8_and_mended_when_not() {
+        assert!(matches!(text(b"k-1"), std::borrow::Cow::Borrowed("k-1")));
+        assert_eq!(text(b"a\xffb"), "a\u{fffd}b");
+    }
 
     #[test]
     fn urls_become_bootstrap_servers() {
