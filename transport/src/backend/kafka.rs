@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec,
-    operation_error,
+    operation_error, text,
 };
 use crate::config::{BrokerConfig, KafkaConfig};
 use crate::error::BackendError;
@@ -465,15 +465,6 @@ fn from_record(record: &BorrowedMessage<'_>) -> Message {
         }
     }
     message
-}
-
-/// `bytes` as text: borrowed when it is UTF-8 (the usual case: checked a word at a
-/// time), with replacement characters otherwise.
-fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(bytes),
-    }
 }
 
 /// What each partition of a subscription has in progress.
@@ -1060,12 +1051,6 @@ mod tests {
         assert_eq!(open.first(), Some(7));
         assert!(open.remove(7));
         assert_eq!((open.first(), open.len()), (None, 0));
-    }
-
-    #[test]
-    fn text_is_borrowed_when_it_is_utf8_and_mended_when_not() {
-        assert!(matches!(text(b"k-1"), std::borrow::Cow::Borrowed("k-1")));
-        assert_eq!(text(b"a\xffb"), "a\u{fffd}b");
     }
 
     #[test]

@@ -394,6 +394,24 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// `bytes` as text: borrowed when it is UTF-8 (checked a word at a time: the usual
+/// case, on every delivery of some brokers), with replacement characters otherwise.
+#[cfg_attr(
+    not(any(
+        feature = "redis",
+        feature = "kafka",
+        feature = "rabbitmq",
+        feature = "mqtt"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// `backend`'s `operation` failed, as the broker or its client said (`error`).
 #[cfg_attr(
     not(any(
@@ -626,6 +644,12 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_borrowed_when_it_is_utf8_and_mended_when_not() {
+        assert!(matches!(text(b"k-1"), std::borrow::Cow::Borrowed("k-1")));
+        assert_eq!(text(b"a\xffb"), "a\u{fffd}b");
+    }
 
     #[test]
     fn the_fast_path_agrees_with_the_rule() {

@@ -388,7 +388,7 @@ fn from_publish(publish: MqttPublish) -> Message {
             headers.insert_received(CONTENT_TYPE, &content_type);
         }
         if let Some(correlation) = properties.correlation_data {
-            headers.insert(CORRELATION_ID, String::from_utf8_lossy(&correlation));
+            headers.insert(CORRELATION_ID, super::text(&correlation));
         }
         for (name, value) in properties.user_properties {
             match name.as_str() {
@@ -483,8 +483,7 @@ impl MqttBackend {
         let deliver = move |publish: MqttPublish| {
             let pkid = u64::from(publish.pkid);
             let attempt = if publish.dup { 2 } else { 1 };
-            let topic =
-                concrete_topics.then(|| Arc::<str>::from(String::from_utf8_lossy(&publish.topic)));
+            let topic = concrete_topics.then(|| Arc::<str>::from(super::text(&publish.topic)));
             let delivery =
                 Delivery::settled_by(from_publish(publish), attempt, Arc::clone(&settle), pkid);
             match topic {

@@ -322,7 +322,7 @@ fn to_properties(message: &Message, attempt: Option<u32>) -> BasicProperties {
 /// A header value as text, where it is one (foreign producers send numbers and flags).
 fn header_text(value: &AMQPValue) -> Option<String> {
     Some(match value {
-        AMQPValue::LongString(text) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
+        AMQPValue::LongString(text) => super::text(text.as_bytes()).into_owned(),
         AMQPValue::ShortString(text) => text.as_str().to_string(),
         AMQPValue::Boolean(flag) => flag.to_string(),
         AMQPValue::ShortShortInt(n) => n.to_string(),

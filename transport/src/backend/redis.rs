@@ -187,7 +187,7 @@ fn route_push(routes: &Routes, push: PushInfo) {
             let (Some(channel), Some(payload)) = (bytes_of(channel), bytes_of(payload)) else {
                 return;
             };
-            let channel = String::from_utf8_lossy(&channel);
+            let channel = super::text(&channel);
             let payload = Bytes::from(payload);
             let mut routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(targets) = routes.get_mut(&*channel) {

@@ -226,7 +226,7 @@ fn value_len(value: &Value) -> usize {
 fn text_of(value: &Value) -> Option<String> {
     match value {
         Value::Int(n) => Some(n.to_string()),
-        other => bytes_of(other).map(|b| String::from_utf8_lossy(b).into_owned()),
+        other => bytes_of(other).map(|b| super::text(b).into_owned()),
     }
 }
 
