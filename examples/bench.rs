@@ -22,59 +22,22 @@
 //! (`content-type`, a generated message id), so that `--framework-only` under callgrind
 //! counts the framework's consume path alone.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use transport::{App, Config};
+
+#[path = "bench/workload.rs"]
+mod workload;
+use workload::{Counter, channel_drain, reading};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Reading {
     pub sensor: u32,
     pub humidity: f64,
     pub temperature: f64,
-}
-
-fn reading(i: u64) -> Reading {
-    Reading {
-        sensor: (i % 64) as u32,
-        humidity: 40.0 + (i % 20) as f64,
-        temperature: 20.0 + (i % 10) as f64 / 4.0,
-    }
-}
-
-/// Counts handled messages and wakes the timer at the target.
-struct Counter {
-    seen: AtomicU64,
-    target: AtomicU64,
-    done: Notify,
-}
-
-impl Counter {
-    fn global() -> &'static Counter {
-        static COUNTER: OnceLock<Counter> = OnceLock::new();
-        COUNTER.get_or_init(|| Counter {
-            seen: AtomicU64::new(0),
-            target: AtomicU64::new(u64::MAX),
-            done: Notify::new(),
-        })
-    }
-
-    fn reset(&self, target: u64) {
-        self.seen.store(0, Ordering::SeqCst);
-        self.target.store(target, Ordering::SeqCst);
-    }
-
-    fn hit(&self, reading: &Reading) {
-        std::hint::black_box(reading);
-        let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
-        if seen == self.target.load(Ordering::Relaxed) {
-            self.done.notify_one();
-        }
-    }
 }
 
 #[transport::subscriber(topic = "bench.readings", group = "bench")]
@@ -239,23 +202,8 @@ async fn memory(n: u64) -> Measured {
         return alone(n, framework);
     }
     // raw: an in-process channel of encoded payloads, decoded by one consumer task
-    let (tx, rx) = async_channel::unbounded::<bytes::Bytes>();
     let started = Instant::now();
-    let consumer = tokio::spawn(async move {
-        let mut seen = 0;
-        while seen < n {
-            let Ok(payload) = rx.recv().await else { break };
-            let reading: Reading =
-                serde_json::from_slice(&payload).unwrap_or_else(|e| panic!("{e}"));
-            std::hint::black_box(&reading);
-            seen += 1;
-        }
-    });
-    for i in 0..n {
-        let payload = bytes::Bytes::from(serde_json::to_vec(&reading(i)).unwrap_or_default());
-        let _ = tx.send(payload).await;
-    }
-    let _ = consumer.await;
+    channel_drain(n).await;
     let raw = started.elapsed();
     Measured {
         framework: rate(n, framework),

@@ -7,52 +7,21 @@
 //!
 //! Differences the peer's API imposes: no consumer group (its memory broker has none) and
 //! no headers (no content type, message id or trace context); its ack drops the delivery.
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use ruststream::memory::prelude::*;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+
+// the bench's own workload: `reading(i)` and the handled-message counter
+#[path = "../../../examples/bench/workload.rs"]
+mod workload;
+use workload::{Counter, channel_drain, reading};
 
 #[derive(Debug, Serialize, Deserialize, Outgoing)]
 pub struct Reading {
     pub sensor: u32,
     pub humidity: f64,
     pub temperature: f64,
-}
-
-fn reading(i: u64) -> Reading {
-    Reading {
-        sensor: (i % 64) as u32,
-        humidity: 40.0 + (i % 20) as f64,
-        temperature: 20.0 + (i % 10) as f64 / 4.0,
-    }
-}
-
-/// Counts handled messages and wakes main at the target (same as our bench's Counter).
-struct Counter {
-    seen: AtomicU64,
-    target: AtomicU64,
-    done: Notify,
-}
-
-impl Counter {
-    fn global() -> &'static Counter {
-        static COUNTER: OnceLock<Counter> = OnceLock::new();
-        COUNTER.get_or_init(|| Counter {
-            seen: AtomicU64::new(0),
-            target: AtomicU64::new(u64::MAX),
-            done: Notify::new(),
-        })
-    }
-
-    fn hit(&self, reading: &Reading) {
-        std::hint::black_box(reading);
-        let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
-        if seen == self.target.load(Ordering::Relaxed) {
-            self.done.notify_one();
-        }
-    }
 }
 
 // The memory broker has no consumer groups / queue groups: a plain subscription.
@@ -66,7 +35,7 @@ async fn on_reading(reading: &Reading) -> HandlerOutcome {
 /// handled (as `examples/bench.rs` times its `inprocess` row).
 async fn framework(n: u64) -> std::time::Duration {
     let counter = Counter::global();
-    counter.target.store(n, Ordering::SeqCst);
+    counter.reset(n);
     let done = counter.done.notified();
     tokio::pin!(done);
     done.as_mut().enable();
@@ -94,27 +63,6 @@ async fn framework(n: u64) -> std::time::Duration {
     elapsed
 }
 
-async fn raw(n: u64) {
-    // an in-process channel of encoded payloads, decoded by one consumer task (as our bench's raw side)
-    let (tx, rx) = async_channel::unbounded::<bytes::Bytes>();
-    let consumer = tokio::spawn(async move {
-        let mut seen = 0;
-        while seen < n {
-            let Ok(payload) = rx.recv().await else { break };
-            let reading: Reading =
-                serde_json::from_slice(&payload).unwrap_or_else(|e| panic!("{e}"));
-            std::hint::black_box(&reading);
-            seen += 1;
-        }
-        seen
-    });
-    for i in 0..n {
-        let payload = bytes::Bytes::from(serde_json::to_vec(&reading(i)).unwrap_or_default());
-        let _ = tx.send(payload).await;
-    }
-    assert_eq!(consumer.await.expect("consumer"), n);
-}
-
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -135,7 +83,7 @@ async fn main() {
         }
     }
     if raw_only {
-        raw(n).await;
+        assert_eq!(channel_drain(n).await, n);
         println!("raw {n}");
     } else {
         let elapsed = framework(n).await;
