@@ -740,6 +740,17 @@ impl Offsets {
     }
 }
 
+impl Drop for Offsets {
+    fn drop(&mut self) {
+        // The kept lists hold librdkafka references into the consumer: freed before it
+        // (this runs before the fields drop, and no list is made after it).
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        for state in progress.partitions.values_mut() {
+            state.store = None;
+        }
+    }
+}
+
 impl Settle for Offsets {
     fn ack(&self, token: u64) {
         self.settled(token);

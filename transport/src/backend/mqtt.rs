@@ -252,24 +252,14 @@ struct PublishLink {
     order: tokio::sync::Mutex<()>,
 }
 
-/// A publish on the slow path: when it ends (done, failed or cancelled) it leaves the
-/// slow path and, holding the link's order, takes its waiter back if its request never
-/// reached the client (the waiter is then the last queued: the others wait for the
-/// order, which is let go only after).
+/// A publish on the slow path: when it ends, however it ends, it leaves the slow path.
 struct SlowPublish<'a> {
     confirms: &'a Confirms,
-    /// Taken before its waiter is queued.
-    order: Option<tokio::sync::MutexGuard<'a, ()>>,
-    handed: bool,
 }
 
 impl Drop for SlowPublish<'_> {
     fn drop(&mut self) {
-        let mut waiting = self.confirms.lock();
-        if self.order.is_some() && !self.handed {
-            let _ = waiting.queued.pop_back();
-        }
-        waiting.slow -= 1;
+        self.confirms.lock().slow -= 1;
     }
 }
 
@@ -338,6 +328,9 @@ async fn confirm_task(mut events: EventLoop, confirms: Arc<Confirms>) {
             Ok(_) => {}
             Err(error) => {
                 confirms.alive.store(false, Ordering::Release);
+                // the request queue closed first: a publish that comes after the waiters
+                // are failed below is refused by the client, not queued to nobody
+                drop(events);
                 let mut waiting = confirms.lock();
                 let waiting = &mut *waiting;
                 let reason = format!("connection lost before the broker's PUBACK: {error}");
@@ -574,20 +567,40 @@ impl MqttBackend {
             None => confirmed,
             Some((topic, payload, properties)) => {
                 let (done, confirmed) = oneshot::channel();
-                // (made before the first await: a cancelled publish leaves the slow path)
-                let mut slow = SlowPublish {
-                    confirms: &link.confirms,
-                    order: None,
-                    handed: false,
-                };
-                slow.order = Some(link.order.lock().await);
-                link.confirms.lock().queued.push_back(done);
-                link.client
-                    .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
-                    .await
-                    .map_err(|error| operation_error(KIND, "publish", error))?;
-                slow.handed = true;
-                confirmed
+                // On a task of its own: once its request may be in the client's queue its
+                // waiter must stay there, whether or not this caller still waits (a
+                // cancelled send could otherwise take back a waiter whose request goes
+                // out, and every later PUBACK would complete the wrong publish).
+                let slow = Arc::clone(&link);
+                let queued = tokio::spawn(async move {
+                    let _leaving = SlowPublish {
+                        confirms: &slow.confirms,
+                    };
+                    let _order = slow.order.lock().await;
+                    slow.confirms.lock().queued.push_back(done);
+                    let queued = slow
+                        .client
+                        .publish_with_properties(
+                            topic,
+                            QoS::AtLeastOnce,
+                            false,
+                            payload,
+                            properties,
+                        )
+                        .await;
+                    if queued.is_err() {
+                        // refused: its request never reached the client (the last waiter
+                        // queued is this one: the others wait for the order)
+                        let _ = slow.confirms.lock().queued.pop_back();
+                    }
+                    queued
+                })
+                .await;
+                match queued {
+                    Ok(Ok(())) => confirmed,
+                    Ok(Err(error)) => return Err(operation_error(KIND, "publish", error)),
+                    Err(error) => return Err(operation_error(KIND, "publish", error)),
+                }
             }
         };
         match confirmed.await {
