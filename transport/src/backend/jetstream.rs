@@ -49,7 +49,7 @@
 //! that message was dropped; with a producer's own id it is an idempotent retry: a
 //! success, logged at debug.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +65,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::ascending::Ascending;
 use super::nats::{
     PUBLISH_TIMEOUT, PayloadLimit, bounded_flush, check_payload, connect_client, from_nats,
     is_nats_header, to_nats_headers, wire_size,
@@ -569,7 +570,7 @@ struct InFlightState {
     /// acknowledged), ascending: where a lost consumer resumes. Deliveries come (and are
     /// mostly acknowledged) in stream order, so entries join at the back and leave at
     /// the front.
-    unacked: VecDeque<u64>,
+    unacked: Ascending<u64>,
     /// The highest stream sequence handed out, or the stream's last when the consumer was
     /// created.
     last_sequence: u64,
@@ -580,25 +581,12 @@ struct InFlightState {
 
 impl InFlightState {
     fn add_unacked(&mut self, sequence: u64, max_unacked: usize) {
-        match self.unacked.back() {
-            Some(&last) if last >= sequence => {
-                if let Err(at) = self.unacked.binary_search(&sequence) {
-                    self.unacked.insert(at, sequence);
-                }
-            }
-            _ => self.unacked.push_back(sequence),
-        }
-        while self.unacked.len() > max_unacked {
-            self.unacked.pop_front();
-        }
+        self.unacked.insert(sequence);
+        self.unacked.keep_highest(max_unacked);
     }
 
     fn remove_unacked(&mut self, sequence: u64) {
-        if self.unacked.front() == Some(&sequence) {
-            self.unacked.pop_front();
-        } else if let Ok(at) = self.unacked.binary_search(&sequence) {
-            self.unacked.remove(at);
-        }
+        self.unacked.remove(sequence);
     }
 }
 
@@ -630,7 +618,7 @@ impl InFlight {
                     slots: Vec::new(),
                     free: Vec::new(),
                     len: 0,
-                    unacked: VecDeque::new(),
+                    unacked: Ascending::default(),
                     last_sequence: 0,
                     ack_wait: Duration::ZERO,
                 }),
@@ -706,11 +694,7 @@ impl InFlight {
     /// The oldest stream sequence not acknowledged, else the one after the last seen.
     fn resume_point(&self) -> u64 {
         let state = self.state();
-        state
-            .unacked
-            .front()
-            .copied()
-            .unwrap_or(state.last_sequence + 1)
+        state.unacked.first().unwrap_or(state.last_sequence + 1)
     }
 
     fn ack_wait(&self) -> Duration {

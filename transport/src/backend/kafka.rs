@@ -39,6 +39,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use super::ascending::Ascending;
 use super::{
     Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec,
     operation_error, text,
@@ -479,7 +480,7 @@ struct Progress {
 struct PartitionProgress {
     /// Offsets handed out and not yet settled, in order (they are read in order, so
     /// each one usually joins at the back and leaves from the front).
-    open: OpenOffsets,
+    open: Ascending<i64>,
     /// One past the highest offset handed out.
     next: i64,
     /// The offset last stored (the next one to consume after a restart).
@@ -493,46 +494,6 @@ struct PartitionProgress {
     /// The partition, as the list librdkafka stores its offsets from: made once, its
     /// offset set for each store.
     store: Option<TopicPartitionList>,
-}
-
-/// A sorted set of offsets, cheap where offsets come in order.
-#[derive(Default)]
-struct OpenOffsets(std::collections::VecDeque<i64>);
-
-impl OpenOffsets {
-    fn insert(&mut self, offset: i64) {
-        match self.0.back() {
-            Some(&last) if last >= offset => {
-                if let Err(at) = self.0.binary_search(&offset) {
-                    self.0.insert(at, offset);
-                }
-            }
-            _ => self.0.push_back(offset),
-        }
-    }
-
-    /// Whether it was there.
-    fn remove(&mut self, offset: i64) -> bool {
-        if self.0.front() == Some(&offset) {
-            self.0.pop_front();
-            return true;
-        }
-        match self.0.binary_search(&offset) {
-            Ok(at) => {
-                self.0.remove(at);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    fn first(&self) -> Option<i64> {
-        self.0.front().copied()
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
 }
 
 /// Hashes partition numbers with one multiplication (they are small integers, not
@@ -1044,25 +1005,6 @@ impl Backend for KafkaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn open_offsets_stay_sorted_whatever_order_they_come_and_go_in() {
-        let mut open = OpenOffsets::default();
-        for offset in [5, 6, 9, 7, 2, 7] {
-            open.insert(offset);
-        }
-        assert_eq!(open.0, [2, 5, 6, 7, 9], "sorted, a repeat kept once");
-        assert!(open.remove(6));
-        assert!(!open.remove(6), "gone already");
-        assert!(!open.remove(3), "never there");
-        assert_eq!(open.first(), Some(2));
-        assert!(open.remove(2));
-        assert_eq!((open.first(), open.len()), (Some(5), 3));
-        assert!(open.remove(9) && open.remove(5));
-        assert_eq!(open.first(), Some(7));
-        assert!(open.remove(7));
-        assert_eq!((open.first(), open.len()), (None, 0));
-    }
 
     #[test]
     fn urls_become_bootstrap_servers() {

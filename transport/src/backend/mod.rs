@@ -5,6 +5,8 @@
 //! delivery through its [`Acknowledge`] handle. Retry, dead-letter, decoding,
 //! concurrency and drain are the dispatcher's (`dispatch.rs`), the same for every broker.
 
+#[cfg(any(feature = "nats", feature = "kafka"))]
+mod ascending;
 #[cfg(feature = "nats")]
 pub mod jetstream;
 #[cfg(feature = "kafka")]
