@@ -534,9 +534,8 @@ impl MqttBackend {
             let mut waiting = link.confirms.lock();
             if waiting.slow > 0 {
                 waiting.slow += 1;
-                Some((topic, payload, properties))
+                Some((done, topic, payload, properties))
             } else {
-                waiting.queued.push_back(done);
                 match link.client.try_publish_with_properties(
                     topic,
                     QoS::AtLeastOnce,
@@ -544,29 +543,30 @@ impl MqttBackend {
                     payload,
                     properties,
                 ) {
-                    Ok(()) => None,
+                    // (the event loop names its packet id under this lock, so the waiter
+                    // joins before it can be looked for)
+                    Ok(()) => {
+                        waiting.queued.push_back(done);
+                        None
+                    }
                     Err(rumqttc::v5::ClientError::TryRequest(Request::Publish(publish))) => {
                         // (a full queue, a closed one or a topic the client refuses:
                         // the slow path says which)
-                        let _ = waiting.queued.pop_back();
                         waiting.slow += 1;
                         Some((
-                            String::from_utf8_lossy(&publish.topic).into_owned(),
+                            done,
+                            super::text(&publish.topic).into_owned(),
                             publish.payload,
                             publish.properties.unwrap_or_default(),
                         ))
                     }
-                    Err(error) => {
-                        let _ = waiting.queued.pop_back();
-                        return Err(operation_error(KIND, "publish", error));
-                    }
+                    Err(error) => return Err(operation_error(KIND, "publish", error)),
                 }
             }
         };
         let confirmed = match refused {
             None => confirmed,
-            Some((topic, payload, properties)) => {
-                let (done, confirmed) = oneshot::channel();
+            Some((done, topic, payload, properties)) => {
                 // On a task of its own: once its request may be in the client's queue its
                 // waiter must stay there, whether or not this caller still waits (a
                 // cancelled send could otherwise take back a waiter whose request goes
@@ -599,6 +599,7 @@ impl MqttBackend {
                 match queued {
                     Ok(Ok(())) => confirmed,
                     Ok(Err(error)) => return Err(operation_error(KIND, "publish", error)),
+                    // (the runtime shutting down under it)
                     Err(error) => return Err(operation_error(KIND, "publish", error)),
                 }
             }
