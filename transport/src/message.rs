@@ -33,6 +33,15 @@ impl Headers {
         }
     }
 
+    /// Only the `content-type` of a codec (what a publish starts from), made without a
+    /// search or an allocation.
+    pub(crate) const fn with_content_type(content_type: &'static str) -> Self {
+        Headers {
+            fixed: Some((CONTENT_TYPE, content_type)),
+            entries: Vec::new(),
+        }
+    }
+
     /// The value of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
         match self.fixed {

@@ -178,9 +178,10 @@ impl Publisher {
                     topic: topic.to_string(),
                     source,
                 })?;
-        let mut message = Message::new(payload);
-        message.headers.insert_static(CONTENT_TYPE, content_type);
-        Ok(message)
+        Ok(Message {
+            headers: Headers::with_content_type(content_type),
+            ..Message::new(payload)
+        })
     }
 
     async fn publish_batch(
@@ -343,9 +344,10 @@ fn encoded_with<C: Encoder<T>, T: ?Sized>(topic: &str, value: &T) -> Result<Mess
         topic: topic.to_string(),
         source,
     })?;
-    let mut message = Message::new(payload);
-    message.headers.insert_static(CONTENT_TYPE, C::CONTENT_TYPE);
-    Ok(message)
+    Ok(Message {
+        headers: Headers::with_content_type(C::CONTENT_TYPE),
+        ..Message::new(payload)
+    })
 }
 
 /// A broker's refusal of a publish to `topic`.

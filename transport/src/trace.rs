@@ -274,23 +274,26 @@ pub(crate) fn failed(span: &tracing::Span) {
 }
 
 thread_local! {
-    /// The context of the delivery whose handler is being polled on this thread: put in
-    /// for each poll of the handler ([`Within`]) and taken back after it.
-    static CURRENT: Cell<Option<TraceContext>> = const { Cell::new(None) };
+    /// Where the context of the delivery whose handler is being polled on this thread
+    /// lives (the dispatcher's slot for it), null outside such a poll: set for each poll
+    /// of the handler ([`lend`]) and reset after it. A pointer rather than the context
+    /// itself, so lending moves nothing (a context is 64 bytes) and the thread-local has
+    /// no destructor to register or check.
+    static CURRENT: Cell<*mut TraceContext> = const { Cell::new(std::ptr::null_mut()) };
 }
 
 /// Runs `f` on the context of the handler being polled here, if any (settled first).
 fn with_current<R>(f: impl FnOnce(&TraceContext) -> R) -> Option<R> {
-    CURRENT
-        .try_with(|current| {
-            let mut context = current.take()?;
-            context.settle();
-            let result = f(&context);
-            current.set(Some(context));
-            Some(result)
-        })
-        .ok()
-        .flatten()
+    let lent = CURRENT.with(Cell::get);
+    // SAFETY: a non-null pointer was set by `lend` from a `&mut TraceContext` that its
+    // `Lent` guard borrows (exclusively, and unused meanwhile) until it puts the previous
+    // pointer back; guards are dropped in the order they were made, on this thread, so
+    // the pointer here is always the innermost live guard's. Nothing else reads or writes
+    // the context while `f` runs: `f` is one of this module's (a clone, a child), which
+    // does not come back here.
+    let context = unsafe { lent.as_mut() }?;
+    context.settle();
+    Some(f(context))
 }
 
 /// The trace context of the delivery being handled on this task, if any.
@@ -299,30 +302,31 @@ pub fn current() -> Option<TraceContext> {
 }
 
 /// Lends the context in `slot` to this thread until the guard drops, as the context of
-/// the handler polled meanwhile: publishes it makes name it as parent, and it comes back
-/// to `slot` afterwards (ids drawn meanwhile included, so a retry stays in the same
-/// trace). Two thread-local swaps per poll: cheaper than a task-local.
+/// the handler polled meanwhile: publishes it makes name it as parent, and ids drawn
+/// meanwhile stay in `slot` (so a retry stays in the same trace). An empty `slot` lends
+/// "no context" (an outer one is hidden meanwhile). Two thread-local pointer writes per
+/// poll.
 pub(crate) fn lend(slot: &mut Option<TraceContext>) -> Lent<'_> {
-    let outer = CURRENT.try_with(|current| current.replace(slot.take()));
-    Lent { slot, outer }
+    let lent = slot
+        .as_mut()
+        .map_or(std::ptr::null_mut(), |context| context as *mut TraceContext);
+    Lent {
+        outer: CURRENT.with(|current| current.replace(lent)),
+        _slot: std::marker::PhantomData,
+    }
 }
 
-/// A context lent by [`lend`]: taken back, and the outer one put in again, on drop
-/// (however the poll ends).
+/// A context lent by [`lend`]: the outer one is put back on drop (however the poll ends).
 pub(crate) struct Lent<'s> {
-    slot: &'s mut Option<TraceContext>,
-    /// What was there before; an error when the thread is going away (nothing lent).
-    outer: Result<Option<TraceContext>, std::thread::AccessError>,
+    /// What was there before.
+    outer: *mut TraceContext,
+    /// The lent slot stays borrowed while the pointer to it is out.
+    _slot: std::marker::PhantomData<&'s mut Option<TraceContext>>,
 }
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        if let Ok(outer) = &mut self.outer {
-            let outer = outer.take();
-            if let Ok(lent) = CURRENT.try_with(|current| current.replace(outer)) {
-                *self.slot = lent;
-            }
-        }
+        CURRENT.with(|current| current.set(self.outer));
     }
 }
 

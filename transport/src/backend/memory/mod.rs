@@ -99,10 +99,22 @@ impl Hasher for NameHasher {
         }
         let tail = chunks.remainder();
         if !tail.is_empty() {
-            let mut word = [0; 8];
-            word[..tail.len()].copy_from_slice(tail);
+            // fixed-size loads only (a copy of the tail's length is a call to `memcpy`):
+            // a long name's last eight bytes, overlapping the word before; a short one's
+            // bytes one by one
+            let word = match bytes.len().checked_sub(8) {
+                Some(start) => {
+                    let mut word = [0; 8];
+                    word.copy_from_slice(&bytes[start..]);
+                    u64::from_le_bytes(word)
+                }
+                None => tail
+                    .iter()
+                    .rev()
+                    .fold(0, |word, &byte| (word << 8) | u64::from(byte)),
+            };
             // the length keeps `ab` and `ab\0` apart
-            self.add(u64::from_le_bytes(word) ^ ((tail.len() as u64) << 59));
+            self.add(word ^ ((tail.len() as u64) << 59));
         }
     }
 
