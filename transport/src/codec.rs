@@ -83,9 +83,9 @@ impl<T: Serialize + ?Sized> Encoder<T> for Json {
 }
 
 /// Encodes into a buffer kept per thread, then copies the result into a payload of
-/// exactly its size: one allocation per message (an encoder writing into a fresh `Vec`
-/// grows it, and turning a `Vec` whose capacity exceeds its length into `Bytes` adds a
-/// second allocation for the shared header).
+/// exactly its size ([`payload_of`]): no allocation per message (an encoder writing into
+/// a fresh `Vec` grows it, and turning a `Vec` whose capacity exceeds its length into
+/// `Bytes` adds a second allocation for the shared header).
 fn with_scratch<E>(encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Bytes, E> {
     use std::cell::RefCell;
     /// Buffers that grew past this are not kept (one huge message does not pin memory).
@@ -96,7 +96,7 @@ fn with_scratch<E>(encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut buffer) => {
             buffer.clear();
-            let encoded = encode(&mut buffer).map(|()| Bytes::copy_from_slice(&buffer));
+            let encoded = encode(&mut buffer).map(|()| payload_of(&buffer));
             if buffer.capacity() > KEEP {
                 *buffer = Vec::new();
             }
@@ -109,6 +109,48 @@ fn with_scratch<E>(encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result
         }
     })
 }
+
+/// A payload holding a copy of `bytes`. A small one is cut from a block of
+/// [`PAYLOAD_BLOCK`] bytes kept per thread, which it shares (counted) with the payloads
+/// cut before it: one allocation per block instead of one per message, and a block whose
+/// payloads have all gone is used again as it is. A message published on one thread and
+/// dropped on another (every in-process delivery) otherwise takes the allocator's slow
+/// path at both ends, each time. What it costs: a payload kept long keeps its block
+/// (at most [`PAYLOAD_BLOCK`] bytes) alive; a larger payload gets an allocation of its own.
+pub(crate) fn payload_of(bytes: &[u8]) -> Bytes {
+    use std::cell::RefCell;
+    thread_local! {
+        static BLOCK: RefCell<bytes::BytesMut> = RefCell::new(bytes::BytesMut::new());
+    }
+    if bytes.len() > SMALL_PAYLOAD {
+        return Bytes::copy_from_slice(bytes);
+    }
+    BLOCK
+        .try_with(|block| {
+            let mut block = block.try_borrow_mut().ok()?;
+            // (empty: everything written was split off)
+            if block.capacity() < bytes.len() + 16 {
+                // the same block again when no payload holds it any more, else a new one
+                block.reserve(PAYLOAD_BLOCK);
+            }
+            // each payload starts on a 16-byte boundary, as an allocation of its own does
+            // (a decoder's word-at-a-time UTF-8 check needs it)
+            block.extend_from_slice(bytes);
+            block.extend_from_slice(&[0; 16][..bytes.len().wrapping_neg() % 16]);
+            let mut payload = block.split().freeze();
+            payload.truncate(bytes.len());
+            Some(payload)
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Bytes::copy_from_slice(bytes))
+}
+
+/// The size of the blocks small payloads are cut from ([`payload_of`]).
+const PAYLOAD_BLOCK: usize = 8 * 1024;
+
+/// The largest payload cut from a block; larger ones are allocated alone.
+const SMALL_PAYLOAD: usize = 1024;
 
 impl<T: DeserializeOwned> Decoder<T> for Json {
     fn decode(payload: &Bytes) -> Result<T, CodecError> {
@@ -180,13 +222,13 @@ impl Codec for Text {
 
 impl Encoder<String> for Text {
     fn encode(value: &String) -> Result<Bytes, CodecError> {
-        Ok(Bytes::copy_from_slice(value.as_bytes()))
+        Ok(payload_of(value.as_bytes()))
     }
 }
 
 impl Encoder<str> for Text {
     fn encode(value: &str) -> Result<Bytes, CodecError> {
-        Ok(Bytes::copy_from_slice(value.as_bytes()))
+        Ok(payload_of(value.as_bytes()))
     }
 }
 
@@ -213,13 +255,13 @@ impl Encoder<Bytes> for RawBytes {
 
 impl Encoder<Vec<u8>> for RawBytes {
     fn encode(value: &Vec<u8>) -> Result<Bytes, CodecError> {
-        Ok(Bytes::copy_from_slice(value))
+        Ok(payload_of(value))
     }
 }
 
 impl Encoder<[u8]> for RawBytes {
     fn encode(value: &[u8]) -> Result<Bytes, CodecError> {
-        Ok(Bytes::copy_from_slice(value))
+        Ok(payload_of(value))
     }
 }
 
@@ -363,5 +405,33 @@ mod tests {
         let err =
             <Text as Decoder<String>>::decode(&Bytes::from_static(&[0xff, 0xfe])).unwrap_err();
         assert_eq!(err.codec, "text");
+    }
+
+    #[test]
+    fn small_payloads_are_cut_from_shared_aligned_blocks_and_never_overwritten() {
+        // run on a thread of its own: its block is this test's alone
+        std::thread::spawn(|| {
+            let text = |i: usize| format!("{{\"reading\":{i}}}").into_bytes();
+            let first = payload_of(&text(0));
+            let second = payload_of(&text(1));
+            assert_eq!((&first[..], &second[..]), (&text(0)[..], &text(1)[..]));
+            // one block, each payload on a 16-byte boundary right after the one before
+            for payload in [&first, &second] {
+                assert_eq!(payload.as_ptr() as usize % 16, 0);
+            }
+            assert_eq!(second.as_ptr() as usize - first.as_ptr() as usize, 16);
+            // enough for several blocks while the first payloads are held: they keep
+            // their bytes (a new block is taken, the held one is not written over)
+            let many: Vec<Bytes> = (2..2000).map(|i| payload_of(&text(i))).collect();
+            assert_eq!((&first[..], &second[..]), (&text(0)[..], &text(1)[..]));
+            for (i, payload) in (2..).zip(&many) {
+                assert_eq!(&payload[..], &text(i)[..]);
+            }
+            // a large payload is allocated alone
+            let large = payload_of(&[7; SMALL_PAYLOAD + 1]);
+            assert_eq!(&large[..], &[7; SMALL_PAYLOAD + 1][..]);
+        })
+        .join()
+        .unwrap();
     }
 }
