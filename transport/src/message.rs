@@ -350,7 +350,8 @@ impl std::fmt::Display for MessageId {
 }
 
 /// A new message id: [`GENERATED_ID_PREFIX`], a part made once per process (start time
-/// and pid, so ids of different processes differ) and a counter. What the publisher
+/// and pid, so ids of different processes differ) and a counter in hex (each thread takes
+/// its values a block at a time: ids are unique, not ordered across threads). What the publisher
 /// gives every message published without an id, so replies and dead letters can always
 /// name their original. Held inline: making one allocates nothing.
 ///
@@ -361,11 +362,74 @@ impl std::fmt::Display for MessageId {
 /// assert!(!transport::is_generated_id("order-7"));
 /// ```
 pub fn message_id() -> MessageId {
+    thread_local! {
+        static IDS: std::cell::RefCell<ThreadIds> = const {
+            std::cell::RefCell::new(ThreadIds {
+                last: arrayvec::ArrayString::new_const(),
+                next: 0,
+                end: 0,
+            })
+        };
+    }
+    IDS.try_with(|ids| ids.try_borrow_mut().ok().map(|mut ids| ids.next()))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| generated_id(next_ids(1)))
+}
+
+/// The counter values every thread's ids are taken from, a block at a time.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many counter values a thread takes at once.
+const ID_BLOCK: u64 = 1 << 12;
+
+/// The first of `count` counter values no other id has.
+fn next_ids(count: u64) -> u64 {
+    NEXT_ID.fetch_add(count, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A thread's generated ids: the last one made, and the counter values of its block still
+/// unused. The next id differs from the last in its last hex digit but one time in
+/// sixteen, so it is made by changing that digit (this runs on every publish).
+struct ThreadIds {
+    last: arrayvec::ArrayString<INLINE_ID>,
+    next: u64,
+    end: u64,
+}
+
+impl ThreadIds {
+    fn next(&mut self) -> MessageId {
+        if self.next == self.end {
+            self.next = next_ids(ID_BLOCK);
+            self.end = self.next.saturating_add(ID_BLOCK);
+            self.last = generated_id(self.next).0.inline().unwrap_or_default();
+        } else if self.next & 0xf == 0 {
+            // a carry: written out again
+            self.last = generated_id(self.next).0.inline().unwrap_or_default();
+        } else {
+            self.last.pop();
+            self.last
+                .push(char::from(b"0123456789abcdef"[(self.next & 0xf) as usize]));
+        }
+        self.next += 1;
+        MessageId(IdRepr::Inline(self.last))
+    }
+}
+
+impl IdRepr {
+    fn inline(self) -> Option<arrayvec::ArrayString<INLINE_ID>> {
+        match self {
+            IdRepr::Inline(text) => Some(text),
+            IdRepr::Heap(_) => None,
+        }
+    }
+}
+
+/// The id of counter value `n`: the process's prefix, then `n` in hex.
+fn generated_id(n: u64) -> MessageId {
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
     /// The process's prefix, laid out as an inline id.
     static PREFIX: OnceLock<arrayvec::ArrayString<INLINE_ID>> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -378,9 +442,7 @@ pub fn message_id() -> MessageId {
         }
         prefix
     });
-    // the counter in hex after the prefix, without the formatting machinery (this runs
-    // on every publish)
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // the counter in hex after the prefix, without the formatting machinery
     let mut id = *prefix;
     for digit in (0..hex_digits(n)).rev() {
         id.push(char::from(
@@ -551,6 +613,30 @@ mod tests {
         ] {
             assert_eq!(hex_digits(n), format!("{n:x}").len(), "{n:x}");
         }
+    }
+
+    #[test]
+    fn a_threads_ids_follow_its_block_across_carries_and_blocks() {
+        let mut ids = ThreadIds {
+            last: arrayvec::ArrayString::new(),
+            next: 0,
+            end: 0,
+        };
+        let counter = |id: &MessageId| {
+            let (_, counter) = id.rsplit_once('-').unwrap();
+            u64::from_str_radix(counter, 16).unwrap()
+        };
+        let made: Vec<MessageId> = (0..ID_BLOCK + 40).map(|_| ids.next()).collect();
+        // each one the id of its counter value, written out in full
+        for id in &made {
+            assert_eq!(*id, generated_id(counter(id)));
+        }
+        // one after the other within a block (across carries), a new block after it
+        for pair in made[..ID_BLOCK as usize].windows(2) {
+            assert_eq!(counter(&pair[1]), counter(&pair[0]) + 1, "{pair:?}");
+        }
+        let distinct: std::collections::HashSet<&str> = made.iter().map(|id| id.as_str()).collect();
+        assert_eq!(distinct.len(), made.len());
     }
 
     #[test]
