@@ -62,15 +62,76 @@ struct Inner {
 /// The queues of every topic and filter.
 #[derive(Default)]
 struct Topics {
-    names: Names,
+    names: NamedTopics,
     /// Subscriptions to MQTT filters, by filter; looked at only when there are some.
     filters: Vec<(String, TopicQueues)>,
+}
+
+/// The queues of every topic, by name.
+#[derive(Default)]
+struct NamedTopics {
+    /// Each topic's place in `named` (a topic, once there, stays).
+    places: Names,
+    /// Every topic's name and queues.
+    named: Vec<(String, TopicQueues)>,
+    /// The place of the topic published to last: a publisher sending to one topic again
+    /// and again finds it by one comparison of names, without hashing.
+    last: usize,
+}
+
+impl NamedTopics {
+    /// The queues of `topic`, if it has any.
+    #[inline]
+    fn get_mut(&mut self, topic: &str) -> Option<&mut TopicQueues> {
+        let index = match self.named.get(self.last) {
+            Some((name, _)) if same_name(name, topic) => self.last,
+            _ => {
+                let index = *self.places.get(topic)?;
+                self.last = index;
+                index
+            }
+        };
+        self.named.get_mut(index).map(|(_, queues)| queues)
+    }
+
+    /// The queues of `topic`, made if it has none yet.
+    fn get_or_new(&mut self, topic: &str) -> &mut TopicQueues {
+        let index = match self.places.get(topic) {
+            Some(&index) => index,
+            None => {
+                self.named.push((topic.to_string(), TopicQueues::default()));
+                self.places.insert(topic.to_string(), self.named.len() - 1);
+                self.named.len() - 1
+            }
+        };
+        &mut self.named[index].1
+    }
+}
+
+/// Whether two topic names are equal, compared eight bytes at a time with fixed-size loads
+/// where both are 8 to 16 bytes long (most names: no call to `memcmp`).
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    if !(8..=16).contains(&a.len()) {
+        return a == b;
+    }
+    let word = |bytes: &[u8], start: usize| {
+        let mut word = [0; 8];
+        word.copy_from_slice(&bytes[start..start + 8]);
+        u64::from_le_bytes(word)
+    };
+    let tail = a.len() - 8;
+    word(a, 0) == word(b, 0) && word(a, tail) == word(b, tail)
 }
 
 /// Topics by name. Hashed a word at a time (in the manner of rustc's FxHash): names are
 /// short and the application's own, and every publish looks one up (SipHash costs
 /// several times more on such keys, a byte-at-a-time hash twice as much).
-type Names = HashMap<String, TopicQueues, BuildHasherDefault<NameHasher>>;
+type Names = HashMap<String, usize, BuildHasherDefault<NameHasher>>;
 
 #[derive(Default)]
 struct NameHasher(u64);
@@ -223,7 +284,7 @@ impl MemoryBroker {
             };
             &mut filters[index].1
         } else {
-            topics.names.entry(spec.topic.clone()).or_default()
+            topics.names.get_or_new(&spec.topic)
         };
         queues.prune();
         let existing = spec.group.as_ref().and_then(|group| {
@@ -581,6 +642,67 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
     use std::hash::BuildHasher;
+
+    #[tokio::test]
+    async fn publishes_switching_between_topics_reach_each_topics_own_queue() {
+        let broker = MemoryBroker::new(MemoryOptions::default());
+        // names of every length class the comparison treats apart, two of each length
+        let names = [
+            "a",
+            "b",
+            "sensor.a",
+            "sensor.b",
+            "sensor.rdgs.a",
+            "sensor.rdgs.b",
+            "sensor.readings.",
+            "sensor.readings,",
+            "sensor.readings.a",
+            "sensor.readings.b",
+        ];
+        let mut streams = Vec::new();
+        for topic in names {
+            let spec = SubscriptionSpec {
+                topic: topic.into(),
+                group: None,
+                subscriber: "test".into(),
+                prefetch: 8,
+                max_attempts: 3,
+                consumer: None,
+                filter: false,
+            };
+            streams.push(broker.subscribe(&spec).await.unwrap());
+        }
+        // the same topic again and again, then switching on every publish
+        for round in 0..3u8 {
+            for (i, topic) in names.iter().enumerate() {
+                for _ in 0..2 {
+                    broker
+                        .publish(topic, Message::new(vec![i as u8, round]))
+                        .await
+                        .unwrap();
+                }
+            }
+            for (i, topic) in names.iter().enumerate().rev() {
+                broker
+                    .publish(topic, Message::new(vec![i as u8, round + 10]))
+                    .await
+                    .unwrap();
+            }
+        }
+        for (i, stream) in streams.iter_mut().enumerate() {
+            for round in 0..3u8 {
+                for expected in [[i as u8, round], [i as u8, round], [i as u8, round + 10]] {
+                    let delivery = stream.next().await.unwrap();
+                    assert_eq!(&delivery.message.payload[..], &expected[..], "{}", names[i]);
+                    delivery.ack();
+                }
+            }
+        }
+        assert!(same_name("sensor.readings", "sensor.readings"));
+        assert!(!same_name("sensor.readings", "sensor.readingz"));
+        assert!(!same_name("sensor.readings", "zensor.readings"));
+        assert!(!same_name("sensor.r", "sensor.readings"));
+    }
 
     #[tokio::test]
     async fn a_delivery_moves_into_the_last_one_s_handle_once_nothing_holds_it() {
