@@ -129,14 +129,16 @@ pub(crate) fn payload_of(bytes: &[u8]) -> Bytes {
         .try_with(|block| {
             let mut block = block.try_borrow_mut().ok()?;
             // (empty: everything written was split off)
-            if block.capacity() < bytes.len() + 16 {
+            if block.capacity() < bytes.len() + PAYLOAD_ALIGN {
                 // the same block again when no payload holds it any more, else a new one
                 block.reserve(PAYLOAD_BLOCK);
             }
-            // each payload starts on a 16-byte boundary, as an allocation of its own does
+            // each payload starts on a `PAYLOAD_ALIGN` boundary, as its own allocation would
             // (a decoder's word-at-a-time UTF-8 check needs it)
             block.extend_from_slice(bytes);
-            block.extend_from_slice(&[0; 16][..bytes.len().wrapping_neg() % 16]);
+            block.extend_from_slice(
+                &[0; PAYLOAD_ALIGN][..bytes.len().wrapping_neg() % PAYLOAD_ALIGN],
+            );
             let mut payload = block.split().freeze();
             payload.truncate(bytes.len());
             Some(payload)
@@ -148,6 +150,10 @@ pub(crate) fn payload_of(bytes: &[u8]) -> Bytes {
 
 /// The size of the blocks small payloads are cut from ([`payload_of`]).
 const PAYLOAD_BLOCK: usize = 8 * 1024;
+
+/// Where each payload cut from a block starts: a multiple of this, as an allocation of its
+/// own does on this platform.
+const PAYLOAD_ALIGN: usize = 16;
 
 /// The largest payload cut from a block; larger ones are allocated alone.
 const SMALL_PAYLOAD: usize = 1024;

@@ -374,7 +374,7 @@ pub fn message_id() -> MessageId {
     IDS.try_with(|ids| ids.try_borrow_mut().ok().map(|mut ids| ids.next()))
         .ok()
         .flatten()
-        .unwrap_or_else(|| generated_id(next_ids(1)))
+        .unwrap_or_else(|| MessageId(IdRepr::Inline(generated_id(next_ids(1)))))
 }
 
 /// The counter values every thread's ids are taken from, a block at a time.
@@ -399,13 +399,14 @@ struct ThreadIds {
 
 impl ThreadIds {
     fn next(&mut self) -> MessageId {
-        if self.next == self.end {
+        let fresh = self.next == self.end;
+        if fresh {
             self.next = next_ids(ID_BLOCK);
             self.end = self.next.saturating_add(ID_BLOCK);
-            self.last = generated_id(self.next).0.inline().unwrap_or_default();
-        } else if self.next & 0xf == 0 {
-            // a carry: written out again
-            self.last = generated_id(self.next).0.inline().unwrap_or_default();
+        }
+        if fresh || self.next & 0xf == 0 {
+            // a new block, or a carry: written out in full
+            self.last = generated_id(self.next);
         } else {
             self.last.pop();
             self.last
@@ -416,17 +417,8 @@ impl ThreadIds {
     }
 }
 
-impl IdRepr {
-    fn inline(self) -> Option<arrayvec::ArrayString<INLINE_ID>> {
-        match self {
-            IdRepr::Inline(text) => Some(text),
-            IdRepr::Heap(_) => None,
-        }
-    }
-}
-
 /// The id of counter value `n`: the process's prefix, then `n` in hex.
-fn generated_id(n: u64) -> MessageId {
+fn generated_id(n: u64) -> arrayvec::ArrayString<INLINE_ID> {
     use std::sync::OnceLock;
     /// The process's prefix, laid out as an inline id.
     static PREFIX: OnceLock<arrayvec::ArrayString<INLINE_ID>> = OnceLock::new();
@@ -449,7 +441,7 @@ fn generated_id(n: u64) -> MessageId {
             b"0123456789abcdef"[((n >> (4 * digit)) & 0xf) as usize],
         ));
     }
-    MessageId(IdRepr::Inline(id))
+    id
 }
 
 /// How many hex digits `n` takes, without leading zeros (one for zero).
@@ -629,7 +621,7 @@ mod tests {
         let made: Vec<MessageId> = (0..ID_BLOCK + 40).map(|_| ids.next()).collect();
         // each one the id of its counter value, written out in full
         for id in &made {
-            assert_eq!(*id, generated_id(counter(id)));
+            assert_eq!(*id, generated_id(counter(id)).as_str());
         }
         // one after the other within a block (across carries), a new block after it
         for pair in made[..ID_BLOCK as usize].windows(2) {
