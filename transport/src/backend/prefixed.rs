@@ -4,7 +4,9 @@
 //! topic tree spells it: `/hfp/v2/...`), belong to a tree the prefix is not part of: they
 //! are used as they are.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use futures_util::future::{BoxFuture, FutureExt};
 
@@ -20,25 +22,112 @@ pub(crate) fn with_prefix(backend: Arc<dyn Backend>, prefix: &str) -> Arc<dyn Ba
         Arc::new(Prefixed {
             inner: backend,
             prefix: prefix.to_string(),
+            kept: KeptNames::new(),
         })
     }
 }
 
 /// A name of a foreign MQTT topic tree, which takes no prefix.
 fn foreign(topic: &str) -> bool {
-    topic.contains('/')
+    // (a scan the compiler vectorizes, cheaper than `memchr` on a topic's few bytes)
+    topic
+        .bytes()
+        .fold(false, |slash, byte| slash | (byte == b'/'))
 }
 
 struct Prefixed {
     inner: Arc<dyn Backend>,
     prefix: String,
+    kept: KeptNames,
 }
 
 impl Prefixed {
     /// `topic` as the broker knows it. Concatenated, not `format!`ted, and held inline
-    /// when short: this runs twice on every publish.
+    /// when short.
     fn wire_name(&self, topic: &str) -> WireName {
         WireName::new(&self.prefix, topic)
+    }
+
+    /// `topic`'s wire name for a publish: borrowed where it can be (a foreign name, a
+    /// kept one), so the backend's own publish is returned with no future around it.
+    fn name_for_publish<'a>(&'a self, topic: &'a str) -> PublishName<'a> {
+        if foreign(topic) {
+            return PublishName::Borrowed(topic);
+        }
+        match self.kept.get(&self.prefix, topic) {
+            Some(name) => PublishName::Borrowed(name),
+            None => PublishName::Made(self.wire_name(topic)),
+        }
+    }
+}
+
+/// A publish's wire name: one that outlives the publish, or one made for it (which the
+/// publish's future then holds).
+enum PublishName<'a> {
+    Borrowed(&'a str),
+    Made(WireName),
+}
+
+/// The wire names of the first [`KeptNames::MAX`] topics published to, made once and kept
+/// for the backend's life, so that a publish borrows its name rather than making one and
+/// a future to hold it (~500 instructions a publish). A program publishing to more
+/// topics than that (names made per entity, say) makes the rest per publish: the memory
+/// this takes stays bounded.
+struct KeptNames {
+    /// Filled in order, never emptied: a name set here is borrowed for as long as the
+    /// backend.
+    names: Box<[OnceLock<Box<str>>]>,
+    /// Which slot holds a topic's name.
+    slots: Mutex<HashMap<Box<str>, usize>>,
+    /// The slot found last: a program publishing to one topic finds its name by one
+    /// comparison, without the lock.
+    last: AtomicUsize,
+}
+
+impl KeptNames {
+    const MAX: usize = 256;
+
+    fn new() -> Self {
+        KeptNames {
+            names: (0..Self::MAX).map(|_| OnceLock::new()).collect(),
+            slots: Mutex::new(HashMap::new()),
+            last: AtomicUsize::new(0),
+        }
+    }
+
+    /// `topic`'s wire name (`prefix` then `topic`), kept; `None` once `MAX` are kept
+    /// and `topic` is not among them.
+    fn get(&self, prefix: &str, topic: &str) -> Option<&str> {
+        let is_topics = |name: &str| {
+            name.len() == prefix.len() + topic.len()
+                && name.as_bytes().get(prefix.len()..) == Some(topic.as_bytes())
+        };
+        let last = self.last.load(Ordering::Relaxed);
+        if let Some(name) = self.names.get(last).and_then(OnceLock::get)
+            && is_topics(name)
+        {
+            return Some(name);
+        }
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = match slots.get(topic) {
+            Some(&slot) => slot,
+            None => {
+                let slot = slots.len();
+                let place = self.names.get(slot)?;
+                let mut name = String::with_capacity(prefix.len() + topic.len());
+                name.push_str(prefix);
+                name.push_str(topic);
+                // (set under the lock, once per slot: never already set)
+                let _ = place.set(name.into_boxed_str());
+                slots.insert(topic.into(), slot);
+                slot
+            }
+        };
+        self.last.store(slot, Ordering::Relaxed);
+        self.names
+            .get(slot)
+            .and_then(OnceLock::get)
+            .map(|name| &**name)
     }
 }
 
@@ -81,13 +170,12 @@ impl Backend for Prefixed {
     }
 
     fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
-        if foreign(topic) {
-            return self.inner.publish(topic, message);
+        match self.name_for_publish(topic) {
+            PublishName::Borrowed(name) => self.inner.publish(name, message),
+            PublishName::Made(name) => {
+                Publish::boxed(async move { self.inner.publish(name.as_str(), message).await })
+            }
         }
-        Publish::boxed(async move {
-            let topic = self.wire_name(topic);
-            self.inner.publish(topic.as_str(), message).await
-        })
     }
 
     fn publish_deferred<'a>(
@@ -96,25 +184,25 @@ impl Backend for Prefixed {
         message: Message,
         delay: std::time::Duration,
     ) -> Publish<'a> {
-        if foreign(topic) {
-            return self.inner.publish_deferred(topic, message, delay);
+        match self.name_for_publish(topic) {
+            PublishName::Borrowed(name) => self.inner.publish_deferred(name, message, delay),
+            PublishName::Made(name) => Publish::boxed(async move {
+                self.inner
+                    .publish_deferred(name.as_str(), message, delay)
+                    .await
+            }),
         }
-        Publish::boxed(async move {
-            let topic = self.wire_name(topic);
-            self.inner
-                .publish_deferred(topic.as_str(), message, delay)
-                .await
-        })
     }
 
     fn publish_batch<'a>(&'a self, topic: &'a str, messages: Vec<Message>) -> Publish<'a> {
-        if foreign(topic) {
-            return self.inner.publish_batch(topic, messages);
+        match self.name_for_publish(topic) {
+            PublishName::Borrowed(name) => self.inner.publish_batch(name, messages),
+            PublishName::Made(name) => {
+                Publish::boxed(
+                    async move { self.inner.publish_batch(name.as_str(), messages).await },
+                )
+            }
         }
-        Publish::boxed(async move {
-            let topic = self.wire_name(topic);
-            self.inner.publish_batch(topic.as_str(), messages).await
-        })
     }
 
     fn reply<'a>(&'a self, address: &'a str, message: Message) -> Publish<'a> {
@@ -184,6 +272,61 @@ mod tests {
         assert!(matches!(heap, WireName::Heap(_)));
         assert_eq!(heap.as_str(), format!("préfixe.{long}"));
         assert_eq!(WireName::new("", "").as_str(), "");
+    }
+
+    #[tokio::test]
+    async fn publishes_to_more_topics_than_are_kept_each_reach_their_prefixed_topic() {
+        use futures_util::StreamExt;
+        let memory: Arc<dyn Backend> = Arc::new(crate::backend::memory::MemoryBroker::new(
+            crate::backend::memory::MemoryOptions::default(),
+        ));
+        let prefixed = Prefixed {
+            inner: Arc::clone(&memory),
+            prefix: "tenant-a.".into(),
+            kept: KeptNames::new(),
+        };
+        // past the kept names' bound; the last ones differ from kept ones by a suffix
+        let topics: Vec<String> = (0..KeptNames::MAX + 30).map(|i| format!("t.{i}")).collect();
+        let mut streams = Vec::new();
+        for topic in &topics {
+            let spec = SubscriptionSpec {
+                topic: format!("tenant-a.{topic}"),
+                group: None,
+                subscriber: "test".into(),
+                prefetch: 8,
+                max_attempts: 3,
+                consumer: None,
+                filter: false,
+            };
+            streams.push(memory.subscribe(&spec).await.unwrap());
+        }
+        // each topic twice in a row (found by the last-name comparison), in two rounds
+        // (found in the table, or past the bound made for the publish)
+        for round in 0..2u8 {
+            for (i, topic) in topics.iter().enumerate() {
+                for _ in 0..2 {
+                    let body = format!("{i}/{round}");
+                    prefixed.publish(topic, Message::new(body)).await.unwrap();
+                }
+            }
+        }
+        prefixed
+            .publish_batch(&topics[0], vec![Message::new("0/batch")])
+            .await
+            .unwrap();
+        for (i, stream) in streams.iter_mut().enumerate() {
+            let mut expected = vec![format!("{i}/0"); 2];
+            expected.extend(vec![format!("{i}/1"); 2]);
+            if i == 0 {
+                expected.push("0/batch".into());
+            }
+            for body in expected {
+                let delivery = stream.next().await.unwrap();
+                assert_eq!(delivery.message.payload, body.as_bytes());
+            }
+        }
+        let kept = prefixed.kept.slots.lock().unwrap().len();
+        assert_eq!(kept, KeptNames::MAX, "kept up to the bound, no more");
     }
 
     #[test]
