@@ -14,10 +14,8 @@
 //! [`CLOSE_TIMEOUT`] (a shutdown while the server is down ends, reporting what was not
 //! flushed).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -383,15 +381,7 @@ impl Backend for NatsBackend {
             let publish =
                 self.client
                     .publish_with_headers(topic.to_string(), headers, message.payload);
-            let mut publish = std::pin::pin!(publish);
-            // the client takes it at once unless its buffer is full: the timer (a clock
-            // read, a timer entry) only for a publish that has to wait
-            let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
-            let sent = match first {
-                Poll::Ready(result) => Ok(result),
-                Poll::Pending => tokio::time::timeout(PUBLISH_TIMEOUT, publish).await,
-            };
-            match sent {
+            match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
                 Ok(result) => result.map_err(|e| operation_error(KIND, "publish", e)),
                 Err(_) => Err(operation_error(
                     KIND,
