@@ -25,6 +25,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,6 +60,11 @@ pub const ATTEMPT_HEADER: &str = "x-transport-attempt";
 /// its delay queues' prefix (`transport.retry.<ms>.`).
 const MAX_NAME_BYTES: usize = 255 - 37;
 /// How long the settle task lets acks gather before sending them.
+/// The consumer tag of every subscription (each consumes on a channel of its own, where
+/// the tag need only be unique). Short on purpose: lapin parses it from every delivery
+/// and hashes it several times per delivery, so the server's 31-byte `amq.ctag-...`
+/// cost ~550 instructions a message more than this.
+const CONSUMER_TAG: &str = "sub";
 const ACK_COALESCE: Duration = Duration::from_millis(1);
 /// How long `close` waits for the settle tasks to send what they hold.
 const SETTLE_FLUSH: Duration = Duration::from_secs(5);
@@ -645,7 +651,7 @@ impl RabbitMqBackend {
         let consumer = channel
             .basic_consume(
                 ShortString::from(queue.as_str()),
-                ShortString::from(""),
+                ShortString::from(CONSUMER_TAG),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -670,25 +676,36 @@ impl RabbitMqBackend {
         }
         let settle: Arc<dyn Settle> = Arc::new(Settler { queue: tx });
         let subscriber = spec.subscriber.clone();
-        let stream = consumer
-            .take_while(move |next| {
-                let go_on = match next {
-                    Ok(_) => true,
-                    Err(error) => {
-                        tracing::warn!(%subscriber, %error, "rabbitmq consumer ended");
-                        false
-                    }
-                };
-                std::future::ready(go_on)
-            })
-            .filter_map(move |next| {
-                let delivery = next.ok().map(|delivery| {
+        // one closure polled for each delivery (no chain of combinators moving the
+        // delivery from one to the next); the stream ends with the consumer or its first
+        // error
+        let mut consumer = Some(consumer);
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            let Some(live) = consumer.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match std::task::ready!(live.poll_next_unpin(cx)) {
+                Some(Ok(delivery)) => {
                     let tag = delivery.delivery_tag;
                     let (message, attempt) = from_delivery(delivery);
-                    Delivery::settled_by(message, attempt, Arc::clone(&settle), tag)
-                });
-                std::future::ready(delivery)
-            });
+                    Poll::Ready(Some(Delivery::settled_by(
+                        message,
+                        attempt,
+                        Arc::clone(&settle),
+                        tag,
+                    )))
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%subscriber, %error, "rabbitmq consumer ended");
+                    consumer = None;
+                    Poll::Ready(None)
+                }
+                None => {
+                    consumer = None;
+                    Poll::Ready(None)
+                }
+            }
+        });
         Ok(stream.boxed())
     }
 }
