@@ -880,8 +880,13 @@ async fn jetstream(n: u64, run: &str) -> Measured {
         return alone(n, framework);
     }
 
-    let subject = format!("{prefix}raw");
-    let stream_name = format!("BENCH_RAW_{run}");
+    // Named as long as the framework's (subject `<prefix>bench.readings`, stream
+    // `TRANSPORT_<prefix>bench_readings`, durable `bench__<prefix>bench_readings`): every
+    // delivery carries its subject and an ack subject holding stream and consumer names,
+    // which the client parses byte by byte on both sides.
+    let subject = format!("{prefix}rawjs.readings");
+    let stream_name = format!("RAW_JS_ST_{}rawjs_readings", prefix.replace('.', "_"));
+    let durable = format!("rawjs__{}rawjs_readings", prefix.replace('.', "_"));
     fill_jetstream(&stream_name, &subject, n).await;
     let stream = js
         .get_stream(&stream_name)
@@ -889,7 +894,7 @@ async fn jetstream(n: u64, run: &str) -> Measured {
         .unwrap_or_else(|e| panic!("{e}"));
     let consumer: async_nats::jetstream::consumer::PullConsumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            durable_name: Some("raw".into()),
+            durable_name: Some(durable),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
             ..Default::default()
         })
