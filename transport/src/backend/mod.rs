@@ -15,6 +15,7 @@ pub mod memory;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod mqtt_filter;
+mod name_hash;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "nsq")]

@@ -15,7 +15,6 @@
 //! counted, and reported in a warning at most every [`DROP_WARNING_INTERVAL`]; the other
 //! subscriptions of the process never wait for it.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
+use super::name_hash::NameMap;
 use super::{
     Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec, operation_error,
 };
@@ -42,7 +42,9 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// Shortest time between two warnings about one subscription's dropped messages.
 pub const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
-type Routes = Arc<Mutex<HashMap<String, Vec<Route>>>>;
+/// Subscriptions by channel, looked up for every message (hashed a word at a time: the
+/// channels are the ones this process subscribed to, and only their messages come).
+type Routes = Arc<Mutex<NameMap<Vec<Route>>>>;
 
 /// One local subscription of a channel: its bounded queue and what it had to drop.
 struct Route {

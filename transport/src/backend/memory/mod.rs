@@ -15,7 +15,6 @@
 //! ([`mqtt_filter::mqtt_name`]), so a service written for MQTT runs on this broker too.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 
 use super::mqtt_filter;
+use super::name_hash::NameMap;
 use super::{
     Acknowledge, Backend, Capabilities, Delivery, Publish, Settle, Subscription, SubscriptionSpec,
 };
@@ -128,61 +128,8 @@ fn same_name(a: &str, b: &str) -> bool {
     word(a, 0) == word(b, 0) && word(a, tail) == word(b, tail)
 }
 
-/// Topics by name. Hashed a word at a time (in the manner of rustc's FxHash): names are
-/// short and the application's own, and every publish looks one up (SipHash costs
-/// several times more on such keys, a byte-at-a-time hash twice as much).
-type Names = HashMap<String, usize, BuildHasherDefault<NameHasher>>;
-
-#[derive(Default)]
-struct NameHasher(u64);
-
-impl NameHasher {
-    const K: u64 = 0xf135_7aea_2e62_a9c5;
-
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(26) ^ word).wrapping_mul(Self::K);
-    }
-}
-
-impl Hasher for NameHasher {
-    fn finish(&self) -> u64 {
-        // the table takes its bucket from the low bits and its tag from the high ones:
-        // fold the well-mixed high half down
-        self.0 ^ (self.0 >> 32)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let tail = chunks.remainder();
-        if !tail.is_empty() {
-            // fixed-size loads only (a copy of the tail's length is a call to `memcpy`):
-            // a long name's last eight bytes, overlapping the word before; a short one's
-            // bytes one by one
-            let word = match bytes.len().checked_sub(8) {
-                Some(start) => {
-                    let mut word = [0; 8];
-                    word.copy_from_slice(&bytes[start..]);
-                    u64::from_le_bytes(word)
-                }
-                None => tail
-                    .iter()
-                    .rev()
-                    .fold(0, |word, &byte| (word << 8) | u64::from(byte)),
-            };
-            // the length keeps `ab` and `ab\0` apart
-            self.add(word ^ ((tail.len() as u64) << 59));
-        }
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.add(u64::from(byte));
-    }
-}
+/// Topics by name (hashed a word at a time: every publish looks one up).
+type Names = NameMap<usize>;
 
 #[derive(Default)]
 struct TopicQueues {
@@ -641,7 +588,6 @@ impl Drop for TopicRequeue {
 mod tests {
     use super::*;
     use futures_util::StreamExt;
-    use std::hash::BuildHasher;
 
     /// A subscription of its own (no group) to `topic`.
     fn fan_out(topic: &str) -> SubscriptionSpec {
@@ -752,36 +698,5 @@ mod tests {
         let weak = Arc::downgrade(&large.message);
         large.ack();
         assert!(weak.upgrade().is_none(), "the large message was kept");
-    }
-
-    #[test]
-    fn topic_names_hash_apart() {
-        let hasher = BuildHasherDefault::<NameHasher>::default();
-        let mut names: Vec<String> = (0..20_000)
-            .map(|i| format!("sensor.{i}.readings"))
-            .collect();
-        // names differing only in trailing zero bytes, in length, or in one late byte
-        names.extend(
-            [
-                "a",
-                "a\0",
-                "a\0\0",
-                "",
-                "\0",
-                "abcdefgh",
-                "abcdefgh\0",
-                "abcdefgi",
-            ]
-            .map(String::from),
-        );
-        let hashes: std::collections::HashSet<u64> = names
-            .iter()
-            .map(|name| hasher.hash_one(name.as_str()))
-            .collect();
-        assert_eq!(hashes.len(), names.len());
-        // the table's tag (top 7 bits) and bucket (low bits) both vary
-        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
-        let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 0xff).collect();
-        assert_eq!((tags.len(), buckets.len()), (128, 256));
     }
 }
