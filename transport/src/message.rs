@@ -411,7 +411,7 @@ impl ThreadIds {
     }
 
     /// A new block, or a carry: the id written out in full. Out of line (one call in
-    /// sixteen): inlined, it made every call ~160 instructions dearer.
+    /// sixteen): inlined, it made every id ~60 instructions dearer (counted).
     #[cold]
     #[inline(never)]
     fn write_out(&mut self) {
