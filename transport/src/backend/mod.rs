@@ -645,6 +645,22 @@ pub async fn connect(
 }
 
 #[cfg(test)]
+impl SubscriptionSpec {
+    /// A test's subscription of its own (no group) to `topic`.
+    pub(crate) fn fan_out(topic: &str) -> Self {
+        SubscriptionSpec {
+            topic: topic.into(),
+            group: None,
+            subscriber: "test".into(),
+            prefetch: 8,
+            max_attempts: 3,
+            consumer: None,
+            filter: false,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -289,15 +289,7 @@ mod tests {
         let topics: Vec<String> = (0..KeptNames::MAX + 30).map(|i| format!("t.{i}")).collect();
         let mut streams = Vec::new();
         for topic in &topics {
-            let spec = SubscriptionSpec {
-                topic: format!("tenant-a.{topic}"),
-                group: None,
-                subscriber: "test".into(),
-                prefetch: 8,
-                max_attempts: 3,
-                consumer: None,
-                filter: false,
-            };
+            let spec = SubscriptionSpec::fan_out(&format!("tenant-a.{topic}"));
             streams.push(memory.subscribe(&spec).await.unwrap());
         }
         // each topic twice in a row (found by the last-name comparison), in two rounds

@@ -589,19 +589,6 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
-    /// A subscription of its own (no group) to `topic`.
-    fn fan_out(topic: &str) -> SubscriptionSpec {
-        SubscriptionSpec {
-            topic: topic.into(),
-            group: None,
-            subscriber: "test".into(),
-            prefetch: 8,
-            max_attempts: 3,
-            consumer: None,
-            filter: false,
-        }
-    }
-
     #[tokio::test]
     async fn publishes_switching_between_topics_reach_each_topics_own_queue() {
         let broker = MemoryBroker::new(MemoryOptions::default());
@@ -620,7 +607,12 @@ mod tests {
         ];
         let mut streams = Vec::new();
         for topic in names {
-            streams.push(broker.subscribe(&fan_out(topic)).await.unwrap());
+            streams.push(
+                broker
+                    .subscribe(&SubscriptionSpec::fan_out(topic))
+                    .await
+                    .unwrap(),
+            );
         }
         // the same topic again and again, then switching on every publish
         for round in 0..3u8 {
@@ -657,7 +649,10 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_moves_into_the_last_one_s_handle_once_nothing_holds_it() {
         let broker = MemoryBroker::new(MemoryOptions::default());
-        let mut deliveries = broker.subscribe(&fan_out("spare")).await.unwrap();
+        let mut deliveries = broker
+            .subscribe(&SubscriptionSpec::fan_out("spare"))
+            .await
+            .unwrap();
         for i in 0..4u8 {
             broker
                 .publish("spare", Message::new(vec![i]))
