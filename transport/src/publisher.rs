@@ -255,20 +255,12 @@ impl Publisher {
             topic,
             backend = self.backend.kind()
         );
-        // (a disabled span is not entered: entering one still costs ~100 instructions)
-        let recorded = !span.is_disabled();
-        let hand = || message().map(|message| self.start(topic, message, defer));
-        let handed = if recorded {
-            span.in_scope(hand)
-        } else {
-            hand()
-        };
+        let handed = span.in_scope(|| message().map(|message| self.start(topic, message, defer)));
         let result = match handed? {
             // a broker that took it at once (in-process): nothing to wait for
             Ok(mut publish) => match publish.take_ready() {
                 Some(outcome) => outcome,
-                None if recorded => publish.instrument(span.clone()).await,
-                None => publish.await,
+                None => publish.instrument(span.clone()).await,
             }
             .map_err(|source| backend_error(topic, source)),
             Err(error) => Err(error),

@@ -59,12 +59,12 @@ pub const ATTEMPT_HEADER: &str = "x-transport-attempt";
 /// AMQP queue names are short strings (255 bytes); a group queue's name leaves room for
 /// its delay queues' prefix (`transport.retry.<ms>.`).
 const MAX_NAME_BYTES: usize = 255 - 37;
-/// How long the settle task lets acks gather before sending them.
 /// The consumer tag of every subscription (each consumes on a channel of its own, where
 /// the tag need only be unique). Short on purpose: lapin parses it from every delivery
-/// and hashes it several times per delivery, so the server's 31-byte `amq.ctag-...`
-/// cost ~550 instructions a message more than this.
+/// and hashes it several times per delivery; the server's 31-byte `amq.ctag-...` cost
+/// ~600 instructions a message more than this (counted).
 const CONSUMER_TAG: &str = "sub";
+/// How long the settle task lets acks gather before sending them.
 const ACK_COALESCE: Duration = Duration::from_millis(1);
 /// How long `close` waits for the settle tasks to send what they hold.
 const SETTLE_FLUSH: Duration = Duration::from_secs(5);
