@@ -523,8 +523,8 @@ async fn rabbitmq(n: u64, run: &str) -> Measured {
 /// The framework's side on a broker that keeps nothing for absent subscribers (MQTT
 /// clean sessions, NATS core, Redis pub/sub): the App starts, then publishes `n` readings
 /// (256 at a time where a publish waits for the broker, one after the other on NATS core,
-/// as the raw sides do) while its subscriber drains them; timed from the App's start to the
-/// last one handled. At-most-once brokers may drop under load: after `LIVE_PATIENCE`
+/// as the raw sides do) while its subscriber drains them; timed from the App's subscriptions
+/// being bound to the last one handled. At-most-once brokers may drop under load: after `LIVE_PATIENCE`
 /// without the last one, the bench stops and says how many arrived.
 async fn framework_live(kind: &str, prefix: &str, n: u64) -> Duration {
     use futures_util::StreamExt;
@@ -540,11 +540,14 @@ async fn framework_live(kind: &str, prefix: &str, n: u64) -> Duration {
         // made to hold the whole burst, as the raw client's socket buffer does
         config.subscriber.prefetch = usize::try_from(n).unwrap_or(usize::MAX);
     }
-    let started = Instant::now();
     let app = App::new(config)
         .start()
         .await
         .unwrap_or_else(|e| panic!("app: {e}"));
+    // timed from here, as the raw sides are timed from their subscription's confirmation:
+    // `start` returns once every subscription is bound (connecting before it is outside
+    // the raw sides' clocks too)
+    let started = Instant::now();
     let publisher = app.publisher().clone();
     // published from a task of its own, as the raw sides do (on the bench's main thread,
     // every wait for the broker parked and woke that thread: ~0.5 futex calls a message)

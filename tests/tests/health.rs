@@ -1,8 +1,8 @@
 //! Liveness and readiness: not ready before start, ready once every subscription is bound,
 //! not ready while draining, neither once stopped (through `Health` and the probes on the
 //! metrics endpoint); on NATS, not ready while the server is down, ready again once it
-//! is back; on RabbitMQ, not ready while its connection is lost, ready again (and the
-//! reconnection counted) once it is back.
+//! is back; on RabbitMQ and Redis pub/sub, not ready while the connection is lost, ready
+//! again (the reconnection counted, Redis's channel subscribed again) once it is back.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -178,7 +178,55 @@ async fn on_rabbitmq_not_ready_while_the_connection_is_lost_and_ready_once_it_is
         false => proxy.restore(),
     })
     .await;
-    // the scrape's text (the endpoint is the one `get` reads JSON from)
+    assert!(reconnects(address, "rabbitmq") >= 1.0);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_not_ready_while_the_connection_is_lost_and_ready_once_it_is_back() {
+    if !transport_tests::require_broker(6379, "redis") {
+        return;
+    }
+    // the connections run through a relay the test cuts: the shared server stays up
+    let proxy = Proxy::start("127.0.0.1:6379").await.unwrap();
+    let config = Config::from_toml(&format!(
+        "[broker]\nkind = \"redis\"\nurl = \"redis://{}\"\n",
+        proxy.address()
+    ))
+    .unwrap();
+    let (running, address) = not_ready_during(config, "redis", |down| match down {
+        true => proxy.cut(),
+        false => proxy.restore(),
+    })
+    .await;
+    assert!(reconnects(address, "redis") >= 1.0);
+    // subscribed again, on the connection made through the relay (the cut one is gone)
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let (channel, subscribers): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("health.slow")
+        .query_async::<(String, u64)>(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!((channel.as_str(), subscribers), ("health.slow", 1));
+    running.shutdown().await.unwrap();
+}
+
+/// `transport_backend_reconnects_total` of `backend` in the scrape of the metrics
+/// endpoint at `address`.
+fn reconnects(address: std::net::SocketAddr, backend: &str) -> f64 {
+    let scrape = scrape(address);
+    let series = format!("transport_backend_reconnects_total{{backend=\"{backend}\"}}");
+    scrape
+        .lines()
+        .find(|line| line.starts_with(&series))
+        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {backend} reconnects in {scrape}"))
+}
+
+/// The text of `GET /metrics` at `address` (the endpoint `get` reads JSON from).
+fn scrape(address: std::net::SocketAddr) -> String {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(
         stream,
@@ -187,11 +235,5 @@ async fn on_rabbitmq_not_ready_while_the_connection_is_lost_and_ready_once_it_is
     .unwrap();
     let mut scrape = String::new();
     stream.read_to_string(&mut scrape).unwrap();
-    let reconnects = scrape
-        .lines()
-        .find(|line| line.starts_with("transport_backend_reconnects_total{backend=\"rabbitmq\"}"))
-        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no rabbitmq reconnects in {scrape}"));
-    assert!(reconnects >= 1.0, "{reconnects}");
-    running.shutdown().await.unwrap();
+    scrape
 }

@@ -6,8 +6,11 @@
 //! reaches a typed subscriber, and what the framework publishes reads as plain JSON.
 //! Headers and keys are dropped on publish; use `redis-streams` to keep them.
 //!
-//! Subscriptions share one RESP3 connection managed by redis-rs's `ConnectionManager`,
-//! which reconnects with backoff and subscribes again to every channel by itself.
+//! Publishing goes through redis-rs's `ConnectionManager` (it reconnects by itself).
+//! Subscriptions share one RESP3 connection whose pushed messages are routed on the
+//! connection's own task, straight into the subscriptions' queues (the manager would add
+//! a task of its own between the two); when it drops, the backend makes it again with
+//! backoff and subscribes again to every channel.
 //!
 //! Each subscription has a queue of its own, `prefetch` messages long. Pushed messages
 //! are handed to it without waiting: when a subscription's handlers fall behind and its
@@ -15,14 +18,17 @@
 //! counted, and reported in a warning at most every [`DROP_WARNING_INTERVAL`]; the other
 //! subscriptions of the process never wait for it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+};
 use tokio::sync::mpsc;
 
 use super::name_hash::NameMap;
@@ -92,44 +98,52 @@ impl Route {
     }
 }
 
-/// Opens a connection manager to `config.url` (RESP3 when `resp3`), failing fast when
-/// Redis is unreachable; afterwards it reconnects by itself.
-pub(crate) async fn connect_manager(
+/// The URL as errors show it (never with its password) and a client for it, speaking
+/// RESP3 when `resp3` (pushed messages need it).
+fn client(
     config: &BrokerConfig,
     kind: &'static str,
-    push: Option<Arc<dyn AsyncPushSender>>,
-) -> Result<(redis::Client, ConnectionManager), BackendError> {
-    let url = config
-        .url
-        .clone()
-        .unwrap_or_else(|| DEFAULT_URL.to_string());
+    resp3: bool,
+) -> Result<(redis::Client, String), BackendError> {
+    let url = config.url.as_deref().unwrap_or(DEFAULT_URL);
     // The error's `url` is public: it never holds the password.
-    let shown = crate::redact::redact_url(&url);
-    let connect_error = |reason: String| BackendError::Connect {
-        backend: kind,
-        url: shown.clone(),
-        reason,
-    };
+    let shown = crate::redact::redact_url(url);
+    let connect_error = |reason: String| connect_error(kind, &shown, reason);
     let mut info = url
-        .as_str()
         .into_connection_info()
         .map_err(|e| connect_error(e.to_string()))?;
-    // Longer than the blocking reads' BLOCK (1 s), short enough that a half-open
-    // connection fails commands instead of hanging them.
-    let mut manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    if let Some(push) = push {
+    if resp3 {
         let settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         info = info.set_redis_settings(settings);
-        manager_config = manager_config
-            .set_push_sender(push)
-            .set_automatic_resubscription();
     }
     let client = redis::Client::open(info).map_err(|e| connect_error(e.to_string()))?;
+    Ok((client, shown))
+}
+
+fn connect_error(kind: &'static str, shown: &str, reason: String) -> BackendError {
+    BackendError::Connect {
+        backend: kind,
+        url: shown.to_string(),
+        reason,
+    }
+}
+
+/// Opens a connection manager to `config.url`, failing fast when Redis is unreachable;
+/// afterwards it reconnects by itself.
+pub(crate) async fn connect_manager(
+    config: &BrokerConfig,
+    kind: &'static str,
+) -> Result<ConnectionManager, BackendError> {
+    let (client, shown) = client(config, kind, false)?;
+    let connect_error = |reason: String| connect_error(kind, &shown, reason);
+    // Longer than the blocking reads' BLOCK (1 s), short enough that a half-open
+    // connection fails commands instead of hanging them.
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
     // One plain connection first: it fails at once with the real reason (refused, AUTH,
     // TLS) where the connection manager would retry until the timeout and say only that.
     let probe = tokio::time::timeout(
@@ -139,47 +153,172 @@ pub(crate) async fn connect_manager(
     .await
     .map_err(|_| connect_error(format!("no connection within {:?}", config.connect_timeout)))?;
     drop(probe.map_err(|e| connect_error(e.to_string()))?);
-    let manager = tokio::time::timeout(
+    tokio::time::timeout(
         config.connect_timeout,
         client.get_connection_manager_with_config(manager_config),
     )
     .await
     .map_err(|_| connect_error(format!("no connection within {:?}", config.connect_timeout)))?
-    .map_err(|e| connect_error(e.to_string()))?;
-    Ok((client, manager))
+    .map_err(|e| connect_error(e.to_string()))
 }
+
+/// Pause before the first try to connect the subscriber again; doubled after each
+/// failed try, up to [`RECONNECT_MAX`].
+const RECONNECT: Duration = Duration::from_millis(100);
+/// Longest pause between two tries to connect the subscriber again.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// The Redis pub/sub backend.
 pub struct RedisBackend {
     publisher: ConnectionManager,
-    subscriber: ConnectionManager,
+    subscriber: Arc<Subscriber>,
+    /// The task that replaces the subscriber's connection when it drops; ended with the
+    /// backend.
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+/// The subscribing side: one RESP3 connection whose pushed messages are routed where the
+/// connection reads them (its own task, no other hop), made again when it drops.
+struct Subscriber {
+    client: redis::Client,
+    connect_timeout: Duration,
     routes: Routes,
+    /// Told the number of a connection that dropped.
+    lost: mpsc::UnboundedSender<u64>,
+    /// Whether the live connection is up (false from its loss until one is made again).
+    up: AtomicBool,
+    /// The live connection (SUBSCRIBE goes through it); held while one is made again, so
+    /// a subscription made meanwhile waits for it.
+    connection: tokio::sync::Mutex<MultiplexedConnection>,
+}
+
+impl Subscriber {
+    /// Opens connection number `generation`, routing what it is pushed.
+    async fn open(
+        client: &redis::Client,
+        connect_timeout: Duration,
+        routes: &Routes,
+        lost: &mpsc::UnboundedSender<u64>,
+        generation: u64,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let routes = Arc::clone(routes);
+        let lost = lost.clone();
+        let router = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+            route_push(&routes, &lost, generation, push);
+            Ok(())
+        };
+        let settings = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_push_sender(router);
+        client
+            .get_multiplexed_async_connection_with_config(&settings)
+            .await
+    }
+
+    /// Replaces the connection with number `generation`, subscribed to every channel a
+    /// local subscription has.
+    async fn reopen(&self, generation: u64) -> redis::RedisResult<()> {
+        let mut current = self.connection.lock().await;
+        let mut connection = tokio::time::timeout(
+            self.connect_timeout,
+            Subscriber::open(
+                &self.client,
+                self.connect_timeout,
+                &self.routes,
+                &self.lost,
+                generation,
+            ),
+        )
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let channels: Vec<String> = {
+            let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+            routes.keys().cloned().collect()
+        };
+        if !channels.is_empty() {
+            connection.subscribe(&channels).await?;
+        }
+        *current = connection;
+        Ok(())
+    }
+}
+
+/// Makes the subscriber's connection again each time it drops: tries after [`RECONNECT`],
+/// pausing twice as long after each failure (at most [`RECONNECT_MAX`]), until one is up
+/// and subscribed to every channel again. Runs until the backend ends it.
+async fn keep_connected(subscriber: Arc<Subscriber>, mut lost: mpsc::UnboundedReceiver<u64>) {
+    let mut current = 0;
+    while let Some(generation) = lost.recv().await {
+        if generation != current {
+            // a connection already replaced
+            continue;
+        }
+        subscriber.up.store(false, Ordering::Release);
+        tracing::warn!(
+            backend = KIND,
+            "disconnected; reconnecting and resubscribing"
+        );
+        let mut wait = RECONNECT;
+        loop {
+            tokio::time::sleep(wait).await;
+            current += 1;
+            match subscriber.reopen(current).await {
+                Ok(()) => break,
+                Err(error) => {
+                    wait = (wait * 2).min(RECONNECT_MAX);
+                    tracing::warn!(backend = KIND, %error, retry_in = ?wait, "reconnecting failed");
+                }
+            }
+        }
+        subscriber.up.store(true, Ordering::Release);
+        crate::metrics::reconnected(KIND);
+        tracing::info!(backend = KIND, "connected again; subscriptions restored");
+    }
 }
 
 impl RedisBackend {
     /// Connects to `config.url`.
     pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
-        let (_, publisher) = connect_manager(config, KIND, None).await?;
+        let publisher = connect_manager(config, KIND).await?;
+        let (client, shown) = client(config, KIND, true)?;
         let routes: Routes = Arc::default();
-        let router = {
-            let routes = Arc::clone(&routes);
-            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-                route_push(&routes, push);
-                Ok(())
-            }
-        };
-        let (_, subscriber) = connect_manager(config, KIND, Some(Arc::new(router))).await?;
+        let (lost, lost_rx) = mpsc::unbounded_channel();
+        let connection = tokio::time::timeout(
+            config.connect_timeout,
+            Subscriber::open(&client, config.connect_timeout, &routes, &lost, 0),
+        )
+        .await
+        .map_err(|_| format!("no connection within {:?}", config.connect_timeout))
+        .and_then(|opened| opened.map_err(|e| e.to_string()))
+        .map_err(|reason| connect_error(KIND, &shown, reason))?;
+        let subscriber = Arc::new(Subscriber {
+            client,
+            connect_timeout: config.connect_timeout,
+            routes,
+            lost,
+            up: AtomicBool::new(true),
+            connection: tokio::sync::Mutex::new(connection),
+        });
+        let keeper = tokio::spawn(keep_connected(Arc::clone(&subscriber), lost_rx));
         Ok(RedisBackend {
             publisher,
             subscriber,
-            routes,
+            keeper,
         })
     }
 }
 
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
 /// Hands a pushed message to every local subscription of its channel, never waiting
-/// (this runs on the connection's own task).
-fn route_push(routes: &Routes, push: PushInfo) {
+/// (this runs on the connection's own task); tells `lost` when connection `generation`
+/// dropped.
+fn route_push(routes: &Routes, lost: &mpsc::UnboundedSender<u64>, generation: u64, push: PushInfo) {
     match push.kind {
         PushKind::Message => {
             let mut data = push.data.into_iter();
@@ -192,19 +331,21 @@ fn route_push(routes: &Routes, push: PushInfo) {
             let channel = super::text(&channel);
             let payload = Bytes::from(payload);
             let mut routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(targets) = routes.get_mut(&*channel) {
-                for target in targets {
+            if let Some((last, others)) = routes
+                .get_mut(&*channel)
+                .and_then(|targets| targets.split_last_mut())
+            {
+                for target in others {
                     target.offer(&channel, Message::new(payload.clone()));
                 }
+                // the last (usually only) one takes the payload itself: a clone would
+                // allocate the count the clones share
+                last.offer(&channel, Message::new(payload));
             }
         }
         PushKind::Disconnection => {
-            // the connection manager reconnects and resubscribes by itself
-            crate::metrics::reconnected(KIND);
-            tracing::warn!(
-                backend = KIND,
-                "disconnected; reconnecting and resubscribing"
-            )
+            // the backend's keeper makes the connection again (unless it has ended)
+            let _ = lost.send(generation);
         }
         _ => {}
     }
@@ -262,8 +403,15 @@ impl Backend for RedisBackend {
                 );
             }
             let (tx, mut rx) = mpsc::channel(spec.prefetch.max(1));
+            // held while subscribing, so a connection being made again meanwhile is
+            // waited for (and subscribes this channel itself if it is the first)
+            let mut connection = self.subscriber.connection.lock().await;
             let first = {
-                let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut routes = self
+                    .subscriber
+                    .routes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 let senders = routes.entry(spec.topic.clone()).or_default();
                 senders.retain(|s| !s.queue.is_closed());
                 senders.push(Route {
@@ -274,7 +422,6 @@ impl Backend for RedisBackend {
                 senders.len() == 1
             };
             if first {
-                let mut connection = self.subscriber.clone();
                 connection
                     .subscribe(&spec.topic)
                     .await
@@ -285,7 +432,15 @@ impl Backend for RedisBackend {
         .boxed()
     }
 
+    fn connected(&self) -> bool {
+        // the subscriber's connection (the publisher's, to the same server, is made again
+        // by its manager when a publish finds it lost)
+        self.subscriber.up.load(Ordering::Acquire)
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        // no more reconnecting: the App is going
+        self.keeper.abort();
         async { Ok(()) }.boxed()
     }
 }

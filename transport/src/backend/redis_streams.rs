@@ -114,7 +114,7 @@ pub struct RedisStreamsBackend {
 impl RedisStreamsBackend {
     /// Connects to `config.url`.
     pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
-        let (_, commands) = connect_manager(config, KIND, None).await?;
+        let commands = connect_manager(config, KIND).await?;
         let consumer = format!(
             "{}-{}-{:08x}",
             hostname(),
@@ -644,7 +644,7 @@ impl Backend for RedisStreamsBackend {
         async move {
             // Blocking reads get a connection of their own: a BLOCK would stall every
             // other command on a shared one.
-            let (_, reader) = connect_manager(&self.config, KIND, None).await?;
+            let reader = connect_manager(&self.config, KIND).await?;
             let (tx, mut rx) = mpsc::channel(spec.prefetch.max(1));
             let count = spec.prefetch.clamp(1, 1000);
             match &spec.group {
