@@ -16,7 +16,9 @@
 //! an App; the raw side is the client used by hand the way a careful author would
 //! (batched reads, batched `XACK` on Redis, pipelined acks on JetStream). The backlog is
 //! written before the clock starts (the in-memory broker keeps nothing for absent
-//! subscribers, so there publish and drain are timed together, on both sides). On
+//! subscribers, so there publish and drain are timed together, on both sides). On a
+//! broker, each side is timed from its first message handled to its last: connecting,
+//! subscribing and joining a group are start-up, done once, not the draining compared. On
 //! JetStream and Redis streams both backlogs are written by the raw client in a child
 //! process (`--fill-jetstream`, `--fill`), with what the framework's publisher writes
 //! (`content-type`, a generated message id), so that `--framework-only` under callgrind
@@ -54,6 +56,26 @@ fn rate(n: u64, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
 
+/// A raw side's clock on the broker rows: from its first message handled to its last, as
+/// the framework side's (`Counter::since_first`). Connecting, subscribing and joining a
+/// group are each side's start-up, done once; what a row compares is the draining.
+#[derive(Default)]
+struct FirstToLast(Option<Instant>);
+
+impl FirstToLast {
+    /// One message handled.
+    fn handled(&mut self) {
+        if self.0.is_none() {
+            self.0 = Some(Instant::now());
+        }
+    }
+
+    /// From the first message handled until now.
+    fn elapsed(&self) -> Duration {
+        self.0.map_or(Duration::ZERO, |first| first.elapsed())
+    }
+}
+
 /// The defaults, as a user gets them; the in-process queue holds the whole backlog.
 fn config(kind: &str, prefix: &str, n: u64) -> Config {
     let mut config = Config::from_toml(&format!(
@@ -88,8 +110,9 @@ async fn framework_drain(kind: &str, prefix: &str, n: u64, fill: bool) -> Durati
     framework_consume(kind, prefix, n, !fill).await
 }
 
-/// The framework's drain of `n` messages, timed from the App's start (the backlog is
-/// already there unless `publish_timed`, where the App publishes it inside the clock).
+/// The framework's drain of `n` messages: of a backlog already there, timed from the
+/// first message handled to the last (as the raw sides are); with `publish_timed`
+/// (in-process) the App publishes it inside the clock, timed from the App's start.
 async fn framework_consume(kind: &str, prefix: &str, n: u64, publish_timed: bool) -> Duration {
     let counter = Counter::global();
     counter.reset(n);
@@ -110,7 +133,11 @@ async fn framework_consume(kind: &str, prefix: &str, n: u64, publish_timed: bool
         }
     }
     done.await;
-    let elapsed = started.elapsed();
+    let elapsed = if publish_timed {
+        started.elapsed()
+    } else {
+        counter.since_first()
+    };
     app.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     elapsed
 }
@@ -295,7 +322,7 @@ async fn redis_streams(n: u64, run: &str) -> Measured {
         .query_async(&mut conn)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let started = Instant::now();
+    let mut clock = FirstToLast::default();
     let mut seen = 0;
     while seen < n {
         let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
@@ -317,6 +344,7 @@ async fn redis_streams(n: u64, run: &str) -> Measured {
             };
             let reading: Reading = serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}"));
             std::hint::black_box(&reading);
+            clock.handled();
             ids.push(entry.id);
             seen += 1;
         }
@@ -330,7 +358,7 @@ async fn redis_streams(n: u64, run: &str) -> Measured {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
     }
-    let raw = started.elapsed();
+    let raw = clock.elapsed();
     let _: Result<i64, _> = redis::cmd("DEL")
         .arg(&stream)
         .arg(format!("{prefix}bench.readings"))
@@ -477,7 +505,7 @@ async fn rabbitmq(n: u64, run: &str) -> Measured {
     let raw_queue = format!("{prefix}raw");
     fill_amqp(&raw_queue, &raw_queue, n).await;
     let (connection, channel) = amqp_channel().await;
-    let started = Instant::now();
+    let mut clock = FirstToLast::default();
     channel
         .basic_qos(1024, BasicQosOptions::default())
         .await
@@ -500,6 +528,7 @@ async fn rabbitmq(n: u64, run: &str) -> Measured {
         let reading: Reading =
             serde_json::from_slice(&delivery.data).unwrap_or_else(|e| panic!("{e}"));
         std::hint::black_box(&reading);
+        clock.handled();
         seen += 1;
         if seen % 512 == 0 || seen == n {
             channel
@@ -508,7 +537,7 @@ async fn rabbitmq(n: u64, run: &str) -> Measured {
                 .unwrap_or_else(fail);
         }
     }
-    let raw = started.elapsed();
+    let raw = clock.elapsed();
     let _ = connection.close(200, "done".into()).await;
     delete_queues(&[&group_queue, &raw_queue]).await;
     Measured {
@@ -523,8 +552,8 @@ async fn rabbitmq(n: u64, run: &str) -> Measured {
 /// The framework's side on a broker that keeps nothing for absent subscribers (MQTT
 /// clean sessions, NATS core, Redis pub/sub): the App starts, then publishes `n` readings
 /// (256 at a time where a publish waits for the broker, one after the other on NATS core,
-/// as the raw sides do) while its subscriber drains them; timed from the App's subscriptions
-/// being bound to the last one handled. At-most-once brokers may drop under load: after `LIVE_PATIENCE`
+/// as the raw sides do) while its subscriber drains them; timed from the first one handled
+/// to the last. At-most-once brokers may drop under load: after `LIVE_PATIENCE`
 /// without the last one, the bench stops and says how many arrived.
 async fn framework_live(kind: &str, prefix: &str, n: u64) -> Duration {
     use futures_util::StreamExt;
@@ -544,10 +573,6 @@ async fn framework_live(kind: &str, prefix: &str, n: u64) -> Duration {
         .start()
         .await
         .unwrap_or_else(|e| panic!("app: {e}"));
-    // timed from here, as the raw sides are timed from their subscription's confirmation:
-    // `start` returns once every subscription is bound (connecting before it is outside
-    // the raw sides' clocks too)
-    let started = Instant::now();
     let publisher = app.publisher().clone();
     // published from a task of its own, as the raw sides do (on the bench's main thread,
     // every wait for the broker parked and woke that thread: ~0.5 futex calls a message)
@@ -582,7 +607,7 @@ async fn framework_live(kind: &str, prefix: &str, n: u64) -> Duration {
     if tokio::time::timeout(LIVE_PATIENCE, done).await.is_err() {
         lost(kind, "framework", counter.seen.load(Ordering::Relaxed), n);
     }
-    let framework = started.elapsed();
+    let framework = counter.since_first();
     app.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     framework
 }
@@ -591,11 +616,18 @@ async fn framework_live(kind: &str, prefix: &str, n: u64) -> Duration {
 const LIVE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The raw side's drain on a broker that keeps no backlog: decodes `n` messages of
-/// `messages`, ending the bench if one does not come within `LIVE_PATIENCE`.
-async fn drain_live<S>(backend: &str, mut messages: S, n: u64, payload: fn(&S::Item) -> &[u8])
+/// `messages`, ending the bench if one does not come within `LIVE_PATIENCE`; timed from
+/// the first one to the last.
+async fn drain_live<S>(
+    backend: &str,
+    mut messages: S,
+    n: u64,
+    payload: fn(&S::Item) -> &[u8],
+) -> Duration
 where
     S: futures_util::Stream + Unpin,
 {
+    let mut clock = FirstToLast::default();
     let mut seen = 0;
     while seen < n {
         match tokio::time::timeout(LIVE_PATIENCE, messages.next()).await {
@@ -603,11 +635,13 @@ where
                 let reading: Reading =
                     serde_json::from_slice(payload(&message)).unwrap_or_else(|e| panic!("{e}"));
                 std::hint::black_box(&reading);
+                clock.handled();
                 seen += 1;
             }
             _ => lost(backend, "raw", seen, n),
         }
     }
+    clock.elapsed()
 }
 
 /// Ends the bench: an at-most-once broker dropped messages, so no rate would be true.
@@ -647,7 +681,7 @@ async fn mqtt(n: u64, run: &str) -> Measured {
             Err(e) => panic!("mqtt: {e}"),
         }
     }
-    let started = Instant::now();
+    let mut clock = FirstToLast::default();
     let mut options = MqttOptions::new(format!("bench-raw-pub-{run}"), "127.0.0.1", 1883);
     options.set_max_packet_size(Some(1 << 20));
     let (producer, mut producer_events) = AsyncClient::new(options, 1024);
@@ -687,6 +721,7 @@ async fn mqtt(n: u64, run: &str) -> Measured {
                 let reading: Reading =
                     serde_json::from_slice(&publish.payload).unwrap_or_else(|e| panic!("{e}"));
                 std::hint::black_box(&reading);
+                clock.handled();
                 // the request queue full (this task is the one that empties it): the ack
                 // waits for room on a task of its own, as the framework's acker does
                 if let Err(rumqttc::v5::ClientError::TryRequest(_)) = subscriber.try_ack(&publish) {
@@ -704,7 +739,7 @@ async fn mqtt(n: u64, run: &str) -> Measured {
             Err(e) => panic!("mqtt: {e}"),
         }
     }
-    let raw = started.elapsed();
+    let raw = clock.elapsed();
     let _ = pump.await;
     if let Ok(producer) = sending.await {
         let _ = producer.disconnect().await;
@@ -736,7 +771,6 @@ async fn nats_core(n: u64, run: &str) -> Measured {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     client.flush().await.unwrap_or_else(|e| panic!("{e}"));
-    let started = Instant::now();
     let publisher = client.clone();
     let sending = tokio::spawn(async move {
         for i in 0..n {
@@ -757,8 +791,7 @@ async fn nats_core(n: u64, run: &str) -> Measured {
     fn payload(message: &async_nats::Message) -> &[u8] {
         &message.payload
     }
-    drain_live("nats", subscriber, n, payload).await;
-    let raw = started.elapsed();
+    let raw = drain_live("nats", subscriber, n, payload).await;
     let _ = sending.await;
     Measured {
         framework: rate(n, framework),
@@ -788,7 +821,6 @@ async fn redis_pubsub(n: u64, run: &str) -> Measured {
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let started = Instant::now();
     let sending = tokio::spawn(async move {
         futures_util::stream::iter(0..n)
             .map(|i| {
@@ -813,8 +845,7 @@ async fn redis_pubsub(n: u64, run: &str) -> Measured {
     fn payload(message: &redis::Msg) -> &[u8] {
         message.get_payload_bytes()
     }
-    drain_live("redis", pubsub.on_message(), n, payload).await;
-    let raw = started.elapsed();
+    let raw = drain_live("redis", pubsub.on_message(), n, payload).await;
     let _ = sending.await;
     Measured {
         framework: rate(n, framework),
@@ -919,7 +950,7 @@ async fn jetstream(n: u64, run: &str) -> Measured {
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let started = Instant::now();
+    let mut clock = FirstToLast::default();
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(512)
@@ -934,10 +965,11 @@ async fn jetstream(n: u64, run: &str) -> Measured {
         let reading: Reading =
             serde_json::from_slice(&message.payload).unwrap_or_else(|e| panic!("{e}"));
         std::hint::black_box(&reading);
+        clock.handled();
         message.ack().await.unwrap_or_else(|e| panic!("{e}"));
         seen += 1;
     }
-    let raw = started.elapsed();
+    let raw = clock.elapsed();
     let _ = js.delete_stream(&stream_name).await;
     let _ = js.delete_stream(&framework_stream).await;
     Measured {
@@ -1020,7 +1052,7 @@ async fn kafka(n: u64, run: &str) -> Measured {
     if framework_only() {
         return alone(n, framework);
     }
-    let started = Instant::now();
+    let mut clock = FirstToLast::default();
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", KAFKA_SERVERS)
         .set("group.id", format!("{raw_topic}.raw"))
@@ -1038,12 +1070,13 @@ async fn kafka(n: u64, run: &str) -> Measured {
         let reading: Reading = serde_json::from_slice(record.payload().unwrap_or_default())
             .unwrap_or_else(|e| panic!("{e}"));
         std::hint::black_box(&reading);
+        clock.handled();
         consumer
             .store_offset_from_message(&record)
             .unwrap_or_else(|e| panic!("{e}"));
         seen += 1;
     }
-    let raw = started.elapsed();
+    let raw = clock.elapsed();
     Measured {
         framework: rate(n, framework),
         raw: rate(n, raw),

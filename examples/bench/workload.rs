@@ -2,8 +2,9 @@
 //! both frameworks, and the bare channel both are set against, are measured on the same
 //! messages and the same handler work.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -18,11 +19,12 @@ pub fn reading(i: u64) -> Reading {
     }
 }
 
-/// Counts handled messages and wakes the timer at the target.
+/// Counts handled messages, notes when the first was, and wakes the timer at the target.
 pub struct Counter {
     pub seen: AtomicU64,
     pub target: AtomicU64,
     pub done: Notify,
+    first: Mutex<Option<Instant>>,
 }
 
 impl Counter {
@@ -32,17 +34,31 @@ impl Counter {
             seen: AtomicU64::new(0),
             target: AtomicU64::new(u64::MAX),
             done: Notify::new(),
+            first: Mutex::new(None),
         })
     }
 
     pub fn reset(&self, target: u64) {
         self.seen.store(0, Ordering::SeqCst);
         self.target.store(target, Ordering::SeqCst);
+        *self.first.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// From the first message handled since `reset` until now.
+    #[allow(dead_code)] // the peer's bench times from its start
+    pub fn since_first(&self) -> Duration {
+        self.first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map_or(Duration::ZERO, |first| first.elapsed())
     }
 
     pub fn hit(&self, reading: &Reading) {
         std::hint::black_box(reading);
         let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen == 1 {
+            *self.first.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        }
         if seen == self.target.load(Ordering::Relaxed) {
             self.done.notify_one();
         }
