@@ -1035,18 +1035,20 @@ async fn kafka(n: u64, run: &str) -> Measured {
     let prefix = format!("bench{run}.");
     let topic = format!("{prefix}bench.readings");
     let raw_topic = format!("{prefix}raw");
-    {
-        let (topic, raw_topic) = (topic.clone(), raw_topic.clone());
-        tokio::task::spawn_blocking(move || {
-            if !raw_only() {
-                fill_kafka(&topic, n);
-            }
-            if !framework_only() {
-                fill_kafka(&raw_topic, n);
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    // written by a child process (`bench --fill-kafka TOPIC N`), so that under callgrind
+    // (which does not follow children) only the consuming side is counted
+    for (fill, topic) in [(!raw_only(), &topic), (!framework_only(), &raw_topic)] {
+        if !fill {
+            continue;
+        }
+        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("own executable: {e}"));
+        let mut child = std::process::Command::new(exe);
+        child.arg("--fill-kafka").arg(topic).arg(n.to_string());
+        let status = tokio::task::spawn_blocking(move || child.status())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("fill: {e}"));
+        assert!(status.success(), "fill: {status}");
     }
     let framework = framework_side(framework_consume("kafka", &prefix, n, false)).await;
     if framework_only() {
@@ -1093,6 +1095,16 @@ async fn main() {
             .parse()
             .unwrap_or_else(|e| panic!("--fill-jetstream {n}: {e}"));
         fill_jetstream_here(stream, subject, n).await;
+        return;
+    }
+    #[cfg(feature = "kafka")]
+    if let [flag, topic, n] = args.as_slice()
+        && flag == "--fill-kafka"
+    {
+        let n = n
+            .parse()
+            .unwrap_or_else(|e| panic!("--fill-kafka {n}: {e}"));
+        fill_kafka(topic, n);
         return;
     }
     if let [flag, queue, routing_key, n] = args.as_slice()
