@@ -166,19 +166,10 @@ async fn on_rabbitmq_not_ready_while_the_connection_is_lost_and_ready_once_it_is
     if !transport_tests::require_broker(5672, "rabbitmq") {
         return;
     }
-    // the connection runs through a relay the test cuts: the shared broker stays up
-    let proxy = Proxy::start("127.0.0.1:5672").await.unwrap();
-    let config = Config::from_toml(&format!(
-        "[broker]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:guest@{}/%2f\"\n",
-        proxy.address()
-    ))
-    .unwrap();
-    let (running, address) = not_ready_during(config, "rabbitmq", |down| match down {
-        true => proxy.cut(),
-        false => proxy.restore(),
+    let (running, _relay) = through_a_cut_relay("rabbitmq", "127.0.0.1:5672", |relay| {
+        format!("amqp://guest:guest@{relay}/%2f")
     })
     .await;
-    assert!(reconnects(address, "rabbitmq") >= 1.0);
     running.shutdown().await.unwrap();
 }
 
@@ -187,19 +178,10 @@ async fn on_redis_not_ready_while_the_connection_is_lost_and_ready_once_it_is_ba
     if !transport_tests::require_broker(6379, "redis") {
         return;
     }
-    // the connections run through a relay the test cuts: the shared server stays up
-    let proxy = Proxy::start("127.0.0.1:6379").await.unwrap();
-    let config = Config::from_toml(&format!(
-        "[broker]\nkind = \"redis\"\nurl = \"redis://{}\"\n",
-        proxy.address()
-    ))
-    .unwrap();
-    let (running, address) = not_ready_during(config, "redis", |down| match down {
-        true => proxy.cut(),
-        false => proxy.restore(),
+    let (running, _relay) = through_a_cut_relay("redis", "127.0.0.1:6379", |relay| {
+        format!("redis://{relay}")
     })
     .await;
-    assert!(reconnects(address, "redis") >= 1.0);
     // subscribed again, on the connection made through the relay (the cut one is gone)
     let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
@@ -211,6 +193,30 @@ async fn on_redis_not_ready_while_the_connection_is_lost_and_ready_once_it_is_ba
         .unwrap();
     assert_eq!((channel.as_str(), subscribers), ("health.slow", 1));
     running.shutdown().await.unwrap();
+}
+
+/// `not_ready_during` on a `kind` backend whose connections run through a relay to
+/// `upstream` (`url` makes the backend's URL from the relay's address), the outage being
+/// the relay cut: the shared broker stays up. Checks that the reconnection was counted;
+/// returns the App and the relay, still relaying.
+async fn through_a_cut_relay(
+    kind: &str,
+    upstream: &str,
+    url: impl FnOnce(std::net::SocketAddr) -> String,
+) -> (transport::Running, Proxy) {
+    let proxy = Proxy::start(upstream).await.unwrap();
+    let config = Config::from_toml(&format!(
+        "[broker]\nkind = \"{kind}\"\nurl = \"{}\"\n",
+        url(proxy.address())
+    ))
+    .unwrap();
+    let (running, address) = not_ready_during(config, kind, |down| match down {
+        true => proxy.cut(),
+        false => proxy.restore(),
+    })
+    .await;
+    assert!(reconnects(address, kind) >= 1.0);
+    (running, proxy)
 }
 
 /// `transport_backend_reconnects_total` of `backend` in the scrape of the metrics
