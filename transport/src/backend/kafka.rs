@@ -19,11 +19,8 @@
 //!   run side by side and each in order. Kafka has no per-message redelivery: retries
 //!   happen in place (the partition's next messages wait behind); a partition whose
 //!   oldest message has been in progress for a second with `prefetch` messages in
-//!   progress is paused until a quarter of them are settled.
-//! - Records are taken from librdkafka at most `prefetch` ahead of the dispatcher; the
-//!   rest wait in librdkafka's own queue, which it keeps bounded by fetching no further
-//!   (`queued.min.messages`, `queued.max.messages.kbytes`), so a backlog is never read
-//!   into memory at once nor dropped and fetched again.
+//!   progress (or with 64 times that, whatever their age) is paused until a quarter of
+//!   them are settled.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -68,6 +65,8 @@ const METADATA_REFRESH: Duration = Duration::from_secs(5);
 /// How long a partition's oldest message may be in progress before the partition is
 /// paused at `prefetch` messages in progress.
 const STUCK: Duration = Duration::from_secs(1);
+/// A partition is paused at this many times `prefetch` messages in progress in any case.
+const BACKLOG_FACTOR: usize = 64;
 /// Bits of a settle token holding the offset (the partition is above them).
 const OFFSET_BITS: u32 = 48;
 
@@ -614,17 +613,20 @@ impl Offsets {
             state.lowest = Some((offset, std::time::Instant::now()));
         }
         // A partition is paused when its oldest message has been in progress a while
-        // (retries wait: later messages queue behind it) with `limit` in progress. A
-        // pause makes librdkafka drop what it fetched ahead and fetch it again on
-        // resume: not for the normal flow (a backlog is held back by the bounded read
-        // ahead instead).
+        // (retries wait: later messages queue behind it) with `limit` in progress, or
+        // at `BACKLOG_FACTOR` times that whatever (a backlog read far ahead of its
+        // handlers). A pause makes librdkafka drop what it fetched ahead and fetch it
+        // again on resume: not for the normal flow.
         // (the clock is read only at the limit: this runs for every record)
         let open = state.open.len();
-        if state.resume_at.is_none()
-            && open >= self.limit
-            && state
+        let stuck = || {
+            state
                 .lowest
                 .is_some_and(|(_, since)| since.elapsed() >= STUCK)
+        };
+        if state.resume_at.is_none()
+            && open >= self.limit
+            && (open >= self.limit.saturating_mul(BACKLOG_FACTOR) || stuck())
         {
             state.resume_at = Some(open - open / 4);
             self.pause_or_resume(partition, true);
@@ -796,8 +798,11 @@ impl KafkaBackend {
             commits,
             limit: spec.prefetch.max(1),
         });
-        // read at most `prefetch` ahead of the dispatcher
-        let (tx, rx) = mpsc::channel(spec.prefetch.max(1));
+        // Unbounded on purpose: the reader never waits for the dispatcher, so it keeps
+        // calling `recv` however slow the handlers are (librdkafka takes a member that
+        // has not polled for `max.poll.interval.ms` out of its group); what it reads
+        // ahead is bounded by pausing partitions instead (`Offsets::opened`).
+        let (tx, rx) = mpsc::unbounded_channel();
         let reader = Arc::clone(&offsets);
         let subscriber = spec.subscriber.clone();
         let settle: Arc<dyn Settle> = Arc::clone(&offsets) as Arc<dyn Settle>;
@@ -806,30 +811,31 @@ impl KafkaBackend {
             let closed = tx.closed();
             tokio::pin!(closed);
             loop {
-                // room first: until there is, records stay in librdkafka's queue
-                let Ok(room) = tx.reserve().await else {
-                    return;
-                };
-                let record = loop {
-                    tokio::select! {
-                        () = &mut closed => return,
-                        record = consumer.recv() => match record {
-                            Ok(record) => break record,
-                            Err(error) => {
-                                tracing::warn!(%subscriber, %error, "kafka consumer error");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    () = &mut closed => return,
+                    record = consumer.recv() => match record {
+                        Ok(record) => {
+                            let (partition, offset) = (record.partition(), record.offset());
+                            let message = from_record(&record);
+                            drop(record);
+                            let generation = offsets.opened(partition, offset);
+                            let delivery = Delivery::settled_by(
+                                message,
+                                1,
+                                Arc::clone(&settle),
+                                token(partition, offset),
+                            )
+                            .in_lane(u64::from(partition.unsigned_abs()));
+                            if tx.send((partition, generation, delivery)).is_err() {
+                                return;
                             }
-                        },
-                    }
-                };
-                let (partition, offset) = (record.partition(), record.offset());
-                let message = from_record(&record);
-                drop(record);
-                let generation = offsets.opened(partition, offset);
-                let delivery =
-                    Delivery::settled_by(message, 1, Arc::clone(&settle), token(partition, offset))
-                        .in_lane(u64::from(partition.unsigned_abs()));
-                room.send((partition, generation, delivery));
+                        }
+                        Err(error) => {
+                            tracing::warn!(%subscriber, %error, "kafka consumer error");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                }
             }
         });
         if commits {
