@@ -2195,6 +2195,42 @@ mod redis_hardening {
         }
     }
 
+    /// The first publish after the server restarts succeeds, on both Redis backends: the
+    /// publishing connection, found closed, is made again and the command sent once more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_the_first_publish_after_a_restart_goes_through() {
+        init_tracing();
+        let mut broker = match PrivateBroker::start(Server::Redis) {
+            Ok(broker) => broker,
+            Err(reason) => {
+                assert!(!transport_tests::in_ci(), "{reason}");
+                eprintln!("SKIPPED: {reason}");
+                return;
+            }
+        };
+        let url = broker.url();
+        let mut apps = Vec::new();
+        for kind in ["redis", "redis-streams"] {
+            let config =
+                Config::from_toml(&format!("[broker]\nkind = \"{kind}\"\nurl = \"{url}\""))
+                    .unwrap();
+            let app = App::new(config).select(|_| false).start().await.unwrap();
+            app.publisher()
+                .publish("restart.first", &1u64)
+                .await
+                .unwrap();
+            apps.push((kind, app));
+        }
+        broker.restart().expect("redis restarts");
+        for (kind, app) in &apps {
+            let published = app.publisher().publish("restart.first", &2u64).await;
+            assert!(published.is_ok(), "{kind}: {published:?}");
+        }
+        for (_, app) in apps {
+            app.shutdown().await.unwrap();
+        }
+    }
+
     /// Each id handled more than once, with how often.
     fn twice(handled: &[u64]) -> HashMap<u64, usize> {
         let mut counts: HashMap<u64, usize> = HashMap::new();

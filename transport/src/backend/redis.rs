@@ -162,6 +162,24 @@ pub(crate) async fn connect_manager(
     .map_err(|e| connect_error(e.to_string()))
 }
 
+/// Runs `command` through `manager`, and once more if it found the connection closed:
+/// the server went away since the connection's last command (a restart, say), and the
+/// manager, told so by the failure, has begun a new connection, which the second try
+/// waits for. Without it, the first command after every restart of the server fails
+/// (go-redis retries such commands by default; redis-rs's manager does not). A command
+/// the server had taken just as it closed the connection then runs twice: only across
+/// a restart, and rare.
+pub(crate) async fn query_reconnecting<T: redis::FromRedisValue>(
+    manager: &ConnectionManager,
+    command: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    let mut connection = manager.clone();
+    match command.query_async(&mut connection).await {
+        Err(error) if error.is_connection_dropped() => command.query_async(&mut connection).await,
+        done => done,
+    }
+}
+
 /// Pause before the first try to connect the subscriber again; doubled after each
 /// failed try, up to [`RECONNECT_MAX`].
 const RECONNECT: Duration = Duration::from_millis(100);
@@ -378,11 +396,9 @@ impl Backend for RedisBackend {
 
     fn publish<'a>(&'a self, topic: &'a str, message: Message) -> Publish<'a> {
         Publish::boxed(async move {
-            let mut connection = self.publisher.clone();
-            redis::cmd("PUBLISH")
-                .arg(topic)
-                .arg(&message.payload[..])
-                .query_async::<i64>(&mut connection)
+            let mut command = redis::cmd("PUBLISH");
+            command.arg(topic).arg(&message.payload[..]);
+            query_reconnecting::<i64>(&self.publisher, &command)
                 .await
                 .map(drop)
                 .map_err(|e| operation_error(KIND, "publish", e))

@@ -67,7 +67,7 @@ use redis::{RedisError, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::operation_error;
-use super::redis::connect_manager;
+use super::redis::{connect_manager, query_reconnecting};
 use super::{
     Acknowledge, Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec,
 };
@@ -628,9 +628,7 @@ impl Backend for RedisStreamsBackend {
             {
                 command.arg("message-id").arg(id.as_str());
             }
-            let mut connection = self.commands.clone();
-            command
-                .query_async::<String>(&mut connection)
+            query_reconnecting::<String>(&self.commands, &command)
                 .await
                 .map(drop)
                 .map_err(|e| operation_error(KIND, "publish", e))
