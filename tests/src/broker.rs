@@ -133,6 +133,22 @@ impl PrivateBroker {
         Self::start_with(server, Vec::new())
     }
 
+    /// Starts `server` for a test of its own; `None` (the test skipped, with the reason)
+    /// where one cannot start, which fails the test in CI.
+    pub fn start_or_skip(server: Server) -> Option<Self> {
+        match Self::start(server) {
+            Ok(broker) => Some(broker),
+            Err(reason) => {
+                assert!(
+                    !crate::in_ci(),
+                    "cannot start a private broker in CI: {reason}"
+                );
+                eprintln!("SKIPPED: {reason}");
+                None
+            }
+        }
+    }
+
     /// Starts `server` on a free port with `extra` arguments after its own.
     pub fn start_with(server: Server, extra: Vec<String>) -> Result<Self, String> {
         let Some(binary) = server.locate() else {

@@ -561,22 +561,6 @@ async fn quiet_for_slow(rx: &mut UnboundedReceiver<Event>, done: &mut BTreeSet<u
     }
 }
 
-/// A private broker process for a case that kills it; `None` (skipped, with the reason)
-/// where one cannot start, which fails the test in CI.
-fn private_broker(server: Server) -> Option<PrivateBroker> {
-    match PrivateBroker::start(server) {
-        Ok(broker) => Some(broker),
-        Err(reason) => {
-            assert!(
-                !crate::in_ci(),
-                "cannot start a private broker in CI: {reason}"
-            );
-            eprintln!("SKIPPED: {reason}");
-            None
-        }
-    }
-}
-
 /// Asserts no further event arrives for `quiet`.
 pub async fn quiet(rx: &mut UnboundedReceiver<Event>, quiet: Duration) {
     if let Ok(Some(event)) = tokio::time::timeout(quiet, rx.recv()).await {
@@ -1297,7 +1281,7 @@ pub mod cases {
         if !target.reachable() {
             return;
         }
-        let Some(mut broker) = private_broker(server) else {
+        let Some(mut broker) = PrivateBroker::start_or_skip(server) else {
             return;
         };
         let run = Run::at(target, Some(broker.url()));
@@ -1412,7 +1396,7 @@ pub mod cases {
         if !target.reachable() {
             return;
         }
-        let Some(mut broker) = private_broker(server) else {
+        let Some(mut broker) = PrivateBroker::start_or_skip(server) else {
             return;
         };
         let run = Run::at(target, Some(broker.url()));

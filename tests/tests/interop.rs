@@ -932,13 +932,8 @@ mod sizes {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_ask_for_fewer_entries_once_entries_are_large() {
         init_tracing();
-        let broker = match PrivateBroker::start(Server::Redis) {
-            Ok(broker) => broker,
-            Err(reason) => {
-                assert!(!transport_tests::in_ci(), "{reason}");
-                eprintln!("SKIPPED: {reason}");
-                return;
-            }
+        let Some(broker) = PrivateBroker::start_or_skip(Server::Redis) else {
+            return;
         };
         let url = broker.url();
         let port = url.rsplit(':').next().expect("port").to_string();
@@ -1369,13 +1364,8 @@ mod nats_hardening {
 
     async fn shutdown_returns_while_the_server_is_down(kind: &str) {
         init_tracing();
-        let mut broker = match PrivateBroker::start(Server::Nats) {
-            Ok(broker) => broker,
-            Err(reason) => {
-                assert!(!transport_tests::in_ci(), "{reason}");
-                eprintln!("SKIPPED: {reason}");
-                return;
-            }
+        let Some(mut broker) = PrivateBroker::start_or_skip(Server::Nats) else {
+            return;
         };
         let config = Config::from_toml(&format!(
             "[broker]\nkind = \"{kind}\"\nurl = \"{}\"\n",
@@ -2200,13 +2190,8 @@ mod redis_hardening {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_the_first_publish_after_a_restart_goes_through() {
         init_tracing();
-        let mut broker = match PrivateBroker::start(Server::Redis) {
-            Ok(broker) => broker,
-            Err(reason) => {
-                assert!(!transport_tests::in_ci(), "{reason}");
-                eprintln!("SKIPPED: {reason}");
-                return;
-            }
+        let Some(mut broker) = PrivateBroker::start_or_skip(Server::Redis) else {
+            return;
         };
         let url = broker.url();
         let mut apps = Vec::new();
@@ -2355,13 +2340,8 @@ mod redis_hardening {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_a_failed_xack_is_retried_and_nothing_is_handled_twice() {
         init_tracing();
-        let mut broker = match PrivateBroker::start(Server::RedisPersistent) {
-            Ok(broker) => broker,
-            Err(reason) => {
-                assert!(!transport_tests::in_ci(), "{reason}");
-                eprintln!("SKIPPED: {reason}");
-                return;
-            }
+        let Some(mut broker) = PrivateBroker::start_or_skip(Server::RedisPersistent) else {
+            return;
         };
         let url = broker.url();
         let config = streams_config(
