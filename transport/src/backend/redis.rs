@@ -198,11 +198,7 @@ pub struct RedisBackend {
 /// The subscribing side: one RESP3 connection whose pushed messages are routed where the
 /// connection reads them (its own task, no other hop), made again when it drops.
 struct Subscriber {
-    client: redis::Client,
-    connect_timeout: Duration,
-    routes: Routes,
-    /// Told the number of a connection that dropped.
-    lost: mpsc::UnboundedSender<u64>,
+    dial: Dial,
     /// Whether the live connection is up (false from its loss until one is made again).
     up: AtomicBool,
     /// The live connection (SUBSCRIBE goes through it); held while one is made again, so
@@ -210,48 +206,57 @@ struct Subscriber {
     connection: tokio::sync::Mutex<MultiplexedConnection>,
 }
 
-impl Subscriber {
-    /// Opens connection number `generation`, routing what it is pushed.
-    async fn open(
-        client: &redis::Client,
-        connect_timeout: Duration,
-        routes: &Routes,
-        lost: &mpsc::UnboundedSender<u64>,
-        generation: u64,
-    ) -> redis::RedisResult<MultiplexedConnection> {
-        let routes = Arc::clone(routes);
-        let lost = lost.clone();
+/// What the subscriber's connections are made with, the first and each one after.
+struct Dial {
+    client: redis::Client,
+    connect_timeout: Duration,
+    routes: Routes,
+    /// Told the number of a connection that dropped.
+    lost: mpsc::UnboundedSender<u64>,
+}
+
+impl Dial {
+    /// Opens connection number `generation` (within the connect timeout), routing what it
+    /// is pushed.
+    async fn open(&self, generation: u64) -> redis::RedisResult<MultiplexedConnection> {
+        let routes = Arc::clone(&self.routes);
+        let lost = self.lost.clone();
         let router = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
             route_push(&routes, &lost, generation, push);
             Ok(())
         };
         let settings = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
+            .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_push_sender(router);
-        client
-            .get_multiplexed_async_connection_with_config(&settings)
-            .await
+        tokio::time::timeout(
+            self.connect_timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&settings),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", self.connect_timeout),
+            )
+            .into())
+        })
     }
+}
 
+impl Subscriber {
     /// Replaces the connection with number `generation`, subscribed to every channel a
     /// local subscription has.
     async fn reopen(&self, generation: u64) -> redis::RedisResult<()> {
         let mut current = self.connection.lock().await;
-        let mut connection = tokio::time::timeout(
-            self.connect_timeout,
-            Subscriber::open(
-                &self.client,
-                self.connect_timeout,
-                &self.routes,
-                &self.lost,
-                generation,
-            ),
-        )
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let mut connection = self.dial.open(generation).await?;
         let channels: Vec<String> = {
-            let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+            let routes = self
+                .dial
+                .routes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             routes.keys().cloned().collect()
         };
         if !channels.is_empty() {
@@ -300,21 +305,19 @@ impl RedisBackend {
     pub async fn connect(config: &BrokerConfig) -> Result<Self, BackendError> {
         let publisher = connect_manager(config, KIND).await?;
         let (client, shown) = client(config, KIND, true)?;
-        let routes: Routes = Arc::default();
         let (lost, lost_rx) = mpsc::unbounded_channel();
-        let connection = tokio::time::timeout(
-            config.connect_timeout,
-            Subscriber::open(&client, config.connect_timeout, &routes, &lost, 0),
-        )
-        .await
-        .map_err(|_| format!("no connection within {:?}", config.connect_timeout))
-        .and_then(|opened| opened.map_err(|e| e.to_string()))
-        .map_err(|reason| connect_error(KIND, &shown, reason))?;
-        let subscriber = Arc::new(Subscriber {
+        let dial = Dial {
             client,
             connect_timeout: config.connect_timeout,
-            routes,
+            routes: Routes::default(),
             lost,
+        };
+        let connection = dial
+            .open(0)
+            .await
+            .map_err(|e| connect_error(KIND, &shown, e.to_string()))?;
+        let subscriber = Arc::new(Subscriber {
+            dial,
             up: AtomicBool::new(true),
             connection: tokio::sync::Mutex::new(connection),
         });
@@ -425,6 +428,7 @@ impl Backend for RedisBackend {
             let first = {
                 let mut routes = self
                     .subscriber
+                    .dial
                     .routes
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
