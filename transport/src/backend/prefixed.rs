@@ -70,9 +70,9 @@ enum PublishName<'a> {
 
 /// The wire names of the first [`KeptNames::MAX`] topics published to, made once and kept
 /// for the backend's life, so that a publish borrows its name rather than making one and
-/// a future to hold it (the layer's cost per publish ~420 -> ~160 instructions, counted). A program publishing to more
-/// topics than that (names made per entity, say) makes the rest per publish: the memory
-/// this takes stays bounded.
+/// a future to hold it (the layer's cost per publish ~420 -> ~160 instructions, counted).
+/// A program publishing to more topics than that (names made per entity, say) makes the
+/// rest per publish: the memory this takes stays bounded.
 struct KeptNames {
     /// Filled in order, never emptied: a name set here is borrowed for as long as the
     /// backend.
