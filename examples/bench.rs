@@ -1,6 +1,6 @@
 //! Throughput of the framework against each broker's raw client, in one run, as a ratio.
 //!
-//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only | --raw-only] [--no-trace-context] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics,trace-context]
+//!     cargo run --release --example bench [--features kafka] -- [--messages N] [--rounds R] [--framework-only | --raw-only] [--no-trace-context] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,kafka-headers,inprocess,metrics,trace-context]
 //!
 //! `--rounds R` alternates framework and raw R times per backend and prints the medians.
 //! `inprocess` is the framework alone on the embedded broker (typed deliveries per second:
@@ -1028,8 +1028,12 @@ fn fill_kafka(topic: &str, n: u64) {
 /// Kafka: both backlogs written by a raw producer before the clock; the framework drains
 /// its group's, the raw consumer (the same librdkafka, one partition, offsets stored after
 /// each handled message and committed in the background, as at-least-once needs) its own.
+/// With `raw_reads_headers` (the `kafka-headers` row) the raw consumer also reads each
+/// record's headers, as the framework does for the message id, content type and trace
+/// context (librdkafka parses them on first request): the two rows set apart what that
+/// read costs from the framework's own work.
 #[cfg(feature = "kafka")]
-async fn kafka(n: u64, run: &str) -> Measured {
+async fn kafka(n: u64, run: &str, raw_reads_headers: bool) -> Measured {
     use rdkafka::Message as _;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     let prefix = format!("bench{run}.");
@@ -1061,6 +1065,9 @@ async fn kafka(n: u64, run: &str) -> Measured {
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.offset.store", "false")
         .set("session.timeout.ms", "10000")
+        // tuned as the framework is (librdkafka's 1 s default leaves a drain idle for
+        // most of each second once its local queue has filled)
+        .set("fetch.queue.backoff.ms", "50")
         .create()
         .unwrap_or_else(|e| panic!("kafka consumer: {e}"));
     consumer
@@ -1072,6 +1079,14 @@ async fn kafka(n: u64, run: &str) -> Measured {
         let reading: Reading = serde_json::from_slice(record.payload().unwrap_or_default())
             .unwrap_or_else(|e| panic!("{e}"));
         std::hint::black_box(&reading);
+        if raw_reads_headers {
+            use rdkafka::message::Headers as _;
+            for header in record.headers().iter().flat_map(|headers| headers.iter()) {
+                let value =
+                    std::str::from_utf8(header.value.unwrap_or_default()).unwrap_or_default();
+                std::hint::black_box((header.key, value));
+            }
+        }
         clock.handled();
         consumer
             .store_offset_from_message(&record)
@@ -1135,6 +1150,7 @@ async fn main() {
     ];
     if cfg!(feature = "kafka") {
         backends.push("kafka".to_string());
+        backends.push("kafka-headers".to_string());
     }
     let mut i = 0;
     while i < args.len() {
@@ -1165,7 +1181,7 @@ async fn main() {
             }
             (other, _) => {
                 eprintln!(
-                    "usage: bench [--messages N] [--rounds R] [--framework-only | --raw-only] [--no-trace-context] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,inprocess,metrics,trace-context] (got `{other}`)"
+                    "usage: bench [--messages N] [--rounds R] [--framework-only | --raw-only] [--no-trace-context] [--backends memory,redis-streams,jetstream,rabbitmq,mqtt,nats,redis,kafka,kafka-headers,inprocess,metrics,trace-context] (got `{other}`)"
                 );
                 std::process::exit(2);
             }
@@ -1195,9 +1211,11 @@ async fn main() {
                 "nats" => nats_core(messages, &run).await,
                 "redis" => redis_pubsub(messages, &run).await,
                 #[cfg(feature = "kafka")]
-                "kafka" => kafka(messages, &run).await,
+                "kafka" => kafka(messages, &run, false).await,
+                #[cfg(feature = "kafka")]
+                "kafka-headers" => kafka(messages, &run, true).await,
                 #[cfg(not(feature = "kafka"))]
-                "kafka" => {
+                "kafka" | "kafka-headers" => {
                     eprintln!(
                         "the kafka row needs the examples' `kafka` feature: --features kafka"
                     );

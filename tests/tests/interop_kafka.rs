@@ -279,3 +279,71 @@ async fn a_rebalance_while_consuming_loses_nothing() {
     );
     second.shutdown().await.expect("second shuts down");
 }
+
+pub struct Slow(pub UnboundedSender<u64>);
+
+#[transport::service]
+impl Slow {
+    #[subscriber(topic = "interop.kafka.slow", group = "slow")]
+    async fn step(&self, step: Step) {
+        if step.seq == 0 {
+            // longer than `max_poll_interval`, with a backlog waiting behind it
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let _ = self.0.send(step.seq);
+    }
+}
+
+/// A handler that takes longer than `max.poll.interval.ms` while records wait: the reader,
+/// with no room to hand them over, still polls librdkafka (its partitions paused), so the
+/// member stays in its group and nothing is handled twice. (Without that polling
+/// librdkafka takes the member out of the group; it joins again and reads the slow
+/// message a second time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_the_poll_interval_keeps_its_member_in_the_group() {
+    if !transport_tests::require_broker(9092, "kafka") {
+        return;
+    }
+    init_tracing();
+    let prefix = format!("{}.", unique("kafka"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = App::new(config(
+        &prefix,
+        "max_poll_interval = \"7s\"\n[subscriber]\nprefetch = 1",
+    ))
+    .select(|r| r.name == "Slow::step")
+    .service(Slow(tx))
+    .start()
+    .await
+    .unwrap_or_else(|error| panic!("the app starts: {error}"));
+    const STEPS: u64 = 20;
+    for seq in 0..STEPS {
+        app.publisher()
+            .to("interop.kafka.slow")
+            .key("one")
+            .send(&Step {
+                key: "one".into(),
+                seq,
+            })
+            .await
+            .expect("published");
+    }
+    // (the first takes 10 s) and anything handled twice soon after the last
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE * 4;
+    while (seen.len() as u64) < STEPS {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(seq)) => seen.push(seq),
+            _ => break,
+        }
+    }
+    while let Ok(Some(seq)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+        seen.push(seq);
+    }
+    assert_eq!(
+        seen,
+        (0..STEPS).collect::<Vec<_>>(),
+        "each handled once, in order"
+    );
+    app.shutdown().await.expect("shutdown");
+}

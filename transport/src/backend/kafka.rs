@@ -19,10 +19,17 @@
 //!   run side by side and each in order. Kafka has no per-message redelivery: retries
 //!   happen in place (the partition's next messages wait behind); a partition whose
 //!   oldest message has been in progress for a second with `prefetch` messages in
-//!   progress (or with 64 times that, whatever their age) is paused until a quarter of
-//!   them are settled.
+//!   progress is paused until a quarter of them are settled.
+//! - Read-ahead: a reader task per subscription takes records from librdkafka and hands
+//!   them to the dispatcher, at most 4 x `prefetch` ahead of what it has taken; beyond
+//!   that librdkafka's own queue fills and it stops fetching. The reader never stops
+//!   polling (librdkafka takes a member that has not polled for `max.poll.interval.ms`
+//!   out of its group): after a second without room it pauses the partitions and polls
+//!   for rebalances until there is room. librdkafka fetches again 50 ms (not its 1 s)
+//!   after its queue was full (`fetch.queue.backoff.ms`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -31,13 +38,15 @@ use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, MessageStream, Rebalance,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::ascending::Ascending;
 use super::{
@@ -65,8 +74,18 @@ const METADATA_REFRESH: Duration = Duration::from_secs(5);
 /// How long a partition's oldest message may be in progress before the partition is
 /// paused at `prefetch` messages in progress.
 const STUCK: Duration = Duration::from_secs(1);
-/// A partition is paused at this many times `prefetch` messages in progress in any case.
-const BACKLOG_FACTOR: usize = 64;
+/// Past `prefetch` messages in progress, a partition's oldest one is checked for being
+/// [`STUCK`] at every this many more.
+const STUCK_CHECK: usize = 64;
+/// The reader hands the dispatcher up to this many times `prefetch` records ahead of what
+/// it has taken (see [`ReadAhead`]).
+const READ_AHEAD_FACTOR: usize = 4;
+/// How long librdkafka waits before fetching for a partition again once its local queue
+/// has held `queued.min.messages` (librdkafka: 1 s). A consumer draining a backlog empties
+/// that queue in tens of milliseconds and then sat idle for the rest of the second
+/// (librdkafka's docs: "may need to be decreased if ... the application is experiencing
+/// long (~1s) delays between messages").
+const FETCH_QUEUE_BACKOFF: Duration = Duration::from_millis(50);
 /// Bits of a settle token holding the offset (the partition is above them).
 const OFFSET_BITS: u32 = 48;
 
@@ -476,6 +495,16 @@ struct Progress {
     generation: u64,
 }
 
+impl Progress {
+    /// Whether `partition` is paused as stuck ([`Offsets::opened`]) until enough of it is
+    /// settled.
+    fn paused_as_stuck(&self, partition: i32) -> bool {
+        self.partitions
+            .get(&partition)
+            .is_some_and(|state| state.resume_at.is_some())
+    }
+}
+
 #[derive(Default)]
 struct PartitionProgress {
     /// Offsets handed out and not yet settled, in order (they are read in order, so
@@ -613,20 +642,19 @@ impl Offsets {
             state.lowest = Some((offset, std::time::Instant::now()));
         }
         // A partition is paused when its oldest message has been in progress a while
-        // (retries wait: later messages queue behind it) with `limit` in progress, or
-        // at `BACKLOG_FACTOR` times that whatever (a backlog read far ahead of its
-        // handlers). A pause makes librdkafka drop what it fetched ahead and fetch it
-        // again on resume: not for the normal flow.
-        // (the clock is read only at the limit: this runs for every record)
+        // (retries wait: later messages queue behind it) with `limit` in progress. A
+        // pause makes librdkafka drop what it fetched ahead and fetch it again on resume
+        // (waiting up to a second): not for the normal flow, whose read-ahead
+        // [`ReadAhead`] bounds.
+        // (the clock is read only at the limit and every `STUCK_CHECK` records past it:
+        // this runs for every record, and a backlog keeps it past the limit)
         let open = state.open.len();
-        let stuck = || {
-            state
-                .lowest
-                .is_some_and(|(_, since)| since.elapsed() >= STUCK)
-        };
         if state.resume_at.is_none()
             && open >= self.limit
-            && (open >= self.limit.saturating_mul(BACKLOG_FACTOR) || stuck())
+            && (open - self.limit).is_multiple_of(STUCK_CHECK)
+            && state
+                .lowest
+                .is_some_and(|(_, since)| since.elapsed() >= STUCK)
         {
             state.resume_at = Some(open - open / 4);
             self.pause_or_resume(partition, true);
@@ -687,6 +715,35 @@ impl Offsets {
         }
     }
 
+    /// The partitions assigned now (none if librdkafka cannot say).
+    fn assigned(&self) -> TopicPartitionList {
+        self.consumer.assignment().unwrap_or_default()
+    }
+
+    /// Pauses `partition` for the reader while it waits for room (unless this
+    /// subscription paused it already, as stuck: then that pause stands), noting it in
+    /// `held`.
+    fn hold(&self, partition: i32, held: &mut Vec<i32>) {
+        let progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        if !progress.paused_as_stuck(partition) {
+            self.pause_or_resume(partition, true);
+            if !held.contains(&partition) {
+                held.push(partition);
+            }
+        }
+    }
+
+    /// Resumes what [`Offsets::hold`] paused, except a partition paused as stuck since
+    /// (it resumes when enough of it is settled).
+    fn release(&self, held: &mut Vec<i32>) {
+        let progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        for partition in held.drain(..) {
+            if !progress.paused_as_stuck(partition) {
+                self.pause_or_resume(partition, false);
+            }
+        }
+    }
+
     fn pause_or_resume(&self, partition: i32, pause: bool) {
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.topic, partition);
@@ -725,6 +782,126 @@ impl Settle for Offsets {
     }
 }
 
+/// What the reader has handed the dispatcher that the dispatcher has not taken yet. At
+/// `high` the reader stops taking records until it is down to half (a band, so that
+/// neither side wakes the other for each record); librdkafka's own queue then fills and
+/// its fetching stops, without the drop and fetch again a pause costs.
+struct ReadAhead {
+    queued: AtomicUsize,
+    /// Told when `queued` comes down to half of `high`.
+    room: Notify,
+    high: usize,
+}
+
+impl ReadAhead {
+    /// One more about to be handed over (counted first: the dispatcher may take it
+    /// before the count would be made after).
+    fn handing(&self) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn is_full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.high
+    }
+
+    /// One taken by the dispatcher.
+    fn taken(&self) {
+        if self.queued.fetch_sub(1, Ordering::Relaxed) == self.high / 2 + 1 {
+            self.room.notify_one();
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) <= self.high / 2
+    }
+}
+
+/// A delivery on its way from the reader to the dispatcher: its partition and the
+/// ownership it was read in ([`Offsets::current`]).
+type Handed = (i32, u64, Delivery);
+
+/// A subscription's reader: takes records from librdkafka and hands them over.
+struct Reader {
+    offsets: Arc<Offsets>,
+    settle: Arc<dyn Settle>,
+    ahead: Arc<ReadAhead>,
+    tx: mpsc::UnboundedSender<Handed>,
+    subscriber: String,
+}
+
+impl Reader {
+    /// The record as a delivery, to the dispatcher; `false` once the subscription is
+    /// gone.
+    fn hand_over(&self, record: &BorrowedMessage<'_>) -> bool {
+        let (partition, offset) = (record.partition(), record.offset());
+        let message = from_record(record);
+        let generation = self.offsets.opened(partition, offset);
+        let delivery = Delivery::settled_by(
+            message,
+            1,
+            Arc::clone(&self.settle),
+            token(partition, offset),
+        )
+        .in_lane(u64::from(partition.unsigned_abs()));
+        self.ahead.handing();
+        self.tx.send((partition, generation, delivery)).is_ok()
+    }
+
+    fn consumer_error(&self, error: &KafkaError) {
+        tracing::warn!(subscriber = %self.subscriber, %error, "kafka consumer error");
+    }
+
+    /// Waits until the dispatcher has taken half of what was handed over. Records are
+    /// not taken meanwhile, but librdkafka must still be polled (it takes a member that
+    /// has not polled for `max.poll.interval.ms` out of its group, and serves rebalances
+    /// from the poll): after [`STUCK`] without room the partitions are paused (nothing
+    /// more to hand out) and polled until there is room, then resumed. A record polled
+    /// meanwhile (fetched before its pause, or of a partition assigned since) is handed
+    /// over and its partition paused. `false` once the subscription is gone.
+    async fn wait_for_room(
+        &self,
+        records: &mut MessageStream<'_, Group>,
+        mut closed: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> bool {
+        let patience = tokio::time::sleep(STUCK);
+        tokio::pin!(patience);
+        let mut polling = false;
+        let mut held = Vec::new();
+        let open = loop {
+            let room = self.ahead.room.notified();
+            if self.ahead.has_room() {
+                break true;
+            }
+            tokio::select! {
+                biased;
+                () = &mut closed => break false,
+                () = room => {}
+                () = &mut patience, if !polling => {
+                    polling = true;
+                    for element in self.offsets.assigned().elements() {
+                        self.offsets.hold(element.partition(), &mut held);
+                    }
+                    tracing::debug!(subscriber = %self.subscriber, paused = ?held, "the handlers are behind: partitions paused, polling on");
+                }
+                record = records.next(), if polling => match record {
+                    Some(Ok(record)) => {
+                        let partition = record.partition();
+                        if !self.hand_over(&record) {
+                            break false;
+                        }
+                        drop(record);
+                        self.offsets.hold(partition, &mut held);
+                    }
+                    Some(Err(error)) => self.consumer_error(&error),
+                    None => break false,
+                },
+            }
+        };
+        self.offsets.release(&mut held);
+        open
+    }
+}
+
 impl KafkaBackend {
     async fn start(&self, spec: &SubscriptionSpec) -> Result<Subscription, BackendError> {
         let inner = &self.inner;
@@ -746,6 +923,7 @@ impl KafkaBackend {
                 millis(settings.session_timeout / 4),
             ),
             ("max.poll.interval.ms", millis(settings.max_poll_interval)),
+            ("fetch.queue.backoff.ms", millis(FETCH_QUEUE_BACKOFF)),
         ];
         match &group_id {
             Some(id) => own.extend([
@@ -798,43 +976,49 @@ impl KafkaBackend {
             commits,
             limit: spec.prefetch.max(1),
         });
-        // Unbounded on purpose: the reader never waits for the dispatcher, so it keeps
-        // calling `recv` however slow the handlers are (librdkafka takes a member that
-        // has not polled for `max.poll.interval.ms` out of its group); what it reads
-        // ahead is bounded by pausing partitions instead (`Offsets::opened`).
         let (tx, rx) = mpsc::unbounded_channel();
-        let reader = Arc::clone(&offsets);
-        let subscriber = spec.subscriber.clone();
-        let settle: Arc<dyn Settle> = Arc::clone(&offsets) as Arc<dyn Settle>;
+        let ahead = Arc::new(ReadAhead {
+            queued: AtomicUsize::new(0),
+            room: Notify::new(),
+            high: spec.prefetch.max(1).saturating_mul(READ_AHEAD_FACTOR),
+        });
+        let reader = Reader {
+            offsets: Arc::clone(&offsets),
+            settle: Arc::clone(&offsets) as Arc<dyn Settle>,
+            ahead: Arc::clone(&ahead),
+            tx,
+            subscriber: spec.subscriber.clone(),
+        };
         tokio::spawn(async move {
-            // made once: a new one per record would register a waiter each time
-            let closed = tx.closed();
+            // made once: a new one per record would register a waiter each time (as
+            // `recv` does: one stream, its waker slot taken once)
+            let closed = reader.tx.closed();
             tokio::pin!(closed);
+            let mut records = consumer.stream();
             loop {
                 tokio::select! {
-                    () = &mut closed => return,
-                    record = consumer.recv() => match record {
-                        Ok(record) => {
-                            let (partition, offset) = (record.partition(), record.offset());
-                            let message = from_record(&record);
+                    // (records first: the end is looked at only when none is ready)
+                    biased;
+                    record = records.next() => match record {
+                        Some(Ok(record)) => {
+                            if !reader.hand_over(&record) {
+                                return;
+                            }
                             drop(record);
-                            let generation = offsets.opened(partition, offset);
-                            let delivery = Delivery::settled_by(
-                                message,
-                                1,
-                                Arc::clone(&settle),
-                                token(partition, offset),
-                            )
-                            .in_lane(u64::from(partition.unsigned_abs()));
-                            if tx.send((partition, generation, delivery)).is_err() {
+                            if reader.ahead.is_full()
+                                && !reader.wait_for_room(&mut records, closed.as_mut()).await
+                            {
                                 return;
                             }
                         }
-                        Err(error) => {
-                            tracing::warn!(%subscriber, %error, "kafka consumer error");
+                        Some(Err(error)) => {
+                            reader.consumer_error(&error);
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
+                        // (librdkafka's streams never end)
+                        None => return,
                     },
+                    () = &mut closed => return,
                 }
             }
         });
@@ -870,7 +1054,8 @@ impl KafkaBackend {
             loop {
                 match rx.poll_recv(cx) {
                     std::task::Poll::Ready(Some((partition, generation, delivery))) => {
-                        if reader.current(partition, generation) {
+                        ahead.taken();
+                        if offsets.current(partition, generation) {
                             return std::task::Poll::Ready(Some(delivery));
                         }
                     }
@@ -1021,6 +1206,30 @@ mod tests {
         for bad in ["", "kafka://user:pw@h:1", "kafka://h:port", "http://h:1"] {
             assert!(bootstrap_servers(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_reader_has_room_again_once_half_is_taken() {
+        let ahead = ReadAhead {
+            queued: AtomicUsize::new(0),
+            room: Notify::new(),
+            high: 8,
+        };
+        for _ in 0..7 {
+            ahead.handing();
+        }
+        assert!(!ahead.is_full());
+        ahead.handing();
+        assert!(ahead.is_full() && !ahead.has_room());
+        for _ in 0..3 {
+            ahead.taken();
+        }
+        assert!(!ahead.has_room(), "5 of 8 still ahead");
+        ahead.taken();
+        assert!(ahead.has_room(), "down to half");
+        tokio::time::timeout(Duration::from_millis(100), ahead.room.notified())
+            .await
+            .expect("told at half");
     }
 
     #[test]
