@@ -21,12 +21,13 @@
 //!   oldest message has been in progress for a second with `prefetch` messages in
 //!   progress is paused until a quarter of them are settled.
 //! - Read-ahead: a reader task per subscription takes records from librdkafka and hands
-//!   them to the dispatcher, at most 4 x `prefetch` ahead of what it has taken; beyond
-//!   that librdkafka's own queue fills and it stops fetching. The reader never stops
-//!   polling (librdkafka takes a member that has not polled for `max.poll.interval.ms`
-//!   out of its group): after a second without room it pauses the partitions and polls
-//!   for rebalances until there is room. librdkafka fetches again 50 ms (not its 1 s)
-//!   after its queue was full (`fetch.queue.backoff.ms`).
+//!   them to the dispatcher (what is ready, up to 64 at a time), at most 4 x `prefetch`
+//!   ahead of what it has taken; beyond that librdkafka's own queue fills and it stops
+//!   fetching. The reader never stops polling (librdkafka takes a member that has not
+//!   polled for `max.poll.interval.ms` out of its group): after a second without room it
+//!   pauses the partitions and polls for rebalances until there is room. librdkafka
+//!   fetches again 50 ms (not its 1 s) after its queue was full
+//!   (`fetch.queue.backoff.ms`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -794,10 +795,10 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// One more about to be handed over (counted first: the dispatcher may take it
+    /// `count` more about to be handed over (counted first: the dispatcher may take them
     /// before the count would be made after).
-    fn handing(&self) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
+    fn handing(&self, count: usize) {
+        self.queued.fetch_add(count, Ordering::Relaxed);
     }
 
     fn is_full(&self) -> bool {
@@ -820,19 +821,24 @@ impl ReadAhead {
 /// ownership it was read in ([`Offsets::current`]).
 type Handed = (i32, u64, Delivery);
 
+/// At most this many records go to the dispatcher in one hand-over: those librdkafka
+/// has ready when the reader wakes (one send and one wake-up for them all).
+const BATCH: usize = 64;
+
 /// A subscription's reader: takes records from librdkafka and hands them over.
 struct Reader {
     offsets: Arc<Offsets>,
     settle: Arc<dyn Settle>,
     ahead: Arc<ReadAhead>,
-    tx: mpsc::UnboundedSender<Handed>,
+    tx: mpsc::UnboundedSender<Vec<Handed>>,
     subscriber: String,
+    /// The most records in one hand-over: [`BATCH`], or half the read-ahead if less.
+    batch: usize,
 }
 
 impl Reader {
-    /// The record as a delivery, to the dispatcher; `false` once the subscription is
-    /// gone.
-    fn hand_over(&self, record: &BorrowedMessage<'_>) -> bool {
+    /// The record as a delivery, into the next hand-over.
+    fn take(&self, record: &BorrowedMessage<'_>, batch: &mut Vec<Handed>) {
         let (partition, offset) = (record.partition(), record.offset());
         let message = from_record(record);
         let generation = self.offsets.opened(partition, offset);
@@ -843,8 +849,32 @@ impl Reader {
             token(partition, offset),
         )
         .in_lane(u64::from(partition.unsigned_abs()));
-        self.ahead.handing();
-        self.tx.send((partition, generation, delivery)).is_ok()
+        batch.push((partition, generation, delivery));
+    }
+
+    /// Takes `first` and what else librdkafka has ready (up to the batch size), and
+    /// hands them to the dispatcher at once; `false` once the subscription is gone.
+    fn hand_over(
+        &self,
+        first: &BorrowedMessage<'_>,
+        records: &mut MessageStream<'_, Group>,
+    ) -> bool {
+        let mut batch = Vec::with_capacity(self.batch);
+        self.take(first, &mut batch);
+        while batch.len() < self.batch {
+            // (polled once: a record that is ready, or nothing; the waker it leaves is
+            // replaced by the next poll that waits)
+            match records.next().now_or_never() {
+                Some(Some(Ok(record))) => self.take(&record, &mut batch),
+                Some(Some(Err(error))) => {
+                    self.consumer_error(&error);
+                    break;
+                }
+                _ => break,
+            }
+        }
+        self.ahead.handing(batch.len());
+        self.tx.send(batch).is_ok()
     }
 
     fn consumer_error(&self, error: &KafkaError) {
@@ -886,10 +916,13 @@ impl Reader {
                 record = records.next(), if polling => match record {
                     Some(Ok(record)) => {
                         let partition = record.partition();
-                        if !self.hand_over(&record) {
+                        let mut batch = Vec::with_capacity(1);
+                        self.take(&record, &mut batch);
+                        drop(record);
+                        self.ahead.handing(1);
+                        if self.tx.send(batch).is_err() {
                             break false;
                         }
-                        drop(record);
                         self.offsets.hold(partition, &mut held);
                     }
                     Some(Err(error)) => self.consumer_error(&error),
@@ -977,10 +1010,11 @@ impl KafkaBackend {
             limit: spec.prefetch.max(1),
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let high = spec.prefetch.max(1).saturating_mul(READ_AHEAD_FACTOR);
         let ahead = Arc::new(ReadAhead {
             queued: AtomicUsize::new(0),
             room: Notify::new(),
-            high: spec.prefetch.max(1).saturating_mul(READ_AHEAD_FACTOR),
+            high,
         });
         let reader = Reader {
             offsets: Arc::clone(&offsets),
@@ -988,6 +1022,7 @@ impl KafkaBackend {
             ahead: Arc::clone(&ahead),
             tx,
             subscriber: spec.subscriber.clone(),
+            batch: BATCH.min(high / 2).max(1),
         };
         tokio::spawn(async move {
             // made once: a new one per record would register a waiter each time (as
@@ -1001,7 +1036,7 @@ impl KafkaBackend {
                     biased;
                     record = records.next() => match record {
                         Some(Ok(record)) => {
-                            if !reader.hand_over(&record) {
+                            if !reader.hand_over(&record, &mut records) {
                                 return;
                             }
                             drop(record);
@@ -1050,16 +1085,21 @@ impl KafkaBackend {
         // what was read ahead of a revocation is dropped (unsettled): the partition's
         // next owner reads it again
         let mut rx = rx;
+        let mut batch = Vec::new().into_iter();
         Ok(futures_util::stream::poll_fn(move |cx| {
             loop {
-                match rx.poll_recv(cx) {
-                    std::task::Poll::Ready(Some((partition, generation, delivery))) => {
-                        ahead.taken();
-                        if offsets.current(partition, generation) {
-                            return std::task::Poll::Ready(Some(delivery));
+                let Some((partition, generation, delivery)) = batch.next() else {
+                    match rx.poll_recv(cx) {
+                        std::task::Poll::Ready(Some(next)) => {
+                            batch = next.into_iter();
+                            continue;
                         }
+                        other => return other.map(|_| None),
                     }
-                    other => return other.map(|_| None),
+                };
+                ahead.taken();
+                if offsets.current(partition, generation) {
+                    return std::task::Poll::Ready(Some(delivery));
                 }
             }
         })
@@ -1215,11 +1255,9 @@ mod tests {
             room: Notify::new(),
             high: 8,
         };
-        for _ in 0..7 {
-            ahead.handing();
-        }
+        ahead.handing(7);
         assert!(!ahead.is_full());
-        ahead.handing();
+        ahead.handing(1);
         assert!(ahead.is_full() && !ahead.has_room());
         for _ in 0..3 {
             ahead.taken();
