@@ -916,13 +916,10 @@ impl Reader {
                 record = records.next(), if polling => match record {
                     Some(Ok(record)) => {
                         let partition = record.partition();
-                        let mut batch = Vec::with_capacity(1);
-                        self.take(&record, &mut batch);
-                        drop(record);
-                        self.ahead.handing(1);
-                        if self.tx.send(batch).is_err() {
+                        if !self.hand_over(&record, records) {
                             break false;
                         }
+                        drop(record);
                         self.offsets.hold(partition, &mut held);
                     }
                     Some(Err(error)) => self.consumer_error(&error),
