@@ -347,3 +347,63 @@ async fn a_handler_slower_than_the_poll_interval_keeps_its_member_in_the_group()
     );
     app.shutdown().await.expect("shutdown");
 }
+
+/// Shutdown while the reader waits for room with its partitions paused (the handler slow,
+/// a backlog behind it): the App stops once the running handler is done, and a member
+/// started after it handles the rest: nothing read ahead or held back is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_the_reader_waits_for_room_loses_nothing() {
+    if !transport_tests::require_broker(9092, "kafka") {
+        return;
+    }
+    init_tracing();
+    let prefix = format!("{}.", unique("kafka"));
+    // (`max_poll_interval` left long: the drain below outlasts the running step, and the
+    // handled step's offset is committed at the end of it)
+    let extra = "[subscriber]\nprefetch = 1";
+    let start = |tx| {
+        App::new(config(&prefix, extra))
+            .select(|r| r.name == "Slow::step")
+            .service(Slow(tx))
+            .start()
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first = start(tx.clone())
+        .await
+        .unwrap_or_else(|error| panic!("the app starts: {error}"));
+    const STEPS: u64 = 20;
+    for seq in 0..STEPS {
+        first
+            .publisher()
+            .to("interop.kafka.slow")
+            .key("one")
+            .send(&Step {
+                key: "one".into(),
+                seq,
+            })
+            .await
+            .expect("published");
+    }
+    // the first step takes 10 s: after a second without room the reader has paused
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.shutdown().await.expect("the first shuts down");
+    let second = start(tx)
+        .await
+        .unwrap_or_else(|error| panic!("the second starts: {error}"));
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE * 4;
+    while (seen.len() as u64) < STEPS {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(seq)) => {
+                seen.insert(seq);
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..STEPS).collect::<BTreeSet<_>>(),
+        "every step handled by one member or the other"
+    );
+    second.shutdown().await.expect("the second shuts down");
+}
