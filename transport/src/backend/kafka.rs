@@ -825,6 +825,10 @@ type Handed = (i32, u64, Delivery);
 /// has ready when the reader wakes (one send and one wake-up for them all).
 const BATCH: usize = 64;
 
+/// How often a reader finishing ([`Reader::linger`]) looks whether every delivery is
+/// settled.
+const LINGER_CHECK: Duration = Duration::from_millis(100);
+
 /// A subscription's reader: takes records from librdkafka and hands them over.
 struct Reader {
     offsets: Arc<Offsets>,
@@ -930,6 +934,79 @@ impl Reader {
         self.offsets.release(&mut held);
         open
     }
+
+    /// Takes records and hands them over until the subscription is gone.
+    async fn read(&self, records: &mut MessageStream<'_, Group>) {
+        // made once: a new one per record would register a waiter each time (as `recv`
+        // does: one stream, its waker slot taken once)
+        let closed = self.tx.closed();
+        tokio::pin!(closed);
+        loop {
+            tokio::select! {
+                // (records first: the end is looked at only when none is ready)
+                biased;
+                record = records.next() => match record {
+                    Some(Ok(record)) => {
+                        if !self.hand_over(&record, records) {
+                            return;
+                        }
+                        drop(record);
+                        if self.ahead.is_full()
+                            && !self.wait_for_room(records, closed.as_mut()).await
+                        {
+                            return;
+                        }
+                    }
+                    Some(Err(error)) => {
+                        self.consumer_error(&error);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    // (librdkafka's streams never end)
+                    None => return,
+                },
+                () = &mut closed => return,
+            }
+        }
+    }
+
+    /// Once the subscription is gone (a shutdown), the dispatcher may still be finishing
+    /// what it took, whose offsets are committed when it is done: until every delivery
+    /// is settled or dropped, librdkafka is still polled, every partition paused (what
+    /// is polled meanwhile is dropped unread: the partition's next owner reads it). Not
+    /// polled for `max.poll.interval.ms`, the member would be taken out of its group
+    /// while a long handler finishes, its last offsets not committed, and the next owner
+    /// would handle again what was finished here.
+    async fn linger(self, records: &mut MessageStream<'_, Group>) {
+        let offsets = Arc::downgrade(&self.offsets);
+        let mut held = Vec::new();
+        for element in self.offsets.assigned().elements() {
+            self.offsets.hold(element.partition(), &mut held);
+        }
+        // (the reader's own hold on the offsets goes: they live as long as a delivery)
+        drop(self);
+        let mut check = tokio::time::interval(LINGER_CHECK);
+        loop {
+            tokio::select! {
+                record = records.next() => match record {
+                    // fetched before its pause, or of a partition assigned since
+                    Some(Ok(record)) => {
+                        if let Some(offsets) = offsets.upgrade() {
+                            offsets.hold(record.partition(), &mut held);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "kafka consumer error while finishing");
+                    }
+                    None => return,
+                },
+                _ = check.tick() => {
+                    if offsets.strong_count() == 0 {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl KafkaBackend {
@@ -1022,37 +1099,9 @@ impl KafkaBackend {
             batch: BATCH.min(high / 2).max(1),
         };
         tokio::spawn(async move {
-            // made once: a new one per record would register a waiter each time (as
-            // `recv` does: one stream, its waker slot taken once)
-            let closed = reader.tx.closed();
-            tokio::pin!(closed);
             let mut records = consumer.stream();
-            loop {
-                tokio::select! {
-                    // (records first: the end is looked at only when none is ready)
-                    biased;
-                    record = records.next() => match record {
-                        Some(Ok(record)) => {
-                            if !reader.hand_over(&record, &mut records) {
-                                return;
-                            }
-                            drop(record);
-                            if reader.ahead.is_full()
-                                && !reader.wait_for_room(&mut records, closed.as_mut()).await
-                            {
-                                return;
-                            }
-                        }
-                        Some(Err(error)) => {
-                            reader.consumer_error(&error);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        // (librdkafka's streams never end)
-                        None => return,
-                    },
-                    () = &mut closed => return,
-                }
-            }
+            reader.read(&mut records).await;
+            reader.linger(&mut records).await;
         });
         if commits {
             // in place once the group has given this member its partitions (none, if
