@@ -30,7 +30,7 @@
 //!   (`fetch.queue.backoff.ms`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -527,7 +527,7 @@ struct PartitionProgress {
 }
 
 /// Hashes partition numbers with one multiplication (they are small integers, not
-/// chosen by an adversary; this runs three times per record).
+/// chosen by an adversary; this runs twice per record).
 #[derive(Default)]
 struct PartitionHasher(u64);
 
@@ -553,6 +553,8 @@ impl std::hash::Hasher for PartitionHasher {
 /// and tells the subscription when it has its partitions.
 struct Group {
     progress: Arc<Mutex<Progress>>,
+    /// [`Progress::generation`], readable without the lock.
+    revocations: Arc<AtomicU64>,
     assigned: watch::Sender<u64>,
     /// Whether offsets are committed (a group), or nothing is (fan-out).
     commits: bool,
@@ -580,11 +582,14 @@ impl ConsumerContext for Group {
                     }
                 }
             }
-            let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
-            progress.generation += 1;
-            for element in partitions.elements() {
-                progress.partitions.remove(&element.partition());
-            }
+            revoke(
+                &self.progress,
+                &self.revocations,
+                partitions
+                    .elements()
+                    .iter()
+                    .map(|element| element.partition()),
+            );
         }
     }
 
@@ -596,6 +601,21 @@ impl ConsumerContext for Group {
             );
             self.assigned.send_modify(|count| *count += 1);
         }
+    }
+}
+
+/// `partitions` are no longer ours: their progress goes, and a new ownership begins (what
+/// was read in the old one is dropped, not handed out: [`Offsets::current`]).
+fn revoke(
+    progress: &Mutex<Progress>,
+    revocations: &AtomicU64,
+    partitions: impl IntoIterator<Item = i32>,
+) {
+    let mut progress = progress.lock().unwrap_or_else(PoisonError::into_inner);
+    progress.generation += 1;
+    revocations.store(progress.generation, Ordering::Release);
+    for partition in partitions {
+        progress.partitions.remove(&partition);
     }
 }
 
@@ -614,6 +634,8 @@ fn untoken(token: u64) -> (i32, i64) {
 struct Offsets {
     consumer: Arc<KafkaConsumer>,
     progress: Arc<Mutex<Progress>>,
+    /// [`Progress::generation`], readable without the lock.
+    revocations: Arc<AtomicU64>,
     topic: String,
     commits: bool,
     /// Messages in progress at which a partition is paused.
@@ -621,51 +643,58 @@ struct Offsets {
 }
 
 impl Offsets {
-    /// A record was handed out: counts it, pausing its partition at the limit. (Pause
-    /// and resume are asked for under the lock, so they reach librdkafka in the order
-    /// they were decided.)
-    /// Returns the generation of the partition's ownership it was read in.
-    fn opened(&self, partition: i32, offset: i64) -> u64 {
+    /// Records were handed out: counts each, pausing its partition at the limit, and
+    /// stamps each with the generation of its partition's ownership it was read in. (One
+    /// lock for the batch. Pause and resume are asked for under the lock, so they reach
+    /// librdkafka in the order they were decided.)
+    fn opened(&self, batch: &mut [Handed]) {
         let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
         let generation = progress.generation;
-        let state = progress
-            .partitions
-            .entry(partition)
-            .or_insert_with(|| PartitionProgress {
-                stored: offset,
-                generation,
-                ..PartitionProgress::default()
-            });
-        let generation = state.generation;
-        state.open.insert(offset);
-        state.next = state.next.max(offset + 1);
-        if state.lowest.is_none() {
-            state.lowest = Some((offset, std::time::Instant::now()));
+        for handed in batch {
+            let (partition, offset) = (handed.partition, handed.offset);
+            let state = progress
+                .partitions
+                .entry(partition)
+                .or_insert_with(|| PartitionProgress {
+                    stored: offset,
+                    generation,
+                    ..PartitionProgress::default()
+                });
+            handed.generation = state.generation;
+            state.open.insert(offset);
+            state.next = state.next.max(offset + 1);
+            if state.lowest.is_none() {
+                state.lowest = Some((offset, std::time::Instant::now()));
+            }
+            // A partition is paused when its oldest message has been in progress a while
+            // (retries wait: later messages queue behind it) with `limit` in progress. A
+            // pause makes librdkafka drop what it fetched ahead and fetch it again on
+            // resume (waiting up to a second): not for the normal flow, whose read-ahead
+            // [`ReadAhead`] bounds.
+            // (the clock is read only at the limit and every `STUCK_CHECK` records past
+            // it: this runs for every record, and a backlog keeps it past the limit)
+            let open = state.open.len();
+            if state.resume_at.is_none()
+                && open >= self.limit
+                && (open - self.limit).is_multiple_of(STUCK_CHECK)
+                && state
+                    .lowest
+                    .is_some_and(|(_, since)| since.elapsed() >= STUCK)
+            {
+                state.resume_at = Some(open - open / 4);
+                self.pause_or_resume(partition, true);
+            }
         }
-        // A partition is paused when its oldest message has been in progress a while
-        // (retries wait: later messages queue behind it) with `limit` in progress. A
-        // pause makes librdkafka drop what it fetched ahead and fetch it again on resume
-        // (waiting up to a second): not for the normal flow, whose read-ahead
-        // [`ReadAhead`] bounds.
-        // (the clock is read only at the limit and every `STUCK_CHECK` records past it:
-        // this runs for every record, and a backlog keeps it past the limit)
-        let open = state.open.len();
-        if state.resume_at.is_none()
-            && open >= self.limit
-            && (open - self.limit).is_multiple_of(STUCK_CHECK)
-            && state
-                .lowest
-                .is_some_and(|(_, since)| since.elapsed() >= STUCK)
-        {
-            state.resume_at = Some(open - open / 4);
-            self.pause_or_resume(partition, true);
-        }
-        generation
     }
 
     /// Whether a record read in ownership `generation` of `partition` is still ours to
     /// handle (after a revocation, what was read ahead belongs to the next owner).
     fn current(&self, partition: i32, generation: u64) -> bool {
+        // no revocation since the partition's ownership began: still ours (without the
+        // lock, for nearly every record)
+        if self.revocations.load(Ordering::Acquire) == generation {
+            return true;
+        }
         self.progress
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -817,9 +846,14 @@ impl ReadAhead {
     }
 }
 
-/// A delivery on its way from the reader to the dispatcher: its partition and the
-/// ownership it was read in ([`Offsets::current`]).
-type Handed = (i32, u64, Delivery);
+/// A delivery on its way from the reader to the dispatcher: where it was read, and the
+/// ownership of its partition it was read in ([`Offsets::current`]).
+struct Handed {
+    partition: i32,
+    offset: i64,
+    generation: u64,
+    delivery: Delivery,
+}
 
 /// At most this many records go to the dispatcher in one hand-over: those librdkafka
 /// has ready when the reader wakes (one send and one wake-up for them all).
@@ -845,7 +879,6 @@ impl Reader {
     fn take(&self, record: &BorrowedMessage<'_>, batch: &mut Vec<Handed>) {
         let (partition, offset) = (record.partition(), record.offset());
         let message = from_record(record);
-        let generation = self.offsets.opened(partition, offset);
         let delivery = Delivery::settled_by(
             message,
             1,
@@ -853,7 +886,13 @@ impl Reader {
             token(partition, offset),
         )
         .in_lane(u64::from(partition.unsigned_abs()));
-        batch.push((partition, generation, delivery));
+        batch.push(Handed {
+            partition,
+            offset,
+            // (stamped by `Offsets::opened`, once for the batch)
+            generation: 0,
+            delivery,
+        });
     }
 
     /// Takes `first` and what else librdkafka has ready (up to the batch size), and
@@ -877,6 +916,7 @@ impl Reader {
                 _ => break,
             }
         }
+        self.offsets.opened(&mut batch);
         self.ahead.handing(batch.len());
         self.tx.send(batch).is_ok()
     }
@@ -1050,12 +1090,14 @@ impl KafkaBackend {
             ]),
         }
         let progress = Arc::new(Mutex::new(Progress::default()));
+        let revocations = Arc::new(AtomicU64::new(0));
         let (assigned, mut joined) = watch::channel(0u64);
         let consumer: Arc<KafkaConsumer> = Arc::new(
             inner
                 .client_config(&own, &settings.consumer)
                 .create_with_context(Group {
                     progress: Arc::clone(&progress),
+                    revocations: Arc::clone(&revocations),
                     assigned,
                     commits,
                 })
@@ -1079,6 +1121,7 @@ impl KafkaBackend {
         let offsets = Arc::new(Offsets {
             consumer: Arc::clone(&consumer),
             progress,
+            revocations,
             topic: topic.clone(),
             commits,
             limit: spec.prefetch.max(1),
@@ -1134,7 +1177,13 @@ impl KafkaBackend {
         let mut batch = Vec::new().into_iter();
         Ok(futures_util::stream::poll_fn(move |cx| {
             loop {
-                let Some((partition, generation, delivery)) = batch.next() else {
+                let Some(Handed {
+                    partition,
+                    generation,
+                    delivery,
+                    ..
+                }) = batch.next()
+                else {
                     match rx.poll_recv(cx) {
                         std::task::Poll::Ready(Some(next)) => {
                             batch = next.into_iter();
@@ -1314,6 +1363,67 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), ahead.room.notified())
             .await
             .expect("told at half");
+    }
+
+    // (a runtime: the consumer starts a task on it)
+    #[tokio::test]
+    async fn what_was_read_before_its_partition_was_revoked_is_not_handed_out() {
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let revocations = Arc::new(AtomicU64::new(0));
+        // (never connects: no broker named)
+        let consumer: KafkaConsumer = ClientConfig::new()
+            .set("group.id", "unit")
+            .create_with_context(Group {
+                progress: Arc::clone(&progress),
+                revocations: Arc::clone(&revocations),
+                assigned: watch::channel(0).0,
+                commits: false,
+            })
+            .expect("a consumer");
+        let offsets = Arc::new(Offsets {
+            consumer: Arc::new(consumer),
+            progress: Arc::clone(&progress),
+            revocations: Arc::clone(&revocations),
+            topic: "unit".into(),
+            commits: false,
+            limit: 8,
+        });
+        let read = |records: &[(i32, i64)]| {
+            let mut batch: Vec<Handed> = records
+                .iter()
+                .map(|&(partition, offset)| Handed {
+                    partition,
+                    offset,
+                    generation: u64::MAX,
+                    delivery: Delivery::settled_by(
+                        Message::new(Bytes::new()),
+                        1,
+                        Arc::clone(&offsets) as Arc<dyn Settle>,
+                        token(partition, offset),
+                    ),
+                })
+                .collect();
+            offsets.opened(&mut batch);
+            batch
+                .iter()
+                .map(|handed| (handed.partition, handed.generation))
+                .collect::<Vec<_>>()
+        };
+        let before = read(&[(0, 10), (1, 20)]);
+        assert!(before.iter().all(|&(p, g)| offsets.current(p, g)));
+        revoke(&progress, &revocations, [0]);
+        assert!(
+            !offsets.current(before[0].0, before[0].1),
+            "partition 0 went"
+        );
+        assert!(
+            offsets.current(before[1].0, before[1].1),
+            "partition 1 is still ours"
+        );
+        // partition 0 assigned again: what is read now is handed out, not what was before
+        let after = read(&[(0, 11)]);
+        assert!(offsets.current(after[0].0, after[0].1));
+        assert!(!offsets.current(before[0].0, before[0].1));
     }
 
     #[test]
