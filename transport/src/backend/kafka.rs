@@ -527,7 +527,7 @@ struct PartitionProgress {
 }
 
 /// Hashes partition numbers with one multiplication (they are small integers, not
-/// chosen by an adversary; this runs twice per record).
+/// chosen by an adversary; this runs twice per record, three times after a revocation).
 #[derive(Default)]
 struct PartitionHasher(u64);
 
@@ -643,48 +643,48 @@ struct Offsets {
 }
 
 impl Offsets {
-    /// Records were handed out: counts each, pausing its partition at the limit, and
-    /// stamps each with the generation of its partition's ownership it was read in. (One
-    /// lock for the batch. Pause and resume are asked for under the lock, so they reach
-    /// librdkafka in the order they were decided.)
-    fn opened(&self, batch: &mut [Handed]) {
+    /// A record was handed out: counts it, pausing its partition at the limit. (Pause
+    /// and resume are asked for under the lock, so they reach librdkafka in the order
+    /// they were decided.)
+    /// Returns the generation of the partition's ownership it was read in. (Per record,
+    /// before librdkafka is polled again: the next poll may serve a revocation, after
+    /// which this record's partition has no progress to be counted in.)
+    fn opened(&self, partition: i32, offset: i64) -> u64 {
         let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
         let generation = progress.generation;
-        for handed in batch {
-            let (partition, offset) = (handed.partition, handed.offset);
-            let state = progress
-                .partitions
-                .entry(partition)
-                .or_insert_with(|| PartitionProgress {
-                    stored: offset,
-                    generation,
-                    ..PartitionProgress::default()
-                });
-            handed.generation = state.generation;
-            state.open.insert(offset);
-            state.next = state.next.max(offset + 1);
-            if state.lowest.is_none() {
-                state.lowest = Some((offset, std::time::Instant::now()));
-            }
-            // A partition is paused when its oldest message has been in progress a while
-            // (retries wait: later messages queue behind it) with `limit` in progress. A
-            // pause makes librdkafka drop what it fetched ahead and fetch it again on
-            // resume (waiting up to a second): not for the normal flow, whose read-ahead
-            // [`ReadAhead`] bounds.
-            // (the clock is read only at the limit and every `STUCK_CHECK` records past
-            // it: this runs for every record, and a backlog keeps it past the limit)
-            let open = state.open.len();
-            if state.resume_at.is_none()
-                && open >= self.limit
-                && (open - self.limit).is_multiple_of(STUCK_CHECK)
-                && state
-                    .lowest
-                    .is_some_and(|(_, since)| since.elapsed() >= STUCK)
-            {
-                state.resume_at = Some(open - open / 4);
-                self.pause_or_resume(partition, true);
-            }
+        let state = progress
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionProgress {
+                stored: offset,
+                generation,
+                ..PartitionProgress::default()
+            });
+        let generation = state.generation;
+        state.open.insert(offset);
+        state.next = state.next.max(offset + 1);
+        if state.lowest.is_none() {
+            state.lowest = Some((offset, std::time::Instant::now()));
         }
+        // A partition is paused when its oldest message has been in progress a while
+        // (retries wait: later messages queue behind it) with `limit` in progress. A
+        // pause makes librdkafka drop what it fetched ahead and fetch it again on resume
+        // (waiting up to a second): not for the normal flow, whose read-ahead
+        // [`ReadAhead`] bounds.
+        // (the clock is read only at the limit and every `STUCK_CHECK` records past it:
+        // this runs for every record, and a backlog keeps it past the limit)
+        let open = state.open.len();
+        if state.resume_at.is_none()
+            && open >= self.limit
+            && (open - self.limit).is_multiple_of(STUCK_CHECK)
+            && state
+                .lowest
+                .is_some_and(|(_, since)| since.elapsed() >= STUCK)
+        {
+            state.resume_at = Some(open - open / 4);
+            self.pause_or_resume(partition, true);
+        }
+        generation
     }
 
     /// Whether a record read in ownership `generation` of `partition` is still ours to
@@ -846,14 +846,9 @@ impl ReadAhead {
     }
 }
 
-/// A delivery on its way from the reader to the dispatcher: where it was read, and the
-/// ownership of its partition it was read in ([`Offsets::current`]).
-struct Handed {
-    partition: i32,
-    offset: i64,
-    generation: u64,
-    delivery: Delivery,
-}
+/// A delivery on its way from the reader to the dispatcher: its partition and the
+/// ownership it was read in ([`Offsets::current`]).
+type Handed = (i32, u64, Delivery);
 
 /// At most this many records go to the dispatcher in one hand-over: those librdkafka
 /// has ready when the reader wakes (one send and one wake-up for them all).
@@ -879,6 +874,7 @@ impl Reader {
     fn take(&self, record: &BorrowedMessage<'_>, batch: &mut Vec<Handed>) {
         let (partition, offset) = (record.partition(), record.offset());
         let message = from_record(record);
+        let generation = self.offsets.opened(partition, offset);
         let delivery = Delivery::settled_by(
             message,
             1,
@@ -886,13 +882,7 @@ impl Reader {
             token(partition, offset),
         )
         .in_lane(u64::from(partition.unsigned_abs()));
-        batch.push(Handed {
-            partition,
-            offset,
-            // (stamped by `Offsets::opened`, once for the batch)
-            generation: 0,
-            delivery,
-        });
+        batch.push((partition, generation, delivery));
     }
 
     /// Takes `first` and what else librdkafka has ready (up to the batch size), and
@@ -916,7 +906,6 @@ impl Reader {
                 _ => break,
             }
         }
-        self.offsets.opened(&mut batch);
         self.ahead.handing(batch.len());
         self.tx.send(batch).is_ok()
     }
@@ -1177,13 +1166,7 @@ impl KafkaBackend {
         let mut batch = Vec::new().into_iter();
         Ok(futures_util::stream::poll_fn(move |cx| {
             loop {
-                let Some(Handed {
-                    partition,
-                    generation,
-                    delivery,
-                    ..
-                }) = batch.next()
-                else {
+                let Some((partition, generation, delivery)) = batch.next() else {
                     match rx.poll_recv(cx) {
                         std::task::Poll::Ready(Some(next)) => {
                             batch = next.into_iter();
@@ -1388,42 +1371,15 @@ mod tests {
             commits: false,
             limit: 8,
         });
-        let read = |records: &[(i32, i64)]| {
-            let mut batch: Vec<Handed> = records
-                .iter()
-                .map(|&(partition, offset)| Handed {
-                    partition,
-                    offset,
-                    generation: u64::MAX,
-                    delivery: Delivery::settled_by(
-                        Message::new(Bytes::new()),
-                        1,
-                        Arc::clone(&offsets) as Arc<dyn Settle>,
-                        token(partition, offset),
-                    ),
-                })
-                .collect();
-            offsets.opened(&mut batch);
-            batch
-                .iter()
-                .map(|handed| (handed.partition, handed.generation))
-                .collect::<Vec<_>>()
-        };
-        let before = read(&[(0, 10), (1, 20)]);
-        assert!(before.iter().all(|&(p, g)| offsets.current(p, g)));
+        let (zero, one) = (offsets.opened(0, 10), offsets.opened(1, 20));
+        assert!(offsets.current(0, zero) && offsets.current(1, one));
         revoke(&progress, &revocations, [0]);
-        assert!(
-            !offsets.current(before[0].0, before[0].1),
-            "partition 0 went"
-        );
-        assert!(
-            offsets.current(before[1].0, before[1].1),
-            "partition 1 is still ours"
-        );
+        assert!(!offsets.current(0, zero), "partition 0 went");
+        assert!(offsets.current(1, one), "partition 1 is still ours");
         // partition 0 assigned again: what is read now is handed out, not what was before
-        let after = read(&[(0, 11)]);
-        assert!(offsets.current(after[0].0, after[0].1));
-        assert!(!offsets.current(before[0].0, before[0].1));
+        let again = offsets.opened(0, 11);
+        assert!(offsets.current(0, again));
+        assert!(!offsets.current(0, zero));
     }
 
     #[test]
