@@ -294,6 +294,53 @@ impl Slow {
     }
 }
 
+/// How many steps the `Slow` tests publish (step 0 takes 10 s, the rest wait behind it).
+const SLOW_STEPS: u64 = 20;
+
+async fn start_slow(
+    prefix: &str,
+    extra: &str,
+    seen: UnboundedSender<u64>,
+) -> Result<Running, transport::Error> {
+    App::new(config(prefix, extra))
+        .select(|r| r.name == "Slow::step")
+        .service(Slow(seen))
+        .start()
+        .await
+}
+
+/// Publishes the `Slow` steps in order, all with one key (one partition).
+async fn publish_slow_steps(app: &Running) {
+    for seq in 0..SLOW_STEPS {
+        app.publisher()
+            .to("interop.kafka.slow")
+            .key("one")
+            .send(&Step {
+                key: "one".into(),
+                seq,
+            })
+            .await
+            .expect("published");
+    }
+}
+
+/// The steps handled, as they come: until every one was (step 0 takes 10 s), then
+/// anything handled twice soon after the last.
+async fn handled_slow_steps(rx: &mut mpsc::UnboundedReceiver<u64>) -> Vec<u64> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE * 4;
+    while (seen.len() as u64) < SLOW_STEPS {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(seq)) => seen.push(seq),
+            _ => break,
+        }
+    }
+    while let Ok(Some(seq)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+        seen.push(seq);
+    }
+    seen
+}
+
 /// A handler that takes longer than `max.poll.interval.ms` while records wait: the reader,
 /// with no room to hand them over, still polls librdkafka (its partitions paused), so the
 /// member stays in its group and nothing is handled twice. (Without that polling
@@ -307,42 +354,15 @@ async fn a_handler_slower_than_the_poll_interval_keeps_its_member_in_the_group()
     init_tracing();
     let prefix = format!("{}.", unique("kafka"));
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let app = App::new(config(
-        &prefix,
-        "max_poll_interval = \"7s\"\n[subscriber]\nprefetch = 1",
-    ))
-    .select(|r| r.name == "Slow::step")
-    .service(Slow(tx))
-    .start()
-    .await
-    .unwrap_or_else(|error| panic!("the app starts: {error}"));
-    const STEPS: u64 = 20;
-    for seq in 0..STEPS {
-        app.publisher()
-            .to("interop.kafka.slow")
-            .key("one")
-            .send(&Step {
-                key: "one".into(),
-                seq,
-            })
-            .await
-            .expect("published");
-    }
-    // (the first takes 10 s) and anything handled twice soon after the last
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE * 4;
-    while (seen.len() as u64) < STEPS {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(seq)) => seen.push(seq),
-            _ => break,
-        }
-    }
-    while let Ok(Some(seq)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
-        seen.push(seq);
-    }
+    let extra = "max_poll_interval = \"7s\"\n[subscriber]\nprefetch = 1";
+    let app = start_slow(&prefix, extra, tx)
+        .await
+        .unwrap_or_else(|error| panic!("the app starts: {error}"));
+    publish_slow_steps(&app).await;
+    let seen = handled_slow_steps(&mut rx).await;
     assert_eq!(
         seen,
-        (0..STEPS).collect::<Vec<_>>(),
+        (0..SLOW_STEPS).collect::<Vec<_>>(),
         "each handled once, in order"
     );
     app.shutdown().await.expect("shutdown");
@@ -364,52 +384,23 @@ async fn shutdown_while_the_reader_waits_for_room_loses_nothing() {
     init_tracing();
     let prefix = format!("{}.", unique("kafka"));
     let extra = "max_poll_interval = \"6s\"\n[subscriber]\nprefetch = 1";
-    let start = |tx| {
-        App::new(config(&prefix, extra))
-            .select(|r| r.name == "Slow::step")
-            .service(Slow(tx))
-            .start()
-    };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let first = start(tx.clone())
+    let first = start_slow(&prefix, extra, tx.clone())
         .await
         .unwrap_or_else(|error| panic!("the app starts: {error}"));
-    const STEPS: u64 = 20;
-    for seq in 0..STEPS {
-        first
-            .publisher()
-            .to("interop.kafka.slow")
-            .key("one")
-            .send(&Step {
-                key: "one".into(),
-                seq,
-            })
-            .await
-            .expect("published");
-    }
+    publish_slow_steps(&first).await;
     // the first step takes 10 s: after a second without room the reader has paused; the
     // drain then lasts 8 s more, past `max_poll_interval`
     tokio::time::sleep(Duration::from_secs(2)).await;
     first.shutdown().await.expect("the first shuts down");
-    let second = start(tx)
+    let second = start_slow(&prefix, extra, tx)
         .await
         .unwrap_or_else(|error| panic!("the second starts: {error}"));
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE * 4;
-    while (seen.len() as u64) < STEPS {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(seq)) => seen.push(seq),
-            _ => break,
-        }
-    }
-    // and anything handled twice soon after
-    while let Ok(Some(seq)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
-        seen.push(seq);
-    }
+    let mut seen = handled_slow_steps(&mut rx).await;
     seen.sort_unstable();
     assert_eq!(
         seen,
-        (0..STEPS).collect::<Vec<_>>(),
+        (0..SLOW_STEPS).collect::<Vec<_>>(),
         "every step handled once, by one member or the other"
     );
     second.shutdown().await.expect("the second shuts down");
