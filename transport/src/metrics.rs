@@ -1,7 +1,8 @@
 //! What the framework measures, through the [`metrics`](https://docs.rs/metrics) facade
 //! (feature `metrics`): per subscriber, every delivery received, handled, failed, retried,
 //! dead-lettered or undecodable, the handler's duration and what is in flight; per
-//! backend, each publish's duration and failures, and reconnections. The application's
+//! backend, each publish's duration and failures, reconnections, and messages an
+//! at-most-once backend dropped for a subscriber too slow. The application's
 //! recorder receives them (the `prometheus` feature brings one, served on `[metrics]
 //! address`); without a recorder, or without the feature, recording costs next to nothing
 //! (durations a recorder discards are not even timed).
@@ -40,6 +41,9 @@ pub mod names {
     pub const RESUBSCRIBED: &str = "transport_resubscribed_total";
     /// Connections a backend's client re-established. Label `backend`.
     pub const RECONNECTS: &str = "transport_backend_reconnects_total";
+    /// Messages an at-most-once backend (NATS core, Redis pub/sub) dropped because a
+    /// subscriber could not keep up. Label `backend`.
+    pub const DROPPED: &str = "transport_dropped_total";
 }
 
 /// Why the metrics endpoint (`[metrics] address`) could not start.
@@ -343,6 +347,14 @@ impl PublishMetrics {
 pub(crate) fn reconnected(backend: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(names::RECONNECTS, "backend" => backend).increment(1);
+}
+
+/// A subscriber of an at-most-once backend could not keep up: a message was dropped.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub(crate) fn dropped(backend: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::DROPPED, "backend" => backend).increment(1);
 }
 
 #[cfg(all(test, feature = "metrics"))]

@@ -7,6 +7,8 @@
 
 #[cfg(any(feature = "nats", feature = "kafka"))]
 mod ascending;
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub(crate) mod dropped;
 #[cfg(feature = "nats")]
 pub mod jetstream;
 #[cfg(feature = "kafka")]

@@ -14,13 +14,14 @@
 //! [`CLOSE_TIMEOUT`] (a shutdown while the server is down ends, reporting what was not
 //! flushed).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 
+use super::dropped::Drops;
 use super::{
     Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec, operation_error,
 };
@@ -102,6 +103,8 @@ pub(crate) async fn connect_client(
     let connected = Arc::clone(&limit);
     // whether the connection was lost: the next `Connected` is a reconnection
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // what the client dropped for subscribers too slow to take it (NATS core)
+    let drops = Arc::new(Mutex::new(Drops::new(kind)));
     let client = options
         .name(format!("transport/{}", std::process::id()))
         .connection_timeout(config.connect_timeout)
@@ -109,8 +112,27 @@ pub(crate) async fn connect_client(
         .event_callback(move |event| {
             let connected = Arc::clone(&connected);
             let lost = Arc::clone(&lost);
+            let drops = Arc::clone(&drops);
             async move {
                 match event {
+                    // the client's queue for a subscription (65,536 messages) was full:
+                    // one message dropped (at-most-once), an event each (as many as the
+                    // client's event queue holds: a lower bound)
+                    async_nats::Event::SlowConsumer(subscription) => {
+                        let due = drops.lock().unwrap_or_else(PoisonError::into_inner).one();
+                        if let Some(due) = due {
+                            tracing::warn!(
+                                backend = kind,
+                                subscription,
+                                dropped = due.dropped,
+                                dropped_total = due.total,
+                                "subscriber too slow: the client's queue for it is full, messages dropped (at-most-once)"
+                            );
+                        }
+                    }
+                    async_nats::Event::ServerError(error) => {
+                        tracing::warn!(backend = kind, %error, "nats server error");
+                    }
                     async_nats::Event::Disconnected => {
                         lost.store(true, Ordering::Release);
                         tracing::warn!(backend = kind, "disconnected; reconnecting")

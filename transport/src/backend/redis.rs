@@ -15,12 +15,12 @@
 //! Each subscription has a queue of its own, `prefetch` messages long. Pushed messages
 //! are handed to it without waiting: when a subscription's handlers fall behind and its
 //! queue is full, further messages for it are dropped (pub/sub is at-most-once anyway),
-//! counted, and reported in a warning at most every [`DROP_WARNING_INTERVAL`]; the other
+//! counted, and reported in a warning at most every 10 s; the other
 //! subscriptions of the process never wait for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -31,6 +31,7 @@ use redis::{
 };
 use tokio::sync::mpsc;
 
+use super::dropped::Drops;
 use super::name_hash::NameMap;
 use super::{
     Backend, Capabilities, Delivery, Publish, Subscription, SubscriptionSpec, operation_error,
@@ -45,9 +46,6 @@ const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// Where Redis listens when `broker.url` is not set.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
-/// Shortest time between two warnings about one subscription's dropped messages.
-pub const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
-
 /// Subscriptions by channel, looked up for every message (hashed a word at a time: the
 /// channels are the ones this process subscribed to, and only their messages come).
 type Routes = Arc<Mutex<NameMap<Vec<Route>>>>;
@@ -59,39 +57,23 @@ struct Route {
     dropped: Drops,
 }
 
-/// Messages a subscription dropped because its queue was full.
-#[derive(Default)]
-struct Drops {
-    total: u64,
-    unreported: u64,
-    last_warning: Option<Instant>,
-}
-
 impl Route {
     /// Hands `message` over without waiting; a full queue drops it (counted, warned about
-    /// at most every [`DROP_WARNING_INTERVAL`]).
+    /// at most every 10 s: `dropped::WARNING_INTERVAL`).
     fn offer(&mut self, channel: &str, message: Message) {
         match self.queue.try_send(Delivery::unacknowledged(message)) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                let drops = &mut self.dropped;
-                drops.total += 1;
-                drops.unreported += 1;
-                let due = drops
-                    .last_warning
-                    .is_none_or(|at| at.elapsed() >= DROP_WARNING_INTERVAL);
-                if due {
+                if let Some(due) = self.dropped.one() {
                     tracing::warn!(
                         backend = KIND,
                         channel,
                         subscriber = %self.subscriber,
-                        dropped = drops.unreported,
-                        dropped_total = drops.total,
+                        dropped = due.dropped,
+                        dropped_total = due.total,
                         capacity = self.queue.max_capacity(),
                         "subscriber too slow: its queue is full, messages dropped (at-most-once)"
                     );
-                    drops.unreported = 0;
-                    drops.last_warning = Some(Instant::now());
                 }
             }
         }
@@ -437,7 +419,7 @@ impl Backend for RedisBackend {
                 senders.push(Route {
                     queue: tx,
                     subscriber: spec.subscriber.as_str().into(),
-                    dropped: Drops::default(),
+                    dropped: Drops::new(KIND),
                 });
                 senders.len() == 1
             };
