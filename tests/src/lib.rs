@@ -4,6 +4,7 @@ pub mod broker;
 pub mod conformance;
 pub mod interop;
 pub mod proxy;
+pub mod scrape;
 pub mod scripted;
 
 use std::sync::atomic::{AtomicU32, Ordering};

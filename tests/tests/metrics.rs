@@ -1,15 +1,15 @@
 //! The metrics a scrape shows: an App with `[metrics] address` serves `/metrics` in the
 //! Prometheus text format, and after messages that succeed, fail until dead-lettered,
 //! and do not decode, and a publish the backend refuses, each count is what happened; on
-//! the at-most-once backends (NATS core, Redis pub/sub), what is dropped for a subscriber
-//! too slow to take it is counted.
+//! Redis pub/sub, what is dropped for a subscriber too slow to take it is counted (NATS
+//! core's: `nats_drops.rs`).
 
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use transport::{App, Config, Error};
+use transport_tests::scrape::{dropped, flood, sample, scrape};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Order {
@@ -23,38 +23,6 @@ async fn take_order(order: Order) -> Result<(), Error> {
         return Err(Error::msg(format!("order {} refused", order.id)));
     }
     Ok(())
-}
-
-/// `GET /metrics` from `address`.
-fn scrape(address: std::net::SocketAddr) -> String {
-    let mut stream =
-        std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("text/plain"), "{head}");
-    body.to_string()
-}
-
-/// The value of the sample `name` whose labels include every one of `labels`.
-fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape.lines().find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
-        if metric != name {
-            return None;
-        }
-        let matches = labels
-            .iter()
-            .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")));
-        matches.then(|| value.parse().ok()).flatten()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,87 +164,15 @@ async fn a_taken_metrics_address_fails_the_start_naming_it() {
     );
 }
 
-/// Holds the NATS core subscriber's handler until closed.
-static NATS_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
 /// Holds the Redis pub/sub subscriber's handler until closed.
 static REDIS_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
 /// Messages the Redis pub/sub subscriber handled.
 static REDIS_HANDLED: AtomicU64 = AtomicU64::new(0);
 
-#[transport::subscriber(topic = "metrics.flood", group = "slow-nats")]
-async fn too_slow_for_nats(_n: u32) {
-    // (a closed gate lets every handler through)
-    let _ = NATS_GATE.acquire().await;
-}
-
 #[transport::subscriber(topic = "metrics.flood", group = "slow-redis")]
 async fn too_slow_for_redis(_n: u32) {
     let _ = REDIS_GATE.acquire().await;
     REDIS_HANDLED.fetch_add(1, Ordering::SeqCst);
-}
-
-/// Polls the scrape of `address` until `transport_dropped_total` of `backend` is there.
-async fn dropped(address: std::net::SocketAddr, backend: &str) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = scrape(address);
-        if let Some(dropped) = sample(&text, "transport_dropped_total", &[("backend", backend)]) {
-            return dropped;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing dropped counted on {backend}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Starts an App on the broker `toml` names, with the metrics endpoint and `subscriber`
-/// alone, and publishes `sent` numbers to `metrics.flood`; the App and its endpoint.
-async fn flood(
-    toml: &str,
-    subscriber: &'static str,
-    sent: u32,
-) -> (transport::Running, std::net::SocketAddr) {
-    let mut config = Config::from_toml(toml).unwrap();
-    config.metrics.address = Some("127.0.0.1:0".parse().unwrap());
-    let running = App::new(config)
-        .select(move |r| r.name == subscriber)
-        .start()
-        .await
-        .unwrap();
-    let address = running.metrics_address().expect("the endpoint's address");
-    for n in 0..sent {
-        running
-            .publisher()
-            .publish("metrics.flood", &n)
-            .await
-            .unwrap();
-    }
-    (running, address)
-}
-
-/// NATS core: a burst past what the client queues for a subscription (65,536) while its
-/// handler is held: the client drops the rest, and each drop it reports is counted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_nats_core_drops_for_a_subscriber_too_slow_is_counted() {
-    let Some(broker) = transport_tests::broker::PrivateBroker::start_or_skip(
-        transport_tests::broker::Server::Nats,
-    ) else {
-        return;
-    };
-    let sent = 80_000u32;
-    let toml = format!("[broker]\nkind = \"nats\"\nurl = \"{}\"\n", broker.url());
-    let (running, address) = flood(&toml, "too_slow_for_nats", sent).await;
-    let dropped = dropped(address, "nats").await;
-    // (the client reports drops through a queue of its own that may overflow too: each
-    // one reported is counted, at most what was sent past the subscription's queue)
-    assert!(
-        dropped >= 1.0 && dropped <= f64::from(sent - 65_536),
-        "dropped {dropped} of {sent}"
-    );
-    NATS_GATE.close();
-    running.shutdown().await.unwrap();
 }
 
 /// Redis pub/sub: a subscription's queue holds `prefetch` messages; with its handler held,

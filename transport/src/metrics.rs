@@ -349,12 +349,37 @@ pub(crate) fn reconnected(backend: &'static str) {
     metrics::counter!(names::RECONNECTS, "backend" => backend).increment(1);
 }
 
-/// A subscriber of an at-most-once backend could not keep up: a message was dropped.
-#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+/// Counts the messages `backend` drops for subscribers that cannot keep up: registered at
+/// the first drop (a backend connects before the App installs its recorder), then one
+/// handle for every drop (a drop may come for every message of a burst).
 #[cfg(any(feature = "nats", feature = "redis"))]
-pub(crate) fn dropped(backend: &'static str) {
+pub(crate) struct DroppedCounter {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::DROPPED, "backend" => backend).increment(1);
+    backend: &'static str,
+    #[cfg(feature = "metrics")]
+    counter: std::sync::OnceLock<metrics::Counter>,
+}
+
+#[cfg(any(feature = "nats", feature = "redis"))]
+impl DroppedCounter {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn new(backend: &'static str) -> Self {
+        DroppedCounter {
+            #[cfg(feature = "metrics")]
+            backend,
+            #[cfg(feature = "metrics")]
+            counter: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// One message dropped.
+    #[inline]
+    pub(crate) fn one(&self) {
+        #[cfg(feature = "metrics")]
+        self.counter
+            .get_or_init(|| metrics::counter!(names::DROPPED, "backend" => self.backend))
+            .increment(1);
+    }
 }
 
 #[cfg(all(test, feature = "metrics"))]

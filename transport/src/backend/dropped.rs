@@ -10,7 +10,7 @@ pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What one source (a subscription's queue, a client) has dropped.
 pub(crate) struct Drops {
-    backend: &'static str,
+    counter: crate::metrics::DroppedCounter,
     total: u64,
     unreported: u64,
     last_warning: Option<Instant>,
@@ -26,7 +26,7 @@ pub(crate) struct Due {
 impl Drops {
     pub(crate) fn new(backend: &'static str) -> Self {
         Drops {
-            backend,
+            counter: crate::metrics::DroppedCounter::new(backend),
             total: 0,
             unreported: 0,
             last_warning: None,
@@ -35,7 +35,7 @@ impl Drops {
 
     /// One more message dropped: counted, and `Some` when a warning is due.
     pub(crate) fn one(&mut self) -> Option<Due> {
-        crate::metrics::dropped(self.backend);
+        self.counter.one();
         self.one_at(Instant::now)
     }
 
