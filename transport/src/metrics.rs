@@ -349,37 +349,14 @@ pub(crate) fn reconnected(backend: &'static str) {
     metrics::counter!(names::RECONNECTS, "backend" => backend).increment(1);
 }
 
-/// Counts the messages `backend` drops for subscribers that cannot keep up: registered at
-/// the first drop (a backend connects before the App installs its recorder), then one
-/// handle for every drop (a drop may come for every message of a burst).
+/// A subscriber of `backend` could not keep up: one message dropped. (The handle is
+/// looked up at each drop, as `reconnected`'s: a backend connects before the App installs
+/// its recorder, so a handle taken then would count nowhere.)
 #[cfg(any(feature = "nats", feature = "redis"))]
-pub(crate) struct DroppedCounter {
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn dropped(backend: &'static str) {
     #[cfg(feature = "metrics")]
-    backend: &'static str,
-    #[cfg(feature = "metrics")]
-    counter: std::sync::OnceLock<metrics::Counter>,
-}
-
-#[cfg(any(feature = "nats", feature = "redis"))]
-impl DroppedCounter {
-    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn new(backend: &'static str) -> Self {
-        DroppedCounter {
-            #[cfg(feature = "metrics")]
-            backend,
-            #[cfg(feature = "metrics")]
-            counter: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// One message dropped.
-    #[inline]
-    pub(crate) fn one(&self) {
-        #[cfg(feature = "metrics")]
-        self.counter
-            .get_or_init(|| metrics::counter!(names::DROPPED, "backend" => self.backend))
-            .increment(1);
-    }
+    metrics::counter!(names::DROPPED, "backend" => backend).increment(1);
 }
 
 #[cfg(all(test, feature = "metrics"))]
